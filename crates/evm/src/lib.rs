@@ -1,0 +1,19 @@
+//! The x402 `exact` scheme on EVM chains, EIP-3009 path.
+//!
+//! - [`network`]: CAIP-2 ids, v1 network names and the USDC deployments known by name.
+//! - [`eip712`]: the `TransferWithAuthorization` digest, with the domain separator
+//!   computed once per (chain, token).
+//! - [`verify`]: how a payment is checked, locally and without any network call.
+//! - [`calldata`]: the contract ABIs the settler needs (EIP-3009 token, Multicall3).
+
+pub mod calldata;
+pub mod eip712;
+pub mod network;
+pub mod verify;
+
+pub use eip712::TokenDomain;
+pub use network::{chain_id_from_caip2, known_asset, v1_name_for_chain, KnownAsset};
+pub use verify::{
+    parse_authorization, parse_signature, verify_exact_evm, verify_v1, verify_v2, Authorization, ExactEvmRequirement, VerifiedPayment, VerifyError,
+    VerifyPolicy,
+};

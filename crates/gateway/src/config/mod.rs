@@ -1,0 +1,109 @@
+//! Configuration: `gateway.yaml` → [`raw`] (the file schema) → [`model`] (validated,
+//! precomputed) → published to the proxy through `ArcSwap<Config>`.
+
+pub mod model;
+pub mod price;
+pub mod raw;
+
+pub use model::{Config, Network, Pricing, Route, Unmatched, Upstream};
+
+use model::RouteContext;
+use raw::{Prelude, RawConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use x402_evm::VerifyPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The YAML library's message names the field path, line and column.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads, validates and builds a complete configuration.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_config(&text, path)
+}
+
+/// Validates `text` as if read from `path`.
+pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+    let prelude: Prelude = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let networks = model::build_networks(&prelude.networks)
+        .map_err(|(field, e)| invalid(format!("{field}: {e}{}", locate_key(text, field.rsplit('.').next().unwrap_or("")))))?;
+    let context = RouteContext {
+        networks,
+        upstream_names: prelude.upstreams.keys().cloned().collect(),
+        pay_to: prelude.payments.pay_to.map(|a| a.0),
+        max_timeout_seconds: prelude.payments.max_timeout_seconds,
+        settle_margin_seconds: prelude.payments.settle_margin_seconds,
+        billable: prelude.payments.billable_statuses.clone(),
+    };
+    let raw: RawConfig =
+        raw::with_context(context.clone(), || serde_yaml::from_str(text)).map_err(|e| invalid(e.to_string()))?;
+    build_config(raw, context, path).map_err(invalid)
+}
+
+fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Config, String> {
+    let upstreams = raw
+        .upstreams
+        .iter()
+        .map(|(name, u)| model::build_upstream(name, u).map_err(|e| format!("upstreams.{name}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let unmatched = model::build_unmatched(&raw.unmatched, &context.upstream_names).map_err(|e| format!("unmatched: {e}"))?;
+    let routes: Vec<Route> = raw.routes.into_iter().map(|r| r.0).collect();
+    if routes.iter().any(|r| r.pricing.is_some()) && raw.settlement.private_key_env.is_empty() {
+        return Err("settlement.private_key_env: name the environment variable that holds the settlement key".into());
+    }
+    let server = &raw.server;
+    if server.max_payment_header_bytes < 1024 {
+        return Err("server.max_payment_header_bytes: below 1024 no payment fits".into());
+    }
+    let settlement = &raw.settlement;
+    if settlement.max_batch == 0 {
+        return Err("settlement.max_batch: must be at least 1".into());
+    }
+    Ok(Config {
+        source: path.to_owned(),
+        server: model::ServerSettings {
+            listen: server.listen,
+            threads: server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
+            grace_period_seconds: server.grace_period_seconds,
+            graceful_shutdown_timeout_seconds: server.graceful_shutdown_timeout_seconds,
+            max_payment_header_bytes: server.max_payment_header_bytes,
+        },
+        networks: context.networks,
+        settlement: model::SettlementSettings {
+            private_key_env: settlement.private_key_env.clone(),
+            policy: x402_settle::BatchPolicy {
+                max_batch: settlement.max_batch,
+                max_wait: Duration::from_millis(settlement.max_wait_ms),
+                receipt_timeout: Duration::from_secs(settlement.receipt_timeout_seconds),
+                ..x402_settle::BatchPolicy::default()
+            },
+            drain_timeout: Duration::from_secs(settlement.drain_timeout_seconds),
+        },
+        verify_policy: VerifyPolicy {
+            settle_margin_secs: raw.payments.settle_margin_seconds,
+            clock_skew_secs: raw.payments.clock_skew_seconds,
+        },
+        upstreams,
+        routes,
+        unmatched,
+    })
+}
+
+/// " at line N" for the first line that defines `key:`, as a pointer for errors found
+/// after parsing (the YAML library has no positions left by then).
+fn locate_key(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|line| line.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
+        .map(|n| format!(" (line {})", n + 1))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! The validated internal model: what the proxy serves from. Built whole from a
+//! [`RawConfig`](super::raw::RawConfig) or not at all.
+
+use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
+use super::raw::{self, RawOffer, RawRoute, StatusClass, UnmatchedAction};
+use crate::routing::PathPattern;
+use alloy_primitives::{Address, U256};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use x402::v2;
+use x402_evm::calldata::MULTICALL3_ADDRESS;
+use x402_evm::{ExactEvmRequirement, TokenDomain, VerifyPolicy};
+
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub networks: Vec<Network>,
+    pub settlement: SettlementSettings,
+    pub verify_policy: VerifyPolicy,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    pub unmatched: Unmatched,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub max_payment_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub symbol: String,
+    pub address: Address,
+    pub decimals: u8,
+    pub domain: TokenDomain,
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The name routes use (the key under `networks:`).
+    pub name: String,
+    /// CAIP-2 id.
+    pub id: String,
+    pub chain_id: u64,
+    pub rpc_urls: Vec<String>,
+    pub multicall: Address,
+    pub assets: BTreeMap<String, Asset>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettlementSettings {
+    pub private_key_env: String,
+    pub policy: x402_settle::BatchPolicy,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// The resolved servers, picked round robin.
+    pub backends: std::sync::Arc<LoadBalancer<RoundRobin>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub tls: bool,
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Unmatched {
+    NotFound,
+    Forward { upstream: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub methods: Vec<http::Method>,
+    pub host: Option<String>,
+    pub path: PathPattern,
+    pub upstream: usize,
+    /// `None` for a free route.
+    pub pricing: Option<Pricing>,
+}
+
+/// What a priced route charges, precomputed at load so a challenge is cheap and identical
+/// every time (official clients deep-compare what they echo with what was offered).
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    pub offers: Vec<Offer>,
+    pub requirements: Vec<ExactEvmRequirement>,
+    /// The v2 `accepts` array, serialized once.
+    pub accepts_raw: Box<serde_json::value::RawValue>,
+    pub description: String,
+    pub mime_type: String,
+    pub billable: Vec<StatusClass>,
+}
+
+/// One way to pay a route, for people and logs.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub network: String,
+    pub network_id: String,
+    pub asset: Asset,
+    pub amount: U256,
+    pub dollars: String,
+    pub pay_to: Address,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("addresses", &self.addresses).finish_non_exhaustive()
+    }
+}
+
+impl Pricing {
+    pub fn is_billable(&self, status: u16) -> bool {
+        self.billable.iter().any(|class| class.contains(status))
+    }
+}
+
+impl Route {
+    pub fn matches(&self, method: &http::Method, host: Option<&str>, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self.host.as_deref().is_none_or(|want| host.is_some_and(|h| crate::routing::host_matches(want, h)))
+            && self.path.matches(path)
+    }
+}
+
+impl Config {
+    /// The first route that matches, in file order.
+    pub fn match_route(&self, method: &http::Method, host: Option<&str>, path: &str) -> Option<usize> {
+        self.routes.iter().position(|route| route.matches(method, host, path))
+    }
+}
+
+/// Resolves the `networks:` section.
+pub fn build_networks(raw: &BTreeMap<String, raw::RawNetwork>) -> Result<Vec<Network>, (String, String)> {
+    raw.iter().map(|(name, network)| build_network(name, network).map_err(|e| (format!("networks.{name}"), e))).collect()
+}
+
+fn build_network(name: &str, raw: &raw::RawNetwork) -> Result<Network, String> {
+    let id = match (&raw.id, x402_evm::network::chain_id_for_v1_name(name)) {
+        (Some(id), _) => id.clone(),
+        (None, Some(chain_id)) => format!("eip155:{chain_id}"),
+        (None, None) if name.starts_with("eip155:") => name.to_owned(),
+        (None, None) => return Err(format!("network {name:?} is not a known name; give its CAIP-2 `id` (e.g. eip155:84532)")),
+    };
+    let chain_id = x402_evm::chain_id_from_caip2(&id)
+        .ok_or_else(|| format!("network id {id:?} is not a CAIP-2 EVM id like \"eip155:84532\""))?;
+    let mut rpc_urls = raw.rpc_urls.clone();
+    rpc_urls.extend(raw.rpc_url.clone());
+    if rpc_urls.is_empty() {
+        return Err("needs `rpc_url` (or `rpc_urls`) for settlement".into());
+    }
+    for url in &rpc_urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("rpc url {url:?} must be http:// or https://"));
+        }
+    }
+    let mut assets = BTreeMap::new();
+    if let Some(usdc) = x402_evm::known_asset(chain_id, "USDC") {
+        let domain = TokenDomain::new(usdc.eip712_name, usdc.eip712_version, chain_id, usdc.address);
+        assets.insert("USDC".to_owned(), Asset { symbol: "USDC".into(), address: usdc.address, decimals: usdc.decimals, domain });
+    }
+    for (symbol, asset) in &raw.assets {
+        let domain = TokenDomain::new(&asset.eip712.name, &asset.eip712.version, chain_id, asset.address.0);
+        let symbol = symbol.to_ascii_uppercase();
+        assets.insert(symbol.clone(), Asset { symbol, address: asset.address.0, decimals: asset.decimals, domain });
+    }
+    Ok(Network {
+        name: name.to_owned(),
+        id,
+        chain_id,
+        rpc_urls,
+        multicall: raw.multicall.map_or(MULTICALL3_ADDRESS, |a| a.0),
+        assets,
+    })
+}
+
+/// What a route needs from the rest of the file to validate on its own.
+#[derive(Debug, Default, Clone)]
+pub struct RouteContext {
+    pub networks: Vec<Network>,
+    pub upstream_names: Vec<String>,
+    pub pay_to: Option<Address>,
+    pub max_timeout_seconds: u64,
+    pub settle_margin_seconds: u64,
+    pub billable: Vec<StatusClass>,
+}
+
+/// Validates one route against the rest of the file.
+pub fn build_route(index: usize, raw: &RawRoute, cx: &RouteContext) -> Result<Route, String> {
+    let name = raw.name.clone().unwrap_or_else(|| format!("route-{index}"));
+    let upstream = cx
+        .upstream_names
+        .iter()
+        .position(|n| *n == raw.upstream.0)
+        .ok_or_else(|| format!("unknown upstream {:?}", raw.upstream.0))?;
+    let mut offers_raw: Vec<RawOffer> = raw.inline_offer().into_iter().collect();
+    offers_raw.extend(raw.accepts.iter().cloned());
+    let pricing = match (raw.free, offers_raw.is_empty()) {
+        (true, true) => None,
+        (true, false) => return Err("a route is either `free: true` or priced (price/amount/accepts), not both".into()),
+        (false, true) => return Err("route has no price: set `price` (e.g. \"$0.001\"), `amount` + `asset`, `accepts`, or `free: true`".into()),
+        (false, false) => Some(build_pricing(raw, &offers_raw, cx)?),
+    };
+    Ok(Route {
+        name,
+        methods: raw.methods.iter().map(|m| m.0.clone()).collect(),
+        host: raw.host.clone(),
+        path: raw.path.0.clone(),
+        upstream,
+        pricing,
+    })
+}
+
+fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> Result<Pricing, String> {
+    let max_timeout_seconds = raw.max_timeout_seconds.unwrap_or(cx.max_timeout_seconds);
+    if max_timeout_seconds <= cx.settle_margin_seconds {
+        return Err(format!(
+            "max_timeout_seconds {max_timeout_seconds} must exceed payments.settle_margin_seconds {}: clients sign validBefore = now + maxTimeoutSeconds, and the settler needs the margin",
+            cx.settle_margin_seconds
+        ));
+    }
+    let offers = offers_raw.iter().map(|o| build_offer(o, cx)).collect::<Result<Vec<_>, _>>()?;
+    let wire: Vec<v2::PaymentRequirements> = offers
+        .iter()
+        .map(|offer| v2::PaymentRequirements {
+            scheme: x402::SCHEME_EXACT.into(),
+            network: offer.network_id.clone(),
+            amount: offer.amount.to_string(),
+            asset: offer.asset.address.to_checksum(None),
+            pay_to: offer.pay_to.to_checksum(None),
+            max_timeout_seconds,
+            extra: serde_json::Map::from_iter([
+                ("name".to_owned(), serde_json::Value::from(offer.asset.domain.name.clone())),
+                ("version".to_owned(), serde_json::Value::from(offer.asset.domain.version.clone())),
+            ]),
+        })
+        .collect();
+    let requirements = offers
+        .iter()
+        .zip(&wire)
+        .map(|(offer, wire)| ExactEvmRequirement {
+            network: offer.network_id.clone(),
+            v1_network: x402_evm::v1_name_for_chain(offer.asset.domain.chain_id),
+            domain: offer.asset.domain.clone(),
+            pay_to: offer.pay_to,
+            amount: offer.amount,
+            max_timeout_seconds,
+            wire: serde_json::to_value(wire).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Pricing {
+        offers,
+        requirements,
+        accepts_raw: serde_json::value::to_raw_value(&wire).map_err(|e| e.to_string())?,
+        description: raw.description.clone().unwrap_or_default(),
+        mime_type: raw.mime_type.clone().unwrap_or_default(),
+        billable: raw.billable_statuses.clone().unwrap_or_else(|| cx.billable.clone()),
+    })
+}
+
+fn build_offer(raw: &RawOffer, cx: &RouteContext) -> Result<Offer, String> {
+    let network = match &raw.network {
+        Some(name) => cx.networks.iter().find(|n| n.name == name.0).ok_or_else(|| format!("unknown network {:?}", name.0))?,
+        None => match cx.networks.as_slice() {
+            [only] => only,
+            [] => return Err("a priced route needs a network: add one under `networks:`".into()),
+            _ => return Err("several networks are configured: say which one with `network`".into()),
+        },
+    };
+    let symbol = raw.asset.clone().unwrap_or_else(|| "USDC".into()).to_ascii_uppercase();
+    let asset = network.assets.get(&symbol).cloned().ok_or_else(|| {
+        let known: Vec<&str> = network.assets.keys().map(String::as_str).collect();
+        format!("network {:?} has no asset {symbol:?} (known: {}); declare it under networks.{}.assets", network.name, known.join(", "), network.name)
+    })?;
+    let amount = match (&raw.price, &raw.amount) {
+        (Some(price), None) => dollars_to_atomic(price, asset.decimals)?,
+        (None, Some(amount)) => parse_atomic(amount)?,
+        (Some(_), Some(_)) => return Err("give either `price` (dollars) or `amount` (atomic units), not both".into()),
+        (None, None) => return Err("an offer needs `price` (e.g. \"$0.001\") or `amount` (atomic units)".into()),
+    };
+    let pay_to = raw.pay_to.map(|a| a.0).or(cx.pay_to).ok_or("no `pay_to`: set it on the route or as payments.pay_to")?;
+    Ok(Offer {
+        network: network.name.clone(),
+        network_id: network.id.clone(),
+        dollars: atomic_to_dollars(amount, asset.decimals),
+        asset,
+        amount,
+        pay_to,
+    })
+}
+
+pub fn build_upstream(name: &str, raw: &raw::RawUpstream) -> Result<Upstream, String> {
+    if raw.addresses.is_empty() {
+        return Err("needs at least one address (host:port)".into());
+    }
+    for address in &raw.addresses {
+        let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("address {address:?} must be host:port"));
+        }
+    }
+    let backends = LoadBalancer::try_from_iter(raw.addresses.iter().map(String::as_str))
+        .map_err(|e| format!("cannot resolve {:?}: {e}", raw.addresses))?;
+    Ok(Upstream {
+        name: name.to_owned(),
+        addresses: raw.addresses.clone(),
+        backends: std::sync::Arc::new(backends),
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        read_timeout: Duration::from_millis(raw.read_timeout_ms),
+        tls: raw.tls,
+        sni: raw.sni.clone(),
+    })
+}
+
+pub fn build_unmatched(raw: &raw::RawUnmatched, upstream_names: &[String]) -> Result<Unmatched, String> {
+    match (raw.action, &raw.upstream) {
+        (UnmatchedAction::NotFound, None) => Ok(Unmatched::NotFound),
+        (UnmatchedAction::NotFound, Some(_)) => Err("`upstream` only goes with `action: forward`".into()),
+        (UnmatchedAction::Forward, None) => Err("`action: forward` needs an `upstream`".into()),
+        (UnmatchedAction::Forward, Some(upstream)) => upstream_names
+            .iter()
+            .position(|n| *n == upstream.0)
+            .map(|upstream| Unmatched::Forward { upstream })
+            .ok_or_else(|| format!("unknown upstream {:?}", upstream.0)),
+    }
+}

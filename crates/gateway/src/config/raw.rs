@@ -1,0 +1,390 @@
+//! The file schema: serde structs that mirror `gateway.yaml`.
+//!
+//! Values are checked while they are read (addresses, prices, path patterns, names of
+//! upstreams and networks), so the YAML library can point at the line and column of the
+//! offending field. What a route needs from elsewhere in the file (upstream names,
+//! networks, payment defaults) comes from a first, lenient pass over the same text
+//! ([`Prelude`]) through [`with_context`].
+
+use crate::routing::PathPattern;
+use alloy_primitives::Address;
+use serde::{de, Deserialize, Deserializer};
+use std::cell::RefCell;
+use super::model::{build_route, Route, RouteContext};
+use std::collections::BTreeMap;
+
+thread_local! {
+    /// The rest of the file, as far as a route needs it, plus the index of the next route.
+    static CONTEXT: RefCell<Option<(RouteContext, usize)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a deserialization of the whole file) with `context` visible to the reference
+/// and route types below, so their errors carry the YAML location.
+pub fn with_context<T>(context: RouteContext, f: impl FnOnce() -> T) -> T {
+    CONTEXT.with(|cell| *cell.borrow_mut() = Some((context, 0)));
+    let result = f();
+    CONTEXT.with(|cell| *cell.borrow_mut() = None);
+    result
+}
+
+fn check_defined(kind: &str, name: &str, known: impl Fn(&RouteContext) -> Vec<String>) -> Result<(), String> {
+    CONTEXT.with(|cell| match cell.borrow().as_ref() {
+        Some((cx, _)) if !known(cx).iter().any(|k| k == name) => {
+            Err(format!("unknown {kind} {name:?} (defined: {})", known(cx).join(", ")))
+        }
+        _ => Ok(()),
+    })
+}
+
+/// A route, validated against the rest of the file while it is read.
+#[derive(Debug)]
+pub struct CheckedRoute(pub Route);
+
+impl<'de> Deserialize<'de> for CheckedRoute {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CheckedRouteVisitor)
+    }
+}
+
+struct CheckedRouteVisitor;
+
+impl<'de> de::Visitor<'de> for CheckedRouteVisitor {
+    type Value = CheckedRoute;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a route mapping")
+    }
+
+    // Validating here, while the route's mapping is still open, lets the YAML library
+    // report the route's own path and line rather than those of the list.
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<CheckedRoute, A::Error> {
+        let raw = RawRoute::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        CONTEXT.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let Some((cx, index)) = slot.as_mut() else {
+                return Err(de::Error::custom("routes are read without their context"));
+            };
+            *index += 1;
+            build_route(*index - 1, &raw, cx).map(CheckedRoute).map_err(de::Error::custom)
+        })
+    }
+}
+
+/// First pass: the sections routes depend on, ignoring everything else.
+#[derive(Debug, Default, Deserialize)]
+pub struct Prelude {
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, de::IgnoredAny>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, RawNetwork>,
+    #[serde(default)]
+    pub payments: RawPayments,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub networks: BTreeMap<String, RawNetwork>,
+    #[serde(default)]
+    pub settlement: RawSettlement,
+    #[serde(default)]
+    pub payments: RawPayments,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    pub routes: Vec<CheckedRoute>,
+    #[serde(default)]
+    pub unmatched: RawUnmatched,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: std::net::SocketAddr,
+    pub threads: Option<usize>,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub max_payment_header_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8402)),
+            threads: None,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            max_payment_header_bytes: x402::MAX_PAYMENT_HEADER_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// CAIP-2 id; may be left out when the key is a known name (`base`, `base-sepolia`)
+    /// or itself a CAIP-2 id.
+    pub id: Option<String>,
+    /// JSON-RPC endpoints, tried in order.
+    #[serde(default)]
+    pub rpc_urls: Vec<String>,
+    pub rpc_url: Option<String>,
+    pub multicall: Option<EvmAddress>,
+    #[serde(default)]
+    pub assets: BTreeMap<String, RawAsset>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsset {
+    pub address: EvmAddress,
+    pub decimals: u8,
+    pub eip712: RawEip712,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEip712 {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSettlement {
+    /// Name of the environment variable that holds the settlement key (0x-hex).
+    pub private_key_env: String,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    pub receipt_timeout_seconds: u64,
+    pub drain_timeout_seconds: u64,
+}
+
+impl Default for RawSettlement {
+    fn default() -> Self {
+        Self {
+            private_key_env: "X402_SETTLEMENT_KEY".into(),
+            max_batch: 100,
+            max_wait_ms: 2000,
+            receipt_timeout_seconds: 30,
+            drain_timeout_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPayments {
+    pub pay_to: Option<EvmAddress>,
+    pub max_timeout_seconds: u64,
+    pub settle_margin_seconds: u64,
+    pub clock_skew_seconds: u64,
+    pub billable_statuses: Vec<StatusClass>,
+}
+
+impl Default for RawPayments {
+    fn default() -> Self {
+        Self {
+            pay_to: None,
+            max_timeout_seconds: 300,
+            settle_margin_seconds: 30,
+            clock_skew_seconds: 60,
+            billable_statuses: vec![StatusClass::Class(2), StatusClass::Class(3)],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `host:port` of each server; requests go round robin.
+    pub addresses: Vec<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name; defaults to the host part of the address.
+    pub sni: Option<String>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<HttpMethod>,
+    pub host: Option<String>,
+    pub path: Pattern,
+    pub upstream: UpstreamRef,
+    #[serde(default)]
+    pub free: bool,
+    /// One way to pay, in short: `price` (dollars) or `amount` (atomic units), on
+    /// `network`/`asset`, to `pay_to`.
+    pub price: Option<String>,
+    pub amount: Option<String>,
+    pub network: Option<NetworkRef>,
+    pub asset: Option<String>,
+    pub pay_to: Option<EvmAddress>,
+    /// Several ways to pay.
+    #[serde(default)]
+    pub accepts: Vec<RawOffer>,
+    pub description: Option<String>,
+    pub mime_type: Option<String>,
+    pub max_timeout_seconds: Option<u64>,
+    pub billable_statuses: Option<Vec<StatusClass>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffer {
+    pub price: Option<String>,
+    pub amount: Option<String>,
+    pub network: Option<NetworkRef>,
+    pub asset: Option<String>,
+    pub pay_to: Option<EvmAddress>,
+}
+
+impl RawRoute {
+    /// The inline offer (`price`/`amount`/`network`/`asset`/`pay_to` on the route itself),
+    /// if any of its fields is set.
+    pub fn inline_offer(&self) -> Option<RawOffer> {
+        let offer = RawOffer {
+            price: self.price.clone(),
+            amount: self.amount.clone(),
+            network: self.network.clone(),
+            asset: self.asset.clone(),
+            pay_to: self.pay_to,
+        };
+        let any = offer.price.is_some() || offer.amount.is_some() || offer.network.is_some() || offer.asset.is_some();
+        any.then_some(offer)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnmatched {
+    /// `not_found` (default) or `forward`.
+    #[serde(default)]
+    pub action: UnmatchedAction,
+    pub upstream: Option<UpstreamRef>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedAction {
+    #[default]
+    NotFound,
+    Forward,
+}
+
+/// A 0x address, checked when read.
+#[derive(Debug, Clone, Copy)]
+pub struct EvmAddress(pub Address);
+
+impl<'de> Deserialize<'de> for EvmAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s.strip_prefix("0x").filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match hex.and_then(|_| s.parse().ok()) {
+            Some(address) => Ok(Self(address)),
+            None => Err(de::Error::custom(format!("{s:?} is not a 0x-prefixed 20-byte address"))),
+        }
+    }
+}
+
+/// A path pattern, checked when read.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub PathPattern);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PathPattern::parse(&s).map(Self).map_err(de::Error::custom)
+    }
+}
+
+/// An HTTP method name, upper case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMethod(pub http::Method);
+
+impl<'de> Deserialize<'de> for HttpMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+        if !KNOWN.contains(&s.as_str()) {
+            return Err(de::Error::custom(format!("{s:?} is not an HTTP method (expected one of {})", KNOWN.join(", "))));
+        }
+        http::Method::from_bytes(s.as_bytes()).map(Self).map_err(de::Error::custom)
+    }
+}
+
+/// The name of an upstream defined under `upstreams:`.
+#[derive(Debug, Clone)]
+pub struct UpstreamRef(pub String);
+
+impl<'de> Deserialize<'de> for UpstreamRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_defined("upstream", &s, |cx| cx.upstream_names.clone()).map_err(de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+/// The name of a network defined under `networks:`.
+#[derive(Debug, Clone)]
+pub struct NetworkRef(pub String);
+
+impl<'de> Deserialize<'de> for NetworkRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_defined("network", &s, |cx| cx.networks.iter().map(|n| n.name.clone()).collect()).map_err(de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+/// A status code (`404`) or a class (`"2xx"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Class(u16),
+    Code(u16),
+}
+
+impl StatusClass {
+    pub fn contains(self, status: u16) -> bool {
+        match self {
+            Self::Class(class) => status / 100 == class,
+            Self::Code(code) => status == code,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusClass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Code(u16),
+            Text(String),
+        }
+        let bad = |what: &str| de::Error::custom(format!("{what:?} is not a status code (100-599) or class (\"2xx\")"));
+        match Either::deserialize(d)? {
+            Either::Code(code) if (100..600).contains(&code) => Ok(Self::Code(code)),
+            Either::Code(code) => Err(bad(&code.to_string())),
+            Either::Text(text) => match text.as_bytes() {
+                [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(Self::Class(u16::from(c - b'0'))),
+                _ => text.parse::<u16>().ok().filter(|c| (100..600).contains(c)).map(Self::Code).ok_or_else(|| bad(&text)),
+            },
+        }
+    }
+}

@@ -1,0 +1,116 @@
+use super::*;
+use alloy_primitives::U256;
+
+const BASE: &str = r#"
+networks:
+  base-sepolia:
+    rpc_url: http://127.0.0.1:8545
+payments:
+  pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+upstreams:
+  sample:
+    addresses: ["127.0.0.1:8080"]
+routes:
+  - name: weather
+    methods: [GET]
+    path: /weather
+    upstream: sample
+    price: "$0.001"
+  - name: health
+    path: /health
+    upstream: sample
+    free: true
+"#;
+
+fn parse(text: &str) -> Result<Config, String> {
+    parse_config(text, Path::new("test.yaml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_shipped_gateway_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gateway.yaml");
+    let config = load_config(&path).unwrap();
+    let weather = &config.routes[config.match_route(&http::Method::GET, None, "/weather").unwrap()];
+    let pricing = weather.pricing.as_ref().unwrap();
+    assert_eq!(pricing.offers[0].amount, U256::from(1000u64));
+    assert_eq!(pricing.offers[0].network_id, "eip155:84532");
+    let health = config.match_route(&http::Method::GET, None, "/health").unwrap();
+    assert!(config.routes[health].pricing.is_none());
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8402");
+}
+
+#[test]
+fn a_minimal_config_resolves_defaults() {
+    let config = parse(BASE).unwrap();
+    let pricing = config.routes[0].pricing.as_ref().unwrap();
+    assert_eq!(pricing.requirements[0].max_timeout_seconds, 300);
+    assert_eq!(pricing.requirements[0].v1_network, Some("base-sepolia"));
+    assert!(pricing.is_billable(200) && pricing.is_billable(304) && !pricing.is_billable(404) && !pricing.is_billable(500));
+    assert!(pricing.accepts_raw.get().contains(r#""extra":{"name":"USDC","version":"2"}"#));
+    assert!(matches!(config.unmatched, Unmatched::NotFound));
+}
+
+#[test]
+fn first_matching_route_wins() {
+    let text = BASE.replace("  - name: health", "  - name: all\n    path: /*\n    upstream: sample\n    free: true\n  - name: health");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.match_route(&http::Method::GET, None, "/weather"), Some(0));
+    assert_eq!(config.match_route(&http::Method::POST, None, "/weather"), Some(1));
+    assert_eq!(config.match_route(&http::Method::GET, None, "/health"), Some(1));
+}
+
+/// Each broken config names the field and, where the YAML library knows it, the line.
+#[test]
+fn errors_name_field_and_line() {
+    let cases = [
+        (BASE.replace("\"$0.001\"", "\"$0.0000001\""), "routes[0]: price \"$0.0000001\" has more decimal places", Some("line 11")),
+        (BASE.replace("upstream: sample\n    price", "upstream: nowhere\n    price"), "routes[0]: unknown upstream \"nowhere\"", Some("line 11")),
+        (BASE.replace("path: /weather", "path: weather"), "routes[0]: path pattern \"weather\" must start with '/'", Some("line 11")),
+        (BASE.replace("methods: [GET]", "methods: [FETCH]"), "routes[0].methods: \"FETCH\" is not an HTTP method", Some("line 12")),
+        (BASE.replace("\"0x70997970C51812dc3A010C7d01b50e0d17dc79C8\"", "\"0x1234\""), "payments: \"0x1234\" is not a 0x-prefixed", Some("line 6")),
+        (BASE.replace("    free: true\n", "    colour: blue\n    free: true\n"), "routes[1]: unknown field `colour`", Some("line 19")),
+        (BASE.replace("    price: \"$0.001\"\n", ""), "routes[0]: route has no price", Some("line 11")),
+        (BASE.replace("    free: true\n", "    free: true\n    price: \"$1\"\n"), "routes[1]: a route is either `free: true` or priced", Some("line 16")),
+        (BASE.replace("base-sepolia:", "mystery:"), "networks.mystery", Some("line 3")),
+        (BASE.replace("routes:", "routes: ["), "did not find expected node content", Some("line 11")),
+        (BASE.replace("pay_to: \"0x70997970C51812dc3A010C7d01b50e0d17dc79C8\"", "max_timeout_seconds: 10"), "must exceed", None),
+    ];
+    for (text, want, line) in cases {
+        let err = parse(&text).expect_err(want);
+        assert!(err.starts_with("test.yaml: "), "{err}");
+        assert!(err.contains(want), "expected {want:?} in {err}");
+        if let Some(line) = line {
+            assert!(err.contains(line), "expected {line:?} in {err}");
+        }
+    }
+}
+
+#[test]
+fn several_offers_and_custom_networks() {
+    let text = r#"
+networks:
+  base-sepolia: { rpc_url: "http://127.0.0.1:8545" }
+  local:
+    id: eip155:31337
+    rpc_url: http://127.0.0.1:8546
+    assets:
+      TOKEN: { address: "0x5FbDB2315678afecb367f032d93F642f64180aa3", decimals: 18, eip712: { name: "Token", version: "1" } }
+payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
+upstreams: { a: { addresses: ["127.0.0.1:1"] } }
+routes:
+  - path: /multi
+    upstream: a
+    accepts:
+      - { network: base-sepolia, price: "$0.01" }
+      - { network: local, asset: token, amount: "5" }
+"#;
+    let config = parse(text).unwrap();
+    let pricing = config.routes[0].pricing.as_ref().unwrap();
+    assert_eq!(pricing.offers.len(), 2);
+    assert_eq!(pricing.offers[0].amount, U256::from(10_000u64));
+    assert_eq!(pricing.requirements[1].network, "eip155:31337");
+    assert_eq!(pricing.requirements[1].v1_network, None);
+    assert_eq!(config.routes[0].name, "route-0");
+    let ambiguous = text.replace("      - { network: base-sepolia, price: \"$0.01\" }\n", "      - { price: \"$0.01\" }\n");
+    assert!(parse(&ambiguous).unwrap_err().contains("several networks"));
+}

@@ -1,0 +1,15 @@
+//! x402-gateway: a reverse proxy that puts x402 payments in front of unmodified HTTP APIs.
+//!
+//! - [`config`]: `gateway.yaml` → validated, precomputed [`config::Config`].
+//! - [`routing`]: path patterns and route matching.
+//! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
+//! - [`payment`]: from a request's payment header to a reserved, verified payment.
+//! - [`proxy`]: the Pingora `ProxyHttp` implementation, one job per phase.
+//! - [`server`]: wiring: the Pingora server, the settler thread, signals.
+
+pub mod challenge;
+pub mod config;
+pub mod payment;
+pub mod proxy;
+pub mod routing;
+pub mod server;

@@ -1,0 +1,233 @@
+//! The Pingora proxy: payment logic laid out along Pingora's request phases, one job each.
+//!
+//! | phase | job |
+//! |---|---|
+//! | `new_ctx` | an empty [`RequestContext`] |
+//! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure |
+//! | `upstream_peer` | the route's upstream, round robin |
+//! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For` and `Via` |
+//! | `response_filter` | billable status → journal the payment, add the receipt; otherwise it is released later |
+//! | `logging` | release a reservation nobody was charged for; access log |
+
+use crate::challenge::{self, LocalResponse, Refusal};
+use crate::config::{Config, Pricing, Route, Unmatched};
+use crate::payment::{self, AcceptedPayment, PaymentRejection};
+use crate::routing::is_ambiguous_path;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Instant;
+use x402_store::{Journal, ReplayStore};
+
+/// The paywall proxy. Each request works on the config snapshot it started with.
+pub struct PaywallProxy {
+    pub config: Arc<ArcSwap<Config>>,
+    pub replay: Arc<dyn ReplayStore>,
+    pub journal: Arc<Journal>,
+}
+
+/// What one request carries from phase to phase.
+pub struct RequestContext {
+    config: Option<Arc<Config>>,
+    route: Option<usize>,
+    upstream: Option<usize>,
+    payment: Option<AcceptedPayment>,
+    /// The payment was journaled: the client was charged.
+    charged: bool,
+    connect_attempts: usize,
+    started: Instant,
+}
+
+impl PaywallProxy {
+    fn route<'a>(config: &'a Config, ctx: &RequestContext) -> Option<(&'a Route, &'a Pricing)> {
+        let route = &config.routes[ctx.route?];
+        Some((route, route.pricing.as_ref()?))
+    }
+
+    /// Decides what happens to the request: `Some(response)` answers it here.
+    fn admit(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let path = req.uri.path();
+        if is_ambiguous_path(path) {
+            let body = serde_json::json!({"error": "ambiguous_path", "message": "paths with dot segments, empty segments or encoded slashes/dots are refused"});
+            return Some(challenge::json_response(400, &body));
+        }
+        let host = request_host(req);
+        let Some(index) = config.match_route(&req.method, host, path) else {
+            return match config.unmatched {
+                Unmatched::Forward { upstream } => {
+                    ctx.upstream = Some(upstream);
+                    None
+                }
+                Unmatched::NotFound => Some(challenge::json_response(404, &serde_json::json!({"error": "not_found", "message": "no route matches this request"}))),
+            };
+        };
+        let route = &config.routes[index];
+        ctx.route = Some(index);
+        ctx.upstream = Some(route.upstream);
+        let pricing = route.pricing.as_ref()?;
+        let resource_url = resource_url(req, host);
+        let Some(header) = payment::find_payment_header(&req.headers) else {
+            let browser = challenge::is_browser(header_str(req, "accept"), header_str(req, "user-agent"));
+            return Some(challenge::payment_required(route, pricing, &resource_url, None, browser));
+        };
+        let now = x402_store::unix_now();
+        match payment::accept_payment(header, pricing, &config.verify_policy, config.server.max_payment_header_bytes, self.replay.as_ref(), now) {
+            Ok(accepted) => {
+                ctx.payment = Some(accepted);
+                None
+            }
+            Err(PaymentRejection::Malformed(error)) => {
+                tracing::info!(route = %route.name, %error, "malformed payment header");
+                Some(challenge::malformed_payment(&error.to_string()))
+            }
+            Err(rejection) => {
+                tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
+                let message = rejection.to_string();
+                let refusal = Refusal { reason: rejection.reason(), message: &message };
+                Some(challenge::payment_required(route, pricing, &resource_url, Some(refusal), false))
+            }
+        }
+    }
+
+    /// Releases a reservation nobody was charged for, so the client may use it again.
+    fn release_uncharged(&self, ctx: &mut RequestContext) {
+        if let Some(payment) = ctx.payment.take() {
+            if !ctx.charged {
+                self.replay.release(&payment.key);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PaywallProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext { config: None, route: None, upstream: None, payment: None, charged: false, connect_attempts: 0, started: Instant::now() }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        let config = self.config.load_full();
+        let answer = self.admit(&config, session.req_header(), ctx);
+        ctx.config = Some(config);
+        match answer {
+            Some(response) => {
+                write_local_response(session, response).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestContext) -> Result<Box<HttpPeer>> {
+        let config = ctx.config.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no config snapshot"))?;
+        let upstream = &config.upstreams[ctx.upstream.ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?];
+        ctx.connect_attempts += 1;
+        let backend = upstream
+            .backends
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("upstream {} has no servers", upstream.name)))?;
+        let sni = upstream.sni.clone().unwrap_or_default();
+        let mut peer = HttpPeer::new(backend.addr, upstream.tls, sni);
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestContext, mut e: Box<Error>) -> Box<Error> {
+        // Another server of the same upstream may answer: try each once.
+        let servers = ctx.config.as_ref().zip(ctx.upstream).map_or(1, |(c, u)| c.upstreams[u].addresses.len());
+        if ctx.connect_attempts < servers {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, _ctx: &mut RequestContext) -> Result<()> {
+        upstream_request.remove_header(x402::headers::PAYMENT_SIGNATURE);
+        upstream_request.remove_header(x402::headers::X_PAYMENT);
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {client}"),
+                None => client,
+            };
+            upstream_request.insert_header("X-Forwarded-For", forwarded)?;
+        }
+        let via = match upstream_request.headers.get("via").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, 1.1 x402-gateway"),
+            None => "1.1 x402-gateway".to_owned(),
+        };
+        upstream_request.insert_header("Via", via)?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        let (Some(config), Some(payment)) = (ctx.config.clone(), ctx.payment.as_ref()) else { return Ok(()) };
+        let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
+        if !pricing.is_billable(response.status.as_u16()) {
+            return Ok(());
+        }
+        let payer = payment.payer.to_checksum(None);
+        let id = self.journal.record(&route.name, &payment.amount.to_string(), &payer, payment.item.clone());
+        ctx.charged = true;
+        let (name, value) = payment::receipt_header(payment, id);
+        response.insert_header(name, value)?;
+        response.insert_header("Access-Control-Expose-Headers", challenge::EXPOSE_HEADERS)?;
+        tracing::info!(route = %route.name, payer = %payer, amount = %payment.amount, payment_id = id, "payment accepted");
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestContext) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.clone()).unwrap_or_default();
+        let paid = ctx.payment.is_some();
+        let charged = ctx.charged;
+        self.release_uncharged(ctx);
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            method = %req.method,
+            path = %req.uri.path(),
+            route = %route,
+            status,
+            paid,
+            charged,
+            latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            error = error.map(|e| e.to_string()),
+        );
+    }
+}
+
+async fn write_local_response(session: &mut Session, response: LocalResponse) -> Result<()> {
+    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
+    for (name, value) in response.headers {
+        header.insert_header(name, value)?;
+    }
+    header.insert_header("Content-Length", response.body.len().to_string())?;
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(response.body)), true).await
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    header_str(req, "host").or_else(|| req.uri.host())
+}
+
+/// The URL the client asked for, as the challenge's `resource.url`.
+fn resource_url(req: &RequestHeader, host: Option<&str>) -> String {
+    let scheme = match header_str(req, "x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{}{path}", host.unwrap_or("localhost"))
+}

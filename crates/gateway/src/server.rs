@@ -1,0 +1,125 @@
+//! Process wiring: the Pingora server for the proxy, a separate runtime thread for the
+//! settler, and shutdown that drains both.
+//!
+//! The settler does not run as a Pingora background service on purpose: Pingora drops its
+//! runtimes right after the grace period (and at once on SIGINT), which would cut a drain
+//! short. Here the proxy stops first, then the settler settles what it holds, then the
+//! process exits.
+
+use crate::config::{load_config, Config};
+use crate::proxy::PaywallProxy;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use x402_settle::{ChainClient, NetworkSettlement, Settler};
+use x402_store::{Journal, MemoryReplayStore};
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    ensure_listen_address_free(&config)?;
+    let journal = Arc::new(Journal::default());
+    let settler = build_settler(&config, journal.clone())?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let drain_timeout = config.settlement.drain_timeout;
+    let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        if let Some(settler) = settler {
+            runtime.block_on(settler.run(shutdown_rx, drain_timeout));
+        }
+        anyhow::Ok(())
+    })?;
+
+    let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config));
+    let listen = config.server.listen;
+    server.bootstrap();
+    let proxy = PaywallProxy {
+        config: Arc::new(ArcSwap::from_pointee(config)),
+        replay: Arc::new(MemoryReplayStore::default()),
+        journal: journal.clone(),
+    };
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&listen.to_string());
+    server.add_service(service);
+    tracing::info!(%listen, config = %config_path.display(), "x402-gateway listening");
+    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
+
+    tracing::info!(unsettled = journal.unsettled_count(), "proxy stopped; draining settlement");
+    let _ = shutdown_tx.send(true);
+    match settler_thread.join() {
+        Ok(result) => result?,
+        Err(_) => bail!("the settler thread panicked"),
+    }
+    let counts = journal.counts();
+    tracing::info!(?counts, "x402-gateway stopped");
+    if journal.unsettled_count() > 0 {
+        bail!("{} accepted payments were not settled before shutdown", journal.unsettled_count());
+    }
+    Ok(())
+}
+
+fn pingora_conf(config: &Config) -> ServerConf {
+    let mut conf = ServerConf::default();
+    conf.threads = config.server.threads;
+    conf.grace_period_seconds = Some(config.server.grace_period_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
+    conf
+}
+
+/// Pingora keeps retrying a taken port instead of failing, so a stale instance could
+/// answer in our place: check first and fail loudly.
+fn ensure_listen_address_free(config: &Config) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(config.server.listen)
+        .map(drop)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))
+}
+
+/// One settler for every configured network, signing with the key named in the config.
+fn build_settler(config: &Config, journal: Arc<Journal>) -> anyhow::Result<Option<Settler>> {
+    let priced = config.routes.iter().any(|r| r.pricing.is_some());
+    if !priced {
+        return Ok(None);
+    }
+    let env = &config.settlement.private_key_env;
+    let key = std::env::var(env)
+        .with_context(|| format!("settlement key: set the environment variable {env} (0x-hex private key)"))?;
+    let key: PrivateKeySigner = key.trim().parse().with_context(|| format!("settlement key in {env} is not a valid private key"))?;
+    let networks = config
+        .networks
+        .iter()
+        .map(|network| {
+            // Several RPC URLs in order are the next step; the first one is used today.
+            let client = ChainClient::new(&network.rpc_urls[0], key.clone())?;
+            Ok(NetworkSettlement { network: network.id.clone(), multicall: network.multicall, client })
+        })
+        .collect::<Result<Vec<_>, x402_settle::ChainError>>()?;
+    tracing::info!(settler = %key.address(), networks = networks.len(), "settlement key loaded");
+    Ok(Some(Settler::new(journal, networks, config.settlement.policy.clone())))
+}
+
+/// SIGTERM and SIGINT both stop gracefully (Pingora's default treats SIGINT as a fast
+/// exit, which would drop accepted payments); SIGQUIT hands the sockets to a new process.
+struct GracefulOnSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulOnSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
+        else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL only");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+        }
+    }
+}

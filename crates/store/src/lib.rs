@@ -1,0 +1,29 @@
+//! Payment state that outlives one request.
+//!
+//! - [`replay`]: the replay/nonce store. A payment's `(chain, asset, from, nonce)` is
+//!   reserved atomically before the request is forwarded and kept until the
+//!   authorization's `validBefore`, so one signed payment buys at most one response.
+//! - [`journal`]: the settlement journal: every payment whose response was released, and
+//!   its way to the chain (`accepted → submitted → settled | failed`).
+
+pub mod journal;
+pub mod replay;
+
+pub use journal::{Journal, PaymentRecord, PaymentState, SettlementItem};
+pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
+
+/// Seconds since the Unix epoch, the unit of EIP-3009's time fields.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,128 @@
+// The x402-gateway dev chain: anvil (pinned npm build) as "Base Sepolia" (chain id 84532) with
+//  - TestUSDC (EIP-3009, EIP-712 name "USDC", version "2") at Base Sepolia's USDC address,
+//  - BatchCall (Multicall3's aggregate3 ABI) at Multicall3's canonical address,
+//  - 1,000,000 test USDC minted to each of anvil's ten well-known accounts.
+// Usable as a module (startDevnet) by the tests, or as a program:
+//   node deploy/devnet/devnet.mjs [--port 8545]     runs until SIGINT/SIGTERM
+import { spawn } from "node:child_process";
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { encodeFunctionData } from "viem";
+import { mnemonicToAccount } from "viem/accounts";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+const artifact = JSON.parse(readFileSync(join(here, "contracts.json"), "utf8"));
+
+export const CHAIN_ID = 84532;
+export const NETWORK = "eip155:84532";
+export const USDC_ADDRESS = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+export const MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11";
+export const TEST_MNEMONIC = "test test test test test test test test test test test junk";
+export const MINTED_PER_ACCOUNT = 1_000_000n * 10n ** 6n;
+export const TEST_USDC_ABI = artifact.contracts.TestUSDC.abi;
+
+/** Anvil's well-known dev accounts: index 0 settles, 1 receives payments, 2.. pay. */
+export function devAccount(index) {
+  return mnemonicToAccount(TEST_MNEMONIC, { addressIndex: index });
+}
+
+export function devPrivateKey(index) {
+  const key = devAccount(index).getHdKey().privateKey;
+  return "0x" + Buffer.from(key).toString("hex");
+}
+
+export function anvilBinary() {
+  const pkg = require.resolve("@foundry-rs/anvil-linux-amd64/package.json");
+  return join(dirname(pkg), "bin", "anvil");
+}
+
+export async function rpc(url, method, params = []) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+  });
+  const body = await response.json();
+  if (body.error) {
+    throw new Error(`${method}: ${body.error.message}`);
+  }
+  return body.result;
+}
+
+async function waitForRpc(url, child, deadlineMs) {
+  const deadline = Date.now() + deadlineMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) {
+      throw new Error(`anvil exited with code ${child.exitCode}`);
+    }
+    try {
+      if ((await rpc(url, "eth_chainId")) === "0x" + CHAIN_ID.toString(16)) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`anvil did not answer on ${url} within ${deadlineMs} ms`);
+}
+
+/** Writes the contracts and mints test USDC on a running anvil. */
+export async function provisionChain(url) {
+  await rpc(url, "anvil_setCode", [USDC_ADDRESS, artifact.contracts.TestUSDC.deployedBytecode]);
+  await rpc(url, "anvil_setCode", [MULTICALL3_ADDRESS, artifact.contracts.BatchCall.deployedBytecode]);
+  const minter = devAccount(0).address;
+  for (let i = 0; i < 10; i++) {
+    const data = encodeFunctionData({
+      abi: TEST_USDC_ABI,
+      functionName: "mint",
+      args: [devAccount(i).address, MINTED_PER_ACCOUNT],
+    });
+    await rpc(url, "eth_sendTransaction", [{ from: minter, to: USDC_ADDRESS, data }]);
+  }
+}
+
+export async function startDevnet({ port = 8545, quiet = true } = {}) {
+  const child = spawn(
+    anvilBinary(),
+    ["--chain-id", String(CHAIN_ID), "--port", String(port), "--host", "127.0.0.1", "--silent"],
+    { stdio: quiet ? "ignore" : "inherit" },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitForRpc(url, child, 15_000);
+    await provisionChain(url);
+  } catch (error) {
+    child.kill("SIGKILL");
+    throw error;
+  }
+  return {
+    url,
+    process: child,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await new Promise((resolve) => child.once("exit", resolve));
+      }
+    },
+  };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const portFlag = process.argv.indexOf("--port");
+  const port = portFlag > 0 ? Number(process.argv[portFlag + 1]) : 8545;
+  const devnet = await startDevnet({ port });
+  console.log(`dev chain ready: ${devnet.url} (chain id ${CHAIN_ID})`);
+  console.log(`  test USDC  ${USDC_ADDRESS} (EIP-712 "USDC" / "2", 6 decimals)`);
+  console.log(`  Multicall3 ${MULTICALL3_ADDRESS}`);
+  console.log(`  settlement key: anvil account 0 ${devAccount(0).address}`);
+  console.log(`  payTo:          anvil account 1 ${devAccount(1).address}`);
+  const stop = async () => {
+    await devnet.stop();
+    process.exit(0);
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  devnet.process.on("exit", (code) => process.exit(code ?? 1));
+}
