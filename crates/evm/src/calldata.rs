@@ -45,9 +45,20 @@ pub fn transfer_with_authorization(authorization: &Authorization, signature: &Si
 
 /// `aggregate3` calldata for (token, call) pairs, each allowed to fail on its own.
 pub fn aggregate3(calls: impl IntoIterator<Item = (Address, Bytes)>) -> Bytes {
+    aggregate3_with(calls, true)
+}
+
+/// `aggregate3` calldata in which any failing call reverts the whole batch. Gas is
+/// estimated on this form: estimating the `allowFailure` form finds the least gas at which
+/// the *outer* call succeeds, which can leave the inner transfers out of gas.
+pub fn aggregate3_strict(calls: impl IntoIterator<Item = (Address, Bytes)>) -> Bytes {
+    aggregate3_with(calls, false)
+}
+
+fn aggregate3_with(calls: impl IntoIterator<Item = (Address, Bytes)>, allow_failure: bool) -> Bytes {
     let calls = calls
         .into_iter()
-        .map(|(target, call_data)| IMulticall3::Call3 { target, allowFailure: true, callData: call_data })
+        .map(|(target, call_data)| IMulticall3::Call3 { target, allowFailure: allow_failure, callData: call_data })
         .collect();
     IMulticall3::aggregate3Call { calls }.abi_encode().into()
 }

@@ -54,9 +54,20 @@ impl ChainClient {
         calldata::decode_aggregate3_result(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
-    /// Broadcasts `aggregate3` and returns its hash once the node accepted it.
-    pub async fn send_aggregate3(&self, multicall: Address, data: Bytes) -> Result<B256, ChainError> {
+    /// Gas for `data` sent to `multicall`, as `eth_estimateGas` answers it.
+    pub async fn estimate_gas(&self, multicall: Address, data: Bytes) -> Result<u64, ChainError> {
         let request = TransactionRequest::default().with_from(self.settler).with_to(multicall).with_input(data);
+        self.provider.estimate_gas(request).await.map_err(|e| ChainError::Rpc(e.to_string()))
+    }
+
+    /// Broadcasts `aggregate3` with a fixed gas limit and returns its hash once the node
+    /// accepted it.
+    pub async fn send_aggregate3(&self, multicall: Address, data: Bytes, gas_limit: u64) -> Result<B256, ChainError> {
+        let request = TransactionRequest::default()
+            .with_from(self.settler)
+            .with_to(multicall)
+            .with_input(data)
+            .with_gas_limit(gas_limit);
         let pending = self.provider.send_transaction(request).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
         Ok(*pending.tx_hash())
     }

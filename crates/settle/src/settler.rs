@@ -159,8 +159,14 @@ impl Settler {
         if to_send.is_empty() {
             return Ok(());
         }
+        let estimate = network
+            .client
+            .estimate_gas(network.multicall, calldata::aggregate3_strict(to_send.iter().map(Pending::call)))
+            .await?;
+        // Headroom for state that changes between estimate and inclusion.
+        let gas_limit = estimate.saturating_add(estimate / 4);
         let data = calldata::aggregate3(to_send.iter().map(Pending::call));
-        let transaction = network.client.send_aggregate3(network.multicall, data).await?;
+        let transaction = network.client.send_aggregate3(network.multicall, data, gas_limit).await?;
         tracing::info!(network = %network.network, tx = %transaction, payments = to_send.len(), "settlement batch sent");
         for pending in &to_send {
             self.journal.set_state(pending.id, PaymentState::Submitted { transaction: transaction.to_string() });

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the gateway locally, offline:
+#   dev chain (anvil as Base Sepolia, chain id 84532, test USDC)  127.0.0.1:8545
+#   sample upstream API                                            127.0.0.1:8080
+#   x402-gateway with gateway.yaml                                 127.0.0.1:8402
+# Ctrl-C stops all three (the gateway settles what it accepted first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/setup.sh
+cargo build --release --bin x402-gateway
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+node deploy/devnet/devnet.mjs --port 8545 &
+pids+=($!)
+node deploy/devnet/sample-upstream.mjs --port 8080 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  if curl -sf -o /dev/null http://127.0.0.1:8080/health && \
+     curl -sf -o /dev/null -H 'content-type: application/json' \
+       -d '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}' http://127.0.0.1:8545; then
+    break
+  fi
+  sleep 0.1
+done
+
+# Anvil's well-known account 0: a dev-chain key, never a real one.
+export X402_SETTLEMENT_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+
+cat <<'MSG'
+
+x402-gateway is starting on http://127.0.0.1:8402
+  free:  curl -i http://127.0.0.1:8402/health
+  402:   curl -i http://127.0.0.1:8402/weather
+  pay:   node deploy/devnet/pay.mjs http://127.0.0.1:8402/weather
+         (the official @x402/fetch client, paying from anvil account 2)
+Ctrl-C to stop.
+
+MSG
+./target/release/x402-gateway run --config gateway.yaml &
+pids+=($!)
+wait "${pids[-1]}"

@@ -1,0 +1,81 @@
+// A sample upstream API for the dev setup and the end-to-end tests. It knows nothing about
+// payments: the gateway in front of it does.
+//   GET  /weather          JSON weather report
+//   GET  /health           {"status":"ok"}
+//   ANY  /echo[/...]       what the upstream received: method, path, query, headers, body
+//   ANY  /status/{code}    answers with that status
+//   GET  /stream?chunks=N  N chunks of text, 20 ms apart (chunked transfer)
+//   GET  /bytes/{n}        n deterministic binary bytes
+// Usage: node deploy/devnet/sample-upstream.mjs [--port 8080]
+import { createServer } from "node:http";
+import { fileURLToPath } from "node:url";
+
+export function deterministicBytes(n) {
+  const out = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + 7) & 0xff;
+  return out;
+}
+
+function json(res, status, body) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function handle(req, res) {
+  const url = new URL(req.url, "http://upstream");
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const body = Buffer.concat(chunks);
+  if (url.pathname === "/weather") {
+    return json(res, 200, { location: "Lisbon", temperature_c: 21, conditions: "sunny" });
+  }
+  if (url.pathname === "/health") return json(res, 200, { status: "ok" });
+  if (url.pathname === "/echo" || url.pathname.startsWith("/echo/")) {
+    return json(res, 200, {
+      method: req.method,
+      path: url.pathname,
+      query: url.search,
+      headers: req.headers,
+      body: body.toString("base64"),
+    });
+  }
+  const status = url.pathname.match(/^\/status\/(\d{3})$/);
+  if (status) return json(res, Number(status[1]), { status: Number(status[1]) });
+  if (url.pathname === "/stream") {
+    const n = Number(url.searchParams.get("chunks") ?? 5);
+    res.writeHead(200, { "content-type": "text/plain" });
+    for (let i = 0; i < n; i++) {
+      res.write(`chunk ${i}\n`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return res.end();
+  }
+  const bytes = url.pathname.match(/^\/bytes\/(\d+)$/);
+  if (bytes) {
+    const data = deterministicBytes(Number(bytes[1]));
+    res.writeHead(200, { "content-type": "application/octet-stream", "content-length": data.length });
+    return res.end(data);
+  }
+  return json(res, 404, { error: "not found" });
+}
+
+export function startSampleUpstream({ port = 8080 } = {}) {
+  const server = createServer((req, res) => {
+    handle(req, res).catch((error) => {
+      res.destroy(error);
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, "127.0.0.1", () => resolve(server));
+  });
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const portFlag = process.argv.indexOf("--port");
+  const port = portFlag > 0 ? Number(process.argv[portFlag + 1]) : 8080;
+  await startSampleUpstream({ port });
+  console.log(`sample upstream on http://127.0.0.1:${port}`);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing x402-gateway needs, idempotently:
+#  - cmake (Pingora builds zlib-ng with it), from Debian's packages when missing;
+#  - the pinned npm packages (anvil, solc, viem, the official x402 clients) from package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cmake >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing cmake"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+  else
+    echo "setup: cmake is required (e.g. sudo apt-get install cmake)" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v node >/dev/null 2>&1; then
+  echo "setup: Node.js 20 or later is required" >&2
+  exit 1
+fi
+
+# Reinstall only when the lock file changed since the last install.
+if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_modules/.x402-lock-stamp; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json node_modules/.x402-lock-stamp
+fi

@@ -1,0 +1,55 @@
+// Hand-built payments for negative tests: the same EIP-712 signing the official client does,
+// with one field changed at a time.
+import { randomBytes } from "node:crypto";
+import { privateKeyToAccount } from "viem/accounts";
+
+export const TRANSFER_WITH_AUTHORIZATION = [
+  { name: "from", type: "address" },
+  { name: "to", type: "address" },
+  { name: "value", type: "uint256" },
+  { name: "validAfter", type: "uint256" },
+  { name: "validBefore", type: "uint256" },
+  { name: "nonce", type: "bytes32" },
+];
+
+/**
+ * Signs a v2 payment for `requirements` (an accepts[] entry). `tamper` may override the
+ * authorization fields, the domain, or the `accepted` object.
+ */
+export async function signPayment(privateKey, requirements, tamper = {}) {
+  const account = privateKeyToAccount(privateKey);
+  const now = Math.floor(Date.now() / 1000);
+  const authorization = {
+    from: account.address,
+    to: requirements.payTo,
+    value: requirements.amount,
+    validAfter: String(now - 600),
+    validBefore: String(now + requirements.maxTimeoutSeconds),
+    nonce: "0x" + randomBytes(32).toString("hex"),
+    ...tamper.authorization,
+  };
+  const domain = {
+    name: requirements.extra.name,
+    version: requirements.extra.version,
+    chainId: Number(requirements.network.split(":")[1]),
+    verifyingContract: requirements.asset,
+    ...tamper.domain,
+  };
+  const signature = await account.signTypedData({
+    domain,
+    types: { TransferWithAuthorization: TRANSFER_WITH_AUTHORIZATION },
+    primaryType: "TransferWithAuthorization",
+    message: {
+      ...authorization,
+      value: BigInt(authorization.value),
+      validAfter: BigInt(authorization.validAfter),
+      validBefore: BigInt(authorization.validBefore),
+    },
+  });
+  return {
+    x402Version: 2,
+    resource: { url: "http://test/weather", description: "", mimeType: "" },
+    accepted: { ...requirements, ...tamper.accepted },
+    payload: { signature: tamper.signature ?? signature, authorization },
+  };
+}
