@@ -245,3 +245,15 @@ fn malformed_authorization_fields_are_refused() {
     let err = verify_v2(&payment, &[requirement()], &VerifyPolicy::default(), NOW).unwrap_err();
     assert_eq!(err.reason(), ReasonCode::InvalidPayload);
 }
+
+/// The fuzz seed was signed by viem (the official clients' signer): our digest must agree.
+#[test]
+fn a_payment_signed_by_viem_verifies() {
+    let seed = include_str!("../../../fuzz/seeds/decode_verify/v2-valid");
+    let payment: v2::PaymentPayload = x402::decode_header(seed.as_bytes(), 8192).unwrap();
+    let mut requirement = requirement();
+    requirement.wire = payment.accepted.clone();
+    requirement.max_timeout_seconds = 300;
+    let verified = verify_v2(&payment, &[requirement], &VerifyPolicy::default(), 1_800_000_000).unwrap();
+    assert_eq!(verified.authorization.from, payer().address());
+}

@@ -1,0 +1,128 @@
+//! The verification path of one paid request, piece by piece and whole:
+//! header decode → requirement match and checks → EIP-712 digest → signature recovery →
+//! replay reservation. Run: `cargo bench -p x402-gateway-benches`.
+
+use alloy_primitives::{address, hex, B256, U256};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use x402_evm::eip712::TransferWithAuthorization;
+use x402_evm::{ExactEvmRequirement, TokenDomain, VerifyPolicy};
+use x402_store::{MemoryReplayStore, ReplayKey, ReplayStore};
+
+struct Fixture {
+    requirement: ExactEvmRequirement,
+    signer: PrivateKeySigner,
+    now: u64,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let usdc = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+        let pay_to = address!("70997970C51812dc3A010C7d01b50e0d17dc79C8");
+        let requirement = ExactEvmRequirement {
+            network: "eip155:84532".into(),
+            v1_network: Some("base-sepolia"),
+            domain: TokenDomain::new("USDC", "2", 84532, usdc),
+            pay_to,
+            amount: U256::from(1000u64),
+            max_timeout_seconds: 300,
+            wire: serde_json::json!({
+                "scheme": "exact", "network": "eip155:84532", "amount": "1000",
+                "asset": usdc.to_checksum(None), "payTo": pay_to.to_checksum(None),
+                "maxTimeoutSeconds": 300, "extra": {"name": "USDC", "version": "2"}
+            }),
+        };
+        let signer = PrivateKeySigner::random();
+        Self { requirement, signer, now: x402_store::unix_now() }
+    }
+
+    /// A distinct, valid `PAYMENT-SIGNATURE` header value for nonce `n`.
+    fn header(&self, n: u64) -> String {
+        let nonce = B256::from(U256::from(n));
+        let message = self.message(nonce);
+        let signature = self.signer.sign_hash_sync(&self.requirement.domain.signing_hash(&message)).expect("sign");
+        let payload = serde_json::json!({
+            "x402Version": 2,
+            "resource": {"url": "http://127.0.0.1:8402/weather", "description": "", "mimeType": ""},
+            "accepted": self.requirement.wire,
+            "payload": {
+                "signature": format!("0x{}", hex::encode(signature.as_bytes())),
+                "authorization": {
+                    "from": self.signer.address().to_checksum(None),
+                    "to": self.requirement.pay_to.to_checksum(None),
+                    "value": "1000",
+                    "validAfter": (self.now - 600).to_string(),
+                    "validBefore": (self.now + 300).to_string(),
+                    "nonce": nonce.to_string(),
+                }
+            }
+        });
+        x402::encode_header(&payload)
+    }
+
+    fn message(&self, nonce: B256) -> TransferWithAuthorization {
+        TransferWithAuthorization {
+            from: self.signer.address(),
+            to: self.requirement.pay_to,
+            value: U256::from(1000u64),
+            validAfter: U256::from(self.now - 600),
+            validBefore: U256::from(self.now + 300),
+            nonce,
+        }
+    }
+}
+
+fn verify_path(c: &mut Criterion) {
+    let fixture = Fixture::new();
+    let offers = [fixture.requirement.clone()];
+    let policy = VerifyPolicy::default();
+    let headers: Vec<String> = (0..4096).map(|n| fixture.header(n)).collect();
+    let message = fixture.message(B256::ZERO);
+    let digest = fixture.requirement.domain.signing_hash(&message);
+    let signature = fixture.signer.sign_hash_sync(&digest).expect("sign");
+
+    let mut group = c.benchmark_group("verify_path");
+    group.bench_function("decode_header", |b| {
+        b.iter(|| x402::decode_header::<x402::v2::PaymentPayload>(black_box(headers[0].as_bytes()), 8192).expect("decode"))
+    });
+    group.bench_function("eip712_digest", |b| b.iter(|| fixture.requirement.domain.signing_hash(black_box(&message))));
+    group.bench_function("recover_signer", |b| b.iter(|| black_box(&signature).recover_address_from_prehash(black_box(&digest))));
+    let payload: x402::v2::PaymentPayload = x402::decode_header(headers[0].as_bytes(), 8192).expect("decode");
+    group.bench_function("verify_v2 (match, checks, digest, recover)", |b| {
+        b.iter(|| x402_evm::verify_v2(black_box(&payload), &offers, &policy, fixture.now).expect("valid"))
+    });
+    let store = MemoryReplayStore::default();
+    let mut n = 0u64;
+    group.bench_function("replay_reserve", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = ReplayKey { chain_id: 84532, asset: [1; 20], from: [2; 20], nonce: B256::from(U256::from(n)).0 };
+            store.reserve(key, fixture.now + 300)
+        })
+    });
+    let store = MemoryReplayStore::default();
+    let mut i = 0usize;
+    group.bench_function("whole path (decode → verify → reserve)", |b| {
+        b.iter(|| {
+            // Cycle through distinct payments; after the first lap each is a replay, which
+            // costs the same work up to the reservation.
+            let header = &headers[i % headers.len()];
+            i += 1;
+            let payment: x402::v2::PaymentPayload = x402::decode_header(header.as_bytes(), 8192).expect("decode");
+            let verified = x402_evm::verify_v2(&payment, &offers, &policy, fixture.now).expect("valid");
+            let key = ReplayKey {
+                chain_id: 84532,
+                asset: offers[0].domain.verifying_contract.into_array(),
+                from: verified.authorization.from.into_array(),
+                nonce: verified.authorization.nonce.0,
+            };
+            store.reserve(key, fixture.now + 300)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify_path);
+criterion_main!(benches);
