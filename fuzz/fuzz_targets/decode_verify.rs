@@ -41,14 +41,7 @@ fuzz_target!(|data: &[u8]| {
             .and_then(|p| x402_evm::verify_v2(&p, &offers, &policy, now).ok())
     };
     if let Some(payment) = verified {
-        let digest = offers[0].domain.signing_hash(&x402_evm::eip712::TransferWithAuthorization {
-            from: payment.authorization.from,
-            to: payment.authorization.to,
-            value: payment.authorization.value,
-            validAfter: payment.authorization.valid_after,
-            validBefore: payment.authorization.valid_before,
-            nonce: payment.authorization.nonce,
-        });
+        let digest = offers[0].domain.signing_hash(&payment.authorization.message());
         assert_eq!(payment.signature.recover_address_from_prehash(&digest).ok(), Some(payment.authorization.from));
         assert_eq!(payment.authorization.to, offers[0].pay_to);
         assert_eq!(payment.authorization.value, offers[0].amount);

@@ -54,6 +54,18 @@ pub struct Authorization {
 }
 
 impl Authorization {
+    /// The EIP-712 message this authorization is a signature over.
+    pub fn message(&self) -> TransferWithAuthorization {
+        TransferWithAuthorization {
+            from: self.from,
+            to: self.to,
+            value: self.value,
+            validAfter: self.valid_after,
+            validBefore: self.valid_before,
+            nonce: self.nonce,
+        }
+    }
+
     /// `validBefore` as seconds, saturating (a value beyond u64 is already refused at verify).
     pub fn valid_before_secs(&self) -> u64 {
         u64::try_from(self.valid_before).unwrap_or(u64::MAX)
@@ -194,14 +206,7 @@ pub fn verify_exact_evm(
     }
     check_time_window(&authorization, requirement, policy, now)?;
     let signature = parse_signature(&payload.signature)?;
-    let digest = requirement.domain.signing_hash(&TransferWithAuthorization {
-        from: authorization.from,
-        to: authorization.to,
-        value: authorization.value,
-        validAfter: authorization.valid_after,
-        validBefore: authorization.valid_before,
-        nonce: authorization.nonce,
-    });
+    let digest = requirement.domain.signing_hash(&authorization.message());
     let recovered = signature
         .recover_address_from_prehash(&digest)
         .map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;

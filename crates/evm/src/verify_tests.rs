@@ -41,15 +41,7 @@ fn authorization(signer: &PrivateKeySigner) -> ExactEvmAuthorization {
 }
 
 fn sign_with(signer: &PrivateKeySigner, domain: &TokenDomain, raw: &ExactEvmAuthorization) -> String {
-    let a = parse_authorization(raw).unwrap();
-    let digest = domain.signing_hash(&TransferWithAuthorization {
-        from: a.from,
-        to: a.to,
-        value: a.value,
-        validAfter: a.valid_after,
-        validBefore: a.valid_before,
-        nonce: a.nonce,
-    });
+    let digest = domain.signing_hash(&parse_authorization(raw).unwrap().message());
     let signature = signer.sign_hash_sync(&digest).unwrap();
     format!("0x{}", hex::encode(signature.as_bytes()))
 }

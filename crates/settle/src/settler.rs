@@ -27,6 +27,9 @@ pub struct BatchPolicy {
     pub retry_backoff: Duration,
     /// How far back to look for `AuthorizationUsed` events when reconciling.
     pub log_lookback_blocks: u64,
+    /// A payment sent this many times without landing is marked failed rather than sent
+    /// again: each attempt costs gas.
+    pub max_attempts: u32,
 }
 
 impl Default for BatchPolicy {
@@ -39,6 +42,7 @@ impl Default for BatchPolicy {
             receipt_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_secs(1),
             log_lookback_blocks: 10_000,
+            max_attempts: 5,
         }
     }
 }
@@ -60,6 +64,7 @@ pub struct Settler {
 /// A journal record decoded for the chain.
 struct Pending {
     id: u64,
+    attempts: u32,
     token: Address,
     authorization: Authorization,
     signature: Signature,
@@ -168,8 +173,8 @@ impl Settler {
         let data = calldata::aggregate3(to_send.iter().map(Pending::call));
         let transaction = network.client.send_aggregate3(network.multicall, data, gas_limit).await?;
         tracing::info!(network = %network.network, tx = %transaction, payments = to_send.len(), "settlement batch sent");
-        for pending in &to_send {
-            self.journal.set_state(pending.id, PaymentState::Submitted { transaction: transaction.to_string() });
+        for pending in &mut to_send {
+            pending.attempts = self.journal.mark_submitted(pending.id, &transaction.to_string());
         }
         let mined = network.client.wait_for_receipt(transaction, self.policy.receipt_timeout).await;
         for pending in &to_send {
@@ -245,6 +250,9 @@ impl Settler {
                 self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() });
             }
             Outcome::Failed(reason) => self.fail(pending.id, reason),
+            Outcome::Retry if pending.attempts >= self.policy.max_attempts => {
+                self.fail(pending.id, format!("{context}: gave up after {} settlement transactions", pending.attempts));
+            }
             Outcome::Retry => {
                 tracing::debug!(payment = pending.id, context, "payment goes back to the queue");
                 self.journal.set_state(pending.id, PaymentState::Accepted);
@@ -262,5 +270,5 @@ fn decode(record: &PaymentRecord) -> Result<Pending, String> {
     let token = record.item.asset.parse().map_err(|_| format!("asset {} is not an address", record.item.asset))?;
     let authorization = parse_authorization(&record.item.payload.authorization).map_err(|e| e.to_string())?;
     let signature = parse_signature(&record.item.payload.signature).map_err(|e| e.to_string())?;
-    Ok(Pending { id: record.id, token, authorization, signature })
+    Ok(Pending { id: record.id, attempts: record.attempts, token, authorization, signature })
 }

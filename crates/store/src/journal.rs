@@ -49,6 +49,8 @@ pub struct PaymentRecord {
     pub accepted_at_ms: u64,
     pub item: SettlementItem,
     pub state: PaymentState,
+    /// Settlement transactions this payment was sent in.
+    pub attempts: u32,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl Journal {
                 accepted_at_ms: crate::unix_now_ms(),
                 item,
                 state: PaymentState::Accepted,
+                attempts: 0,
             };
             inner.records.insert(id, record);
             id
@@ -116,6 +119,15 @@ impl Journal {
         if let Some(record) = self.lock().records.get_mut(&id) {
             record.state = state;
         }
+    }
+
+    /// Marks a payment as sent in `transaction` and returns how many times it has been sent.
+    pub fn mark_submitted(&self, id: u64, transaction: &str) -> u32 {
+        let mut inner = self.lock();
+        let Some(record) = inner.records.get_mut(&id) else { return 0 };
+        record.attempts += 1;
+        record.state = PaymentState::Submitted { transaction: transaction.to_owned() };
+        record.attempts
     }
 
     pub fn get(&self, id: u64) -> Option<PaymentRecord> {
