@@ -245,7 +245,6 @@ fn a_payment_signed_by_viem_verifies() {
     let payment: v2::PaymentPayload = x402::decode_header(seed.as_bytes(), 8192).unwrap();
     let mut requirement = requirement();
     requirement.wire = payment.accepted.clone();
-    requirement.max_timeout_seconds = 300;
     let verified = verify_v2(&payment, &[requirement], &VerifyPolicy::default(), 1_800_000_000).unwrap();
     assert_eq!(verified.authorization.from, payer().address());
 }
