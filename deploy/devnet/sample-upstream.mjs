@@ -6,6 +6,7 @@
 //   ANY  /status/{code}    answers with that status
 //   GET  /stream?chunks=N  N chunks of text, 20 ms apart (chunked transfer)
 //   GET  /bytes/{n}        n deterministic binary bytes
+//   GET  /slow?ms=N        answers after N milliseconds (timeouts)
 // Usage: node deploy/devnet/sample-upstream.mjs [--port 8080]
 import { createServer } from "node:http";
 import { fileURLToPath } from "node:url";
@@ -50,6 +51,10 @@ async function handle(req, res) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     return res.end();
+  }
+  if (url.pathname === "/slow") {
+    await new Promise((resolve) => setTimeout(resolve, Number(url.searchParams.get("ms") ?? 1000)));
+    return json(res, 200, { slow: true });
   }
   const bytes = url.pathname.match(/^\/bytes\/(\d+)$/);
   if (bytes) {

@@ -1,6 +1,6 @@
 // End-to-end harness: a real dev chain (anvil), the sample upstream, and the real
 // x402-gateway binary over TCP, on fresh loopback ports.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -46,6 +46,7 @@ export async function startChainAndUpstream() {
 /** A gateway config for tests: YAML text from the given ports and routes. */
 export function testConfig({ listenPort, rpcUrl, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {} }) {
   const s = { max_wait_ms: 200, drain_timeout_seconds: 30, ...settlement };
+  const settlementYaml = Object.entries(s).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`).join("\n");
   return `
 server:
   listen: 127.0.0.1:${listenPort}
@@ -58,8 +59,7 @@ networks:
 payments:
   pay_to: "${payTo}"
 settlement:
-  max_wait_ms: ${s.max_wait_ms}
-  drain_timeout_seconds: ${s.drain_timeout_seconds}
+${settlementYaml}
 upstreams:
   sample:
     addresses: ["127.0.0.1:${upstreamPort}"]
@@ -127,6 +127,11 @@ export async function startGateway(yaml, { env = {}, listenPort } = {}) {
       return exited;
     },
   };
+}
+
+/** Runs the binary with `args` to completion (CLI commands). */
+export function runCli(args, extraEnv = {}) {
+  return spawnSync(GATEWAY_BIN, args, { encoding: "utf8", env: { ...process.env, ...extraEnv }, timeout: 20_000 });
 }
 
 export async function balanceOf(rpcUrl, address) {

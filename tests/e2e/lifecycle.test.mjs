@@ -2,7 +2,6 @@
 // payments to the chain on SIGTERM and SIGINT.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,7 +10,7 @@ import { devPrivateKey, devAccount } from "../../deploy/devnet/devnet.mjs";
 import { signPayment } from "./payments.mjs";
 import { payingFetch } from "../../deploy/devnet/pay.mjs";
 import {
-  ROOT, GATEWAY_BIN, startChainAndUpstream, startGateway, testConfig, freePort, authorizationState, balanceOf, b64, unb64,
+  ROOT, runCli, startChainAndUpstream, startGateway, testConfig, freePort, authorizationState, balanceOf, b64, unb64,
 } from "./harness.mjs";
 
 let env;
@@ -28,10 +27,6 @@ function writeTemp(text) {
   const path = join(mkdtempSync(join(tmpdir(), "x402-gateway-cli-")), "gateway.yaml");
   writeFileSync(path, text);
   return path;
-}
-
-function runCli(args, extraEnv = {}) {
-  return spawnSync(GATEWAY_BIN, args, { encoding: "utf8", env: { ...process.env, ...extraEnv }, timeout: 20_000 });
 }
 
 async function configFor(overrides = {}) {

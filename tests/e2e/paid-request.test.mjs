@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { randomBytes, createHash } from "node:crypto";
 import { connect } from "node:net";
 import { privateKeyToAccount } from "viem/accounts";
-import { devPrivateKey, devAccount } from "../../deploy/devnet/devnet.mjs";
+import { devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
 import { deterministicBytes } from "../../deploy/devnet/sample-upstream.mjs";
 import { payingFetch } from "../../deploy/devnet/pay.mjs";
 import {
@@ -100,6 +100,23 @@ test("the official @x402/fetch client pays, gets the upstream body and a receipt
   assert.equal(receipt.extensions["x402-gateway"].settlement, "pending");
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === payToBefore + 1000n, 20_000, "payTo balance +1000");
   assert.equal(await balanceOf(env.devnet.url, payer), payerBefore - 1000n);
+
+  // The receipt id leads to the payment's state and, once settled, its transaction.
+  const { paymentId, receipt: receiptPath } = receipt.extensions["x402-gateway"];
+  assert.match(paymentId, /^[0-9a-f]{32}$/);
+  assert.equal(receiptPath, `/.well-known/x402/receipts/${paymentId}`);
+  const settled = await eventually(async () => {
+    const lookup = await (await fetch(gateway.base + receiptPath)).json();
+    return lookup.state === "settled" && lookup;
+  }, 20_000, "receipt says settled");
+  assert.equal(settled.payer, payer);
+  assert.equal(settled.amount, "1000");
+  assert.equal(settled.route, "weather");
+  const mined = await rpc(env.devnet.url, "eth_getTransactionReceipt", [settled.transaction]);
+  assert.equal(mined.status, "0x1", "the receipt's transaction is the mined batch");
+  const unknown = await fetch(gateway.base + "/.well-known/x402/receipts/" + "0".repeat(32));
+  assert.equal(unknown.status, 404);
+  assert.equal((await unknown.json()).error, "receipt_not_found");
 });
 
 test("50 concurrent requests carrying one payment: exactly one is served", async () => {
@@ -196,6 +213,9 @@ test("a dead upstream answers 502 and charges nobody", async () => {
   const res = await send("/dead", payment);
   assert.equal(res.status, 502);
   assert.equal(res.headers.get("payment-response"), null);
+  const body = await res.json();
+  assert.equal(body.error, "upstream_unavailable");
+  assert.match(body.message, /not charged/);
   const again = await send("/dead", payment);
   assert.equal(again.status, 502, "released, not a replay");
 });

@@ -24,8 +24,10 @@ payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
 upstreams:
   sample: { addresses: ["127.0.0.1:${env.upstreamPort}"] }
   pair: { addresses: ["127.0.0.1:${deadPort}", "127.0.0.1:${env.upstreamPort}"], connect_timeout_ms: 500 }
+  impatient: { addresses: ["127.0.0.1:${env.upstreamPort}"], read_timeout_ms: 300 }
 routes:
   - { path: /health, upstream: sample, free: true }
+  - { path: /slow, upstream: impatient, free: true }
   - { path: /echo/*, upstream: pair, free: true }
   - { methods: [GET], path: /weather, upstream: sample, price: "$0.001" }
 unmatched: ${unmatched}
@@ -66,6 +68,22 @@ test("a pool with a dead server keeps answering through the live one", async () 
       assert.equal(res.status, 200, `request ${i}`);
       assert.equal((await res.json()).path, `/echo/${i}`);
     }
+  } finally {
+    await gateway.stop();
+  }
+});
+
+test("an upstream slower than read_timeout_ms gets 504 with a reason, and a fast one still answers", async () => {
+  const gateway = await gatewayWith("{ action: not_found }");
+  try {
+    const started = Date.now();
+    const slow = await fetch(gateway.base + "/slow?ms=3000");
+    assert.equal(slow.status, 504);
+    assert.equal((await slow.json()).error, "upstream_timeout");
+    assert.ok(Date.now() - started < 2500, "the gateway gave up at its read timeout, not the upstream's pace");
+    const fast = await fetch(gateway.base + "/slow?ms=10");
+    assert.equal(fast.status, 200);
+    assert.deepEqual(await fast.json(), { slow: true });
   } finally {
     await gateway.stop();
   }

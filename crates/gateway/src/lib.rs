@@ -4,6 +4,7 @@
 //! - [`routing`]: path patterns and route matching.
 //! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
 //! - [`payment`]: from a request's payment header to a reserved, verified payment.
+//! - [`receipts`]: a journaled payment as the payer and the operator see it.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation, one job per phase.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
 
@@ -11,5 +12,6 @@ pub mod challenge;
 pub mod config;
 pub mod payment;
 pub mod proxy;
+pub mod receipts;
 pub mod routing;
 pub mod server;

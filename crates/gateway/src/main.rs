@@ -39,6 +39,37 @@ enum Command {
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// Read the settlement journal (safe while the gateway runs).
+    Payments {
+        /// The configuration file; its `settlement.journal_path` names the journal.
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// The journal file itself, instead of the one the config names.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+        #[command(subcommand)]
+        query: PaymentsQuery,
+    },
+}
+
+#[derive(Subcommand)]
+enum PaymentsQuery {
+    /// Payments, newest first, one JSON object per line.
+    List {
+        /// accepted, submitted, settled or failed.
+        #[arg(long, value_parser = ["accepted", "submitted", "settled", "failed"])]
+        state: Option<String>,
+        /// The payer's address.
+        #[arg(long)]
+        payer: Option<String>,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One payment by its receipt id, as JSON.
+    Show { receipt_id: String },
+    /// How many payments are in each state.
+    Summary,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => x402_gateway::server::run(&config),
         Command::Validate { config } => validate(&config),
+        Command::Payments { config, journal, query } => payments(&config, journal, query),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +99,27 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         config.upstreams.len(),
         config.networks.len()
     );
+    Ok(())
+}
+
+fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQuery) -> anyhow::Result<()> {
+    let path = match journal {
+        Some(path) => path,
+        None => x402_gateway::config::load_config(config).context("invalid configuration")?.settlement.journal_path,
+    };
+    let reader = x402_store::Journal::open_read_only(&path).with_context(|| format!("cannot read the journal {}", path.display()))?;
+    match query {
+        PaymentsQuery::List { state, payer, limit } => {
+            for record in reader.list(&x402_store::PaymentFilter { state, payer, limit })? {
+                println!("{}", x402_gateway::receipts::receipt_json(&record));
+            }
+        }
+        PaymentsQuery::Show { receipt_id } => {
+            let record = reader.by_receipt(&receipt_id)?.with_context(|| format!("no payment has receipt id {receipt_id}"))?;
+            println!("{:#}", x402_gateway::receipts::receipt_json(&record));
+        }
+        PaymentsQuery::Summary => println!("{}", serde_json::to_string(&reader.counts()?)?),
+    }
     Ok(())
 }
 

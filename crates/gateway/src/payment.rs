@@ -2,10 +2,10 @@
 //! charged response carries.
 
 use crate::config::Pricing;
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifyError, VerifyPolicy};
-use x402_store::{ReplayKey, ReplayStore, SettlementItem};
+use x402_store::{NewPayment, ReplayKey, ReplayStore, SettlementItem};
 
 /// The payment header a request carries. Header names match case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +100,51 @@ pub fn accept_payment(
         network: requirement.network.clone(),
         item: SettlementItem {
             network: requirement.network.clone(),
+            chain_id: requirement.domain.chain_id,
             asset: requirement.domain.verifying_contract.to_checksum(None),
             payload: verified.payload,
             valid_before,
         },
+    })
+}
+
+/// Where the public listener answers receipt look-ups: `GET {RECEIPTS_PATH}{id}`.
+pub const RECEIPTS_PATH: &str = "/.well-known/x402/receipts/";
+
+/// The public id of a payment: derived from what identifies its authorization on-chain, so
+/// it is unique, stable across restarts, and says nothing about how many payments exist.
+pub fn receipt_id(key: &ReplayKey) -> String {
+    let mut preimage = Vec::with_capacity(8 + 20 + 20 + 32);
+    preimage.extend_from_slice(&key.chain_id.to_be_bytes());
+    preimage.extend_from_slice(&key.asset);
+    preimage.extend_from_slice(&key.from);
+    preimage.extend_from_slice(&key.nonce);
+    alloy_primitives::hex::encode(&keccak256(&preimage)[..16])
+}
+
+impl AcceptedPayment {
+    /// The journal row for this payment, charged on `route`.
+    pub fn journal_entry(&self, route: &str) -> NewPayment {
+        NewPayment {
+            receipt_id: receipt_id(&self.key),
+            route: route.to_owned(),
+            amount: self.amount.to_string(),
+            payer: self.payer.to_checksum(None),
+            nonce: alloy_primitives::B256::from(self.key.nonce).to_string(),
+            item: self.item.clone(),
+        }
+    }
+}
+
+/// The replay key of a journaled payment, to rebuild the replay store at start.
+pub fn journaled_key(item: &SettlementItem) -> Option<ReplayKey> {
+    let asset: Address = item.asset.parse().ok()?;
+    let authorization = x402_evm::verify::parse_authorization(&item.payload.authorization).ok()?;
+    Some(ReplayKey {
+        chain_id: item.chain_id,
+        asset: asset.into_array(),
+        from: authorization.from.into_array(),
+        nonce: authorization.nonce.0,
     })
 }
 
@@ -113,8 +154,8 @@ pub fn accept_payment(
 /// The payment is settled later in a batch, so there is no transaction hash yet: the spec
 /// requires `transaction` to be a string, and it is `""` here (as the spec's
 /// batch-settlement scheme does), with `extensions["x402-gateway"]` saying the settlement
-/// is pending and giving the gateway's payment id.
-pub fn receipt_header(payment: &AcceptedPayment, payment_id: u64) -> (&'static str, String) {
+/// is pending and giving the payment's receipt id and where to look it up.
+pub fn receipt_header(payment: &AcceptedPayment, receipt_id: &str) -> (&'static str, String) {
     let receipt = v2::SettleResponse {
         success: true,
         error_reason: None,
@@ -125,7 +166,11 @@ pub fn receipt_header(payment: &AcceptedPayment, payment_id: u64) -> (&'static s
         amount: Some(payment.amount.to_string()),
         extensions: serde_json::Map::from_iter([(
             "x402-gateway".to_owned(),
-            serde_json::json!({ "settlement": "pending", "paymentId": payment_id.to_string() }),
+            serde_json::json!({
+                "settlement": "pending",
+                "paymentId": receipt_id,
+                "receipt": format!("{RECEIPTS_PATH}{receipt_id}"),
+            }),
         )]),
     };
     let name = if payment.version == 1 { x402::headers::X_PAYMENT_RESPONSE } else { x402::headers::PAYMENT_RESPONSE };

@@ -6,7 +6,8 @@
 //! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure |
 //! | `upstream_peer` | the route's upstream, round robin |
 //! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For` and `Via` |
-//! | `response_filter` | billable status → journal the payment, add the receipt; otherwise it is released later |
+//! | `response_filter` | billable status → journal the payment durably, then add the receipt; otherwise it is released later |
+//! | `fail_to_proxy` | a JSON error for a dead or slow upstream (502/504) or an unrecorded payment (503); nobody is charged |
 //! | `logging` | release a reservation nobody was charged for; access log |
 
 use crate::challenge::{self, LocalResponse, Refusal};
@@ -19,10 +20,11 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Instant;
-use x402_store::{Journal, ReplayStore};
+use x402_store::{Journal, JournalError, ReplayStore};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
 pub struct PaywallProxy {
@@ -39,6 +41,8 @@ pub struct RequestContext {
     payment: Option<AcceptedPayment>,
     /// The payment was journaled: the client was charged.
     charged: bool,
+    /// The journal already holds this authorization: its reservation must stay.
+    journaled_before: bool,
     connect_attempts: usize,
     started: Instant,
 }
@@ -52,6 +56,9 @@ impl PaywallProxy {
     /// Decides what happens to the request: `Some(response)` answers it here.
     fn admit(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
         let path = req.uri.path();
+        if path.starts_with(payment::RECEIPTS_PATH) && req.method == http::Method::GET {
+            return Some(self.receipt_lookup(path));
+        }
         if is_ambiguous_path(path) {
             let body = serde_json::json!({"error": "ambiguous_path", "message": "paths with dot segments, empty segments or encoded slashes/dots are refused"});
             return Some(challenge::json_response(400, &body));
@@ -94,10 +101,47 @@ impl PaywallProxy {
         }
     }
 
+    /// `GET /.well-known/x402/receipts/{id}`: a payment's state from the journal.
+    fn receipt_lookup(&self, path: &str) -> LocalResponse {
+        let not_found = || challenge::json_response(404, &serde_json::json!({"error": "receipt_not_found", "message": "no payment has this receipt id"}));
+        let Some(id) = crate::receipts::receipt_id_from_path(path) else { return not_found() };
+        match self.journal.by_receipt(id) {
+            Ok(Some(record)) => challenge::json_response(200, &crate::receipts::receipt_json(&record)),
+            Ok(None) => not_found(),
+            Err(error) => {
+                tracing::error!(%error, "receipt lookup failed");
+                challenge::json_response(503, &serde_json::json!({"error": "journal_unavailable", "message": "receipts cannot be read right now"}))
+            }
+        }
+    }
+
+    /// Journals a billable payment and waits until it is durable: the response is not
+    /// released before.
+    async fn record_payment(&self, route: &str, ctx: &mut RequestContext) -> Result<String> {
+        let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
+        let entry = payment.journal_entry(route);
+        let receipt_id = entry.receipt_id.clone();
+        match self.journal.record(entry).await {
+            Ok(_) => {
+                ctx.charged = true;
+                Ok(receipt_id)
+            }
+            Err(error @ JournalError::Duplicate(_)) => {
+                ctx.journaled_before = true;
+                tracing::error!(route, %error, "an authorization already journaled reached the upstream; refused");
+                Err(Error::explain(ErrorType::HTTPStatus(402), "payment authorization already used"))
+            }
+            Err(error) => {
+                tracing::error!(route, %error, "payment could not be journaled; response withheld, nobody charged");
+                Err(Error::explain(ErrorType::HTTPStatus(503), "payment could not be recorded"))
+            }
+        }
+    }
+
     /// Releases a reservation nobody was charged for, so the client may use it again.
     fn release_uncharged(&self, ctx: &mut RequestContext) {
         if let Some(payment) = ctx.payment.take() {
-            if !ctx.charged {
+            if !ctx.charged && !ctx.journaled_before {
                 self.replay.release(&payment.key);
             }
         }
@@ -109,7 +153,16 @@ impl ProxyHttp for PaywallProxy {
     type CTX = RequestContext;
 
     fn new_ctx(&self) -> RequestContext {
-        RequestContext { config: None, route: None, upstream: None, payment: None, charged: false, connect_attempts: 0, started: Instant::now() }
+        RequestContext {
+            config: None,
+            route: None,
+            upstream: None,
+            payment: None,
+            charged: false,
+            journaled_before: false,
+            connect_attempts: 0,
+            started: Instant::now(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
@@ -168,19 +221,30 @@ impl ProxyHttp for PaywallProxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
-        let (Some(config), Some(payment)) = (ctx.config.clone(), ctx.payment.as_ref()) else { return Ok(()) };
+        let Some(config) = ctx.config.clone() else { return Ok(()) };
         let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
-        if !pricing.is_billable(response.status.as_u16()) {
+        if ctx.payment.is_none() || !pricing.is_billable(response.status.as_u16()) {
             return Ok(());
         }
-        let payer = payment.payer.to_checksum(None);
-        let id = self.journal.record(&route.name, &payment.amount.to_string(), &payer, payment.item.clone());
-        ctx.charged = true;
-        let (name, value) = payment::receipt_header(payment, id);
+        let receipt_id = self.record_payment(&route.name, ctx).await?;
+        let Some(payment) = ctx.payment.as_ref() else { return Ok(()) };
+        let (name, value) = payment::receipt_header(payment, &receipt_id);
         response.insert_header(name, value)?;
         response.insert_header("Access-Control-Expose-Headers", challenge::EXPOSE_HEADERS)?;
-        tracing::info!(route = %route.name, payer = %payer, amount = %payment.amount, payment_id = id, "payment accepted");
+        tracing::info!(route = %route.name, payer = %payment.payer, amount = %payment.amount, receipt = %receipt_id, "payment accepted");
         Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestContext) -> FailToProxy {
+        let (status, reason, message) = failure_answer(e);
+        if status > 0 {
+            let paid = if ctx.payment.is_some() && !ctx.charged { " Your payment was not charged." } else { "" };
+            let body = serde_json::json!({"error": reason, "message": format!("{message}.{paid}")});
+            if let Err(error) = write_local_response(session, challenge::json_response(status, &body)).await {
+                tracing::debug!(%error, "could not send the error response");
+            }
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestContext) {
@@ -212,6 +276,22 @@ async fn write_local_response(session: &mut Session, response: LocalResponse) ->
     header.insert_header("Content-Length", response.body.len().to_string())?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(response.body)), true).await
+}
+
+/// Status, reason code and message for a request that failed on its way through.
+fn failure_answer(e: &Error) -> (u16, &'static str, String) {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(402), _) => (402, "invalid_exact_evm_nonce_already_used", "This payment authorization was already used".into()),
+        (ErrorType::HTTPStatus(503), _) => (503, "payment_not_recorded", "The payment could not be recorded, so the response was withheld".into()),
+        (ErrorType::HTTPStatus(code), _) => (*code, "error", e.to_string()),
+        (ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
+            (504, "upstream_timeout", "The upstream did not answer in time".into())
+        }
+        (_, ErrorSource::Upstream) => (502, "upstream_unavailable", "The upstream could not be reached or broke the connection".into()),
+        (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => (0, "", String::new()),
+        (_, ErrorSource::Downstream) => (400, "bad_request", "The request could not be read".into()),
+        _ => (500, "internal_error", "The gateway failed to handle the request".into()),
+    }
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {

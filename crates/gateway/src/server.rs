@@ -1,5 +1,6 @@
-//! Process wiring: the Pingora server for the proxy, a separate runtime thread for the
-//! settler, and shutdown that drains both.
+//! Process wiring: the durable journal, the replay store rebuilt from it, the Pingora
+//! server for the proxy, a separate runtime thread for the settler, and shutdown that
+//! drains both.
 //!
 //! The settler does not run as a Pingora background service on purpose: Pingora drops its
 //! runtimes right after the grace period (and at once on SIGINT), which would cut a drain
@@ -18,13 +19,17 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
-use x402_store::{Journal, MemoryReplayStore};
+use x402_store::{Journal, JournalOptions, MemoryReplayStore, ReplayStore};
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     ensure_listen_address_free(&config)?;
-    let journal = Arc::new(Journal::default());
+    let journal = Arc::new(
+        Journal::open(&config.settlement.journal_path, JournalOptions { group_commit: config.settlement.group_commit })
+            .context("cannot open the settlement journal")?,
+    );
+    let replay = rebuild_replay_store(&journal)?;
     let settler = build_settler(&config, journal.clone())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let drain_timeout = config.settlement.drain_timeout;
@@ -41,7 +46,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     server.bootstrap();
     let proxy = PaywallProxy {
         config: Arc::new(ArcSwap::from_pointee(config)),
-        replay: Arc::new(MemoryReplayStore::default()),
+        replay,
         journal: journal.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
@@ -50,17 +55,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(%listen, config = %config_path.display(), "x402-gateway listening");
     server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
 
-    tracing::info!(unsettled = journal.unsettled_count(), "proxy stopped; draining settlement");
+    tracing::info!(unsettled = journal.unsettled_count().unwrap_or_default(), "proxy stopped; draining settlement");
     let _ = shutdown_tx.send(true);
     match settler_thread.join() {
         Ok(result) => result?,
         Err(_) => bail!("the settler thread panicked"),
     }
-    let counts = journal.counts();
-    tracing::info!(?counts, "x402-gateway stopped");
-    if journal.unsettled_count() > 0 {
-        bail!("{} accepted payments were not settled before shutdown", journal.unsettled_count());
+    let counts = journal.counts()?;
+    let unsettled = journal.unsettled_count()?;
+    journal.close();
+    if unsettled > 0 {
+        tracing::warn!(unsettled, journal = %journal.path().display(), "payments not settled before shutdown stay in the journal for the next start");
     }
+    tracing::info!(?counts, "x402-gateway stopped");
     Ok(())
 }
 
@@ -80,6 +87,20 @@ fn ensure_listen_address_free(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))
 }
 
+/// Every authorization the journal holds stays refused until its `validBefore`, across
+/// restarts: a payment accepted before a crash is still a replay after it.
+fn rebuild_replay_store(journal: &Journal) -> anyhow::Result<Arc<dyn ReplayStore>> {
+    let store = MemoryReplayStore::default();
+    let live = journal.live(x402_store::unix_now()).context("cannot read the journal")?;
+    for record in &live {
+        let key = crate::payment::journaled_key(&record.item)
+            .with_context(|| format!("journal payment {} has an unreadable authorization", record.id))?;
+        store.reserve(key, record.item.valid_before);
+    }
+    tracing::info!(reserved = live.len(), unsettled = journal.unsettled_count()?, "replay store rebuilt from the journal");
+    Ok(Arc::new(store))
+}
+
 /// One settler for every configured network, signing with the key named in the config.
 fn build_settler(config: &Config, journal: Arc<Journal>) -> anyhow::Result<Option<Settler>> {
     let priced = config.routes.iter().any(|r| r.pricing.is_some());
@@ -94,8 +115,8 @@ fn build_settler(config: &Config, journal: Arc<Journal>) -> anyhow::Result<Optio
         .networks
         .iter()
         .map(|network| {
-            // Several RPC URLs in order are the next step; the first one is used today.
-            let client = ChainClient::new(&network.rpc_urls[0], key.clone())?;
+            let client =
+                ChainClient::new(&network.rpc_urls, key.clone(), network.chain_id, config.settlement.max_fee_per_gas_wei)?;
             Ok(NetworkSettlement { network: network.id.clone(), multicall: network.multicall, client })
         })
         .collect::<Result<Vec<_>, x402_settle::ChainError>>()?;

@@ -1,99 +1,190 @@
-//! The few chain calls the settler makes, through an alloy provider that signs with the
-//! settlement key.
+//! The few chain calls the settler makes, through alloy providers for one or more RPC URLs
+//! (tried in order: a transport failure moves on to the next, a node's own refusal does not).
+//!
+//! Settlement transactions are signed here, locally, and broadcast separately
+//! ([`ChainClient::sign_aggregate3`] then [`ChainClient::send_raw`]) so the settler can
+//! journal the exact signed bytes and their hash before anything reaches the network.
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::{RpcError, TransportErrorKind};
 use alloy_primitives::{Address, Bytes, B256};
 use alloy_sol_types::{SolCall, SolEvent};
+use std::future::Future;
 use std::time::Duration;
 use x402_evm::calldata::{self, IEip3009};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("RPC {0}")]
+    /// No RPC URL answered (down, unreachable, timed out).
+    #[error("RPC unreachable: {0}")]
     Rpc(String),
-    #[error("no receipt within {0:?}")]
-    ReceiptTimeout(Duration, B256),
+    /// A node answered and refused (e.g. "nonce too low", "already known").
+    #[error("RPC refused: {0}")]
+    Rejected(String),
     #[error("could not decode {0}")]
     Decode(String),
+    #[error("could not sign the settlement transaction: {0}")]
+    Sign(String),
+    #[error("gas price {offered} wei is above the configured cap {cap} wei; waiting")]
+    GasPriceAboveCap { offered: u128, cap: u128 },
 }
 
-/// One network's RPC endpoint with the settlement key.
+/// One network's RPC endpoints with the settlement key.
 #[derive(Clone)]
 pub struct ChainClient {
-    provider: DynProvider,
+    providers: Vec<(String, DynProvider)>,
+    wallet: EthereumWallet,
     settler: Address,
+    chain_id: u64,
+    /// Highest `maxFeePerGas` the settler pays, in wei.
+    max_fee_per_gas: Option<u128>,
 }
 
 /// The outcome of a mined settlement transaction.
 pub struct Mined {
     pub transaction: B256,
     pub success: bool,
-    /// (authorizer, nonce) of every `AuthorizationUsed` the transaction emitted, per token.
+    pub gas_used: u64,
+    /// (token, authorizer, nonce) of every `AuthorizationUsed` the transaction emitted.
     pub used: Vec<(Address, Address, B256)>,
 }
 
+/// A signed settlement transaction, not yet broadcast.
+pub struct SignedTransaction {
+    pub hash: B256,
+    pub raw: Vec<u8>,
+}
+
+fn rpc_error(error: RpcError<TransportErrorKind>) -> ChainError {
+    match error {
+        RpcError::ErrorResp(payload) => ChainError::Rejected(payload.message.to_string()),
+        other => ChainError::Rpc(other.to_string()),
+    }
+}
+
 impl ChainClient {
-    pub fn new(rpc_url: &str, key: PrivateKeySigner) -> Result<Self, ChainError> {
-        let url = rpc_url.parse().map_err(|e| ChainError::Rpc(format!("bad URL {rpc_url}: {e}")))?;
+    pub fn new(rpc_urls: &[String], key: PrivateKeySigner, chain_id: u64, max_fee_per_gas: Option<u128>) -> Result<Self, ChainError> {
+        let providers = rpc_urls
+            .iter()
+            .map(|rpc_url| {
+                let url = rpc_url.parse().map_err(|e| ChainError::Rpc(format!("bad URL {rpc_url}: {e}")))?;
+                // No fillers: nonce, gas and fees are set explicitly when signing, so a
+                // failed send never leaves a cached nonce ahead of the chain.
+                let provider = ProviderBuilder::new().disable_recommended_fillers().connect_http(url).erased();
+                Ok((rpc_url.clone(), provider))
+            })
+            .collect::<Result<Vec<_>, ChainError>>()?;
+        if providers.is_empty() {
+            return Err(ChainError::Rpc("no RPC URL configured".into()));
+        }
         let settler = key.address();
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(key)).connect_http(url).erased();
-        Ok(Self { provider, settler })
+        Ok(Self { providers, wallet: EthereumWallet::from(key), settler, chain_id, max_fee_per_gas })
     }
 
     pub fn settler_address(&self) -> Address {
         self.settler
     }
 
+    /// Runs `call` against each RPC URL in order until one answers; a node's refusal is an
+    /// answer and is not retried elsewhere.
+    async fn first_answer<T, F, Fut>(&self, call: F) -> Result<T, ChainError>
+    where
+        F: Fn(DynProvider) -> Fut,
+        Fut: Future<Output = Result<T, RpcError<TransportErrorKind>>>,
+    {
+        let mut last = ChainError::Rpc("no RPC URL configured".into());
+        for (url, provider) in &self.providers {
+            match call(provider.clone()).await.map_err(rpc_error) {
+                Err(ChainError::Rpc(error)) => {
+                    tracing::debug!(rpc = %url, %error, "RPC unreachable; trying the next URL");
+                    last = ChainError::Rpc(format!("{url}: {error}"));
+                }
+                answer => return answer,
+            }
+        }
+        Err(last)
+    }
+
+    fn request(&self, to: Address, data: Bytes) -> TransactionRequest {
+        TransactionRequest::default().with_from(self.settler).with_to(to).with_input(data)
+    }
+
     /// Runs `aggregate3` as an `eth_call` and returns each call's (success, returnData).
     pub async fn simulate_aggregate3(&self, multicall: Address, data: Bytes) -> Result<Vec<(bool, Bytes)>, ChainError> {
-        let request = TransactionRequest::default().with_from(self.settler).with_to(multicall).with_input(data);
-        let output = self.provider.call(request).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
+        let request = self.request(multicall, data);
+        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).await } }).await?;
         calldata::decode_aggregate3_result(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
     /// Gas for `data` sent to `multicall`, as `eth_estimateGas` answers it.
     pub async fn estimate_gas(&self, multicall: Address, data: Bytes) -> Result<u64, ChainError> {
-        let request = TransactionRequest::default().with_from(self.settler).with_to(multicall).with_input(data);
-        self.provider.estimate_gas(request).await.map_err(|e| ChainError::Rpc(e.to_string()))
+        let request = self.request(multicall, data);
+        self.first_answer(|p| { let r = request.clone(); async move { p.estimate_gas(r).await } }).await
     }
 
-    /// Broadcasts `aggregate3` with a fixed gas limit and returns its hash once the node
-    /// accepted it.
-    pub async fn send_aggregate3(&self, multicall: Address, data: Bytes, gas_limit: u64) -> Result<B256, ChainError> {
-        let request = TransactionRequest::default()
-            .with_from(self.settler)
-            .with_to(multicall)
-            .with_input(data)
-            .with_gas_limit(gas_limit);
-        let pending = self.provider.send_transaction(request).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
-        Ok(*pending.tx_hash())
+    /// Signs `aggregate3(data)` with the settlement key at the account's next nonce.
+    pub async fn sign_aggregate3(&self, multicall: Address, data: Bytes, gas_limit: u64) -> Result<SignedTransaction, ChainError> {
+        let settler = self.settler;
+        let nonce = self.first_answer(|p| async move { p.get_transaction_count(settler).pending().await }).await?;
+        let fees = self.first_answer(|p| async move { p.estimate_eip1559_fees().await }).await?;
+        if let Some(cap) = self.max_fee_per_gas {
+            if fees.max_fee_per_gas > cap {
+                return Err(ChainError::GasPriceAboveCap { offered: fees.max_fee_per_gas, cap });
+            }
+        }
+        let envelope = self
+            .request(multicall, data)
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id)
+            .with_gas_limit(gas_limit)
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas.min(fees.max_fee_per_gas))
+            .build(&self.wallet)
+            .await
+            .map_err(|e| ChainError::Sign(e.to_string()))?;
+        Ok(SignedTransaction { hash: *envelope.tx_hash(), raw: envelope.encoded_2718() })
     }
 
-    /// Waits for a transaction's receipt, polling, up to `timeout`.
-    pub async fn wait_for_receipt(&self, transaction: B256, timeout: Duration) -> Result<Mined, ChainError> {
+    /// Broadcasts a signed transaction.
+    pub async fn send_raw(&self, raw: &[u8]) -> Result<(), ChainError> {
+        self.first_answer(|p| async move { p.send_raw_transaction(raw).await.map(drop) }).await
+    }
+
+    /// Whether any node knows the transaction (pending or mined).
+    pub async fn transaction_known(&self, transaction: B256) -> Result<bool, ChainError> {
+        let found = self.first_answer(|p| async move { p.get_transaction_by_hash(transaction).await }).await?;
+        Ok(found.is_some())
+    }
+
+    /// The receipt of a mined transaction, if it is mined.
+    pub async fn receipt(&self, transaction: B256) -> Result<Option<Mined>, ChainError> {
+        let receipt = self.first_answer(|p| async move { p.get_transaction_receipt(transaction).await }).await?;
+        Ok(receipt.map(|receipt| {
+            let used = receipt
+                .logs()
+                .iter()
+                .filter_map(|log| {
+                    let decoded = log.log_decode::<IEip3009::AuthorizationUsed>().ok()?;
+                    Some((log.address(), decoded.inner.authorizer, decoded.inner.nonce))
+                })
+                .collect();
+            Mined { transaction, success: receipt.status(), gas_used: receipt.gas_used, used }
+        }))
+    }
+
+    /// Polls for a transaction's receipt up to `timeout`; `None` if it is not mined by then.
+    pub async fn wait_for_receipt(&self, transaction: B256, timeout: Duration) -> Result<Option<Mined>, ChainError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let receipt = self
-                .provider
-                .get_transaction_receipt(transaction)
-                .await
-                .map_err(|e| ChainError::Rpc(e.to_string()))?;
-            if let Some(receipt) = receipt {
-                let used = receipt
-                    .logs()
-                    .iter()
-                    .filter_map(|log| {
-                        let decoded = log.log_decode::<IEip3009::AuthorizationUsed>().ok()?;
-                        Some((log.address(), decoded.inner.authorizer, decoded.inner.nonce))
-                    })
-                    .collect();
-                return Ok(Mined { transaction, success: receipt.status(), used });
+            if let Some(mined) = self.receipt(transaction).await? {
+                return Ok(Some(mined));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ChainError::ReceiptTimeout(timeout, transaction));
+                return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -102,7 +193,7 @@ impl ChainClient {
     /// `authorizationState(authorizer, nonce)` on `token`: true once used or cancelled.
     pub async fn authorization_state(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool, ChainError> {
         let request = TransactionRequest::default().with_to(token).with_input(calldata::authorization_state(authorizer, nonce));
-        let output = self.provider.call(request).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
+        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).await } }).await?;
         IEip3009::authorizationStateCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
@@ -115,7 +206,7 @@ impl ChainClient {
         nonce: B256,
         lookback: u64,
     ) -> Result<Option<B256>, ChainError> {
-        let head = self.provider.get_block_number().await.map_err(|e| ChainError::Rpc(e.to_string()))?;
+        let head = self.first_answer(|p| async move { p.get_block_number().await }).await?;
         let filter = Filter::new()
             .address(token)
             .event_signature(IEip3009::AuthorizationUsed::SIGNATURE_HASH)
@@ -123,7 +214,7 @@ impl ChainClient {
             .topic2(nonce)
             .from_block(head.saturating_sub(lookback))
             .to_block(head);
-        let logs = self.provider.get_logs(&filter).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
+        let logs = self.first_answer(|p| { let f = filter.clone(); async move { p.get_logs(&f).await } }).await?;
         Ok(logs.first().and_then(|log| log.transaction_hash))
     }
 }

@@ -1,13 +1,23 @@
 //! The settlement loop.
+//!
+//! Per network, each round first resolves *open batches* (signed and journaled, outcome not
+//! yet written back), then sends a new batch if one is due. A batch goes through:
+//! simulate → estimate gas → sign → journal (batch + payments `submitted`, durable) →
+//! broadcast → receipt → each payment `settled`, back to `accepted`, or `failed`.
+//! A crash anywhere leaves either nothing journaled (the payments are still `accepted`)
+//! or an open batch, which the next round resolves from chain state: the receipt if it was
+//! mined, otherwise the same signed bytes are sent again (same hash, same account nonce:
+//! they can land at most once), and whatever did not land is decided per payment by
+//! `authorizationState` and `AuthorizationUsed`, never by signing blindly again.
 
-use crate::chain::{ChainClient, ChainError};
+use crate::chain::{ChainClient, ChainError, Mined};
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
-use x402_store::{unix_now, unix_now_ms, Journal, PaymentRecord, PaymentState};
+use x402_store::{unix_now, unix_now_ms, BatchRecord, Journal, JournalError, PaymentRecord, PaymentState};
 
 /// When a batch goes out and how long the settler waits for it.
 #[derive(Debug, Clone)]
@@ -23,13 +33,17 @@ pub struct BatchPolicy {
     /// and is marked `failed: expired`.
     pub min_time_left_secs: u64,
     pub receipt_timeout: Duration,
-    /// Pause after an RPC failure before the next attempt.
+    /// First pause after an RPC failure; it doubles up to `max_retry_backoff`.
     pub retry_backoff: Duration,
+    pub max_retry_backoff: Duration,
     /// How far back to look for `AuthorizationUsed` events when reconciling.
     pub log_lookback_blocks: u64,
     /// A payment sent this many times without landing is marked failed rather than sent
     /// again: each attempt costs gas.
     pub max_attempts: u32,
+    /// Most gas one settlement transaction may use (the chain's per-transaction cap, or
+    /// lower): a batch whose estimate is above it is split.
+    pub max_gas_per_transaction: u64,
 }
 
 impl Default for BatchPolicy {
@@ -40,9 +54,11 @@ impl Default for BatchPolicy {
             urgent_secs: 20,
             min_time_left_secs: 4,
             receipt_timeout: Duration::from_secs(30),
-            retry_backoff: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(500),
+            max_retry_backoff: Duration::from_secs(15),
             log_lookback_blocks: 10_000,
             max_attempts: 5,
+            max_gas_per_transaction: 16_000_000,
         }
     }
 }
@@ -53,6 +69,14 @@ pub struct NetworkSettlement {
     pub network: String,
     pub multicall: Address,
     pub client: ChainClient,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 pub struct Settler {
@@ -74,6 +98,10 @@ impl Pending {
     fn call(&self) -> (Address, Bytes) {
         (self.token, calldata::transfer_with_authorization(&self.authorization, &self.signature))
     }
+
+    fn landed_in(&self, mined: &Mined) -> bool {
+        mined.used.contains(&(self.token, self.authorization.from, self.authorization.nonce))
+    }
 }
 
 /// Where an attempt left a payment.
@@ -93,6 +121,7 @@ impl Settler {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
         let tick = (self.policy.max_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut drain_deadline = None;
+        let mut backoff = self.policy.retry_backoff;
         loop {
             if drain_deadline.is_none() {
                 tokio::select! {
@@ -101,34 +130,53 @@ impl Settler {
                     _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
-                    tracing::info!(unsettled = self.journal.unsettled_count(), "settler draining");
+                    tracing::info!(unsettled = self.unsettled(), "settler draining");
                     drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
                 }
             }
             let draining = drain_deadline.is_some();
+            let mut failed = false;
             for network in &self.networks {
-                if let Err(error) = self.settle_due(network, draining).await {
-                    tracing::warn!(network = %network.network, %error, "settlement attempt failed; will retry");
-                    tokio::time::sleep(self.policy.retry_backoff).await;
+                if let Err(error) = self.settle_network(network, draining).await {
+                    tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
+                    failed = true;
                 }
             }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.policy.max_retry_backoff);
+            } else {
+                backoff = self.policy.retry_backoff;
+            }
             if let Some(deadline) = drain_deadline {
-                let unsettled = self.journal.unsettled_count();
+                let unsettled = self.unsettled();
                 if unsettled == 0 {
                     tracing::info!("settler drained");
                     return;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    tracing::error!(unsettled, "settler drain timed out; these payments were not settled");
+                    tracing::error!(unsettled, "settler drain timed out; the journal keeps these payments for the next start");
                     return;
                 }
             }
         }
     }
 
+    fn unsettled(&self) -> u64 {
+        // Unknown counts as "not drained": keep trying until the deadline.
+        self.journal.unsettled_count().unwrap_or(u64::MAX)
+    }
+
+    async fn settle_network(&self, network: &NetworkSettlement, force: bool) -> Result<(), SettleError> {
+        for batch in self.journal.open_batches(&network.network)? {
+            self.resolve_batch(network, batch).await?;
+        }
+        self.settle_due(network, force).await
+    }
+
     /// Sends one batch for `network` if one is due.
-    async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<(), ChainError> {
-        let batch = self.journal.accepted(&network.network, self.policy.max_batch);
+    async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<(), SettleError> {
+        let batch = self.journal.accepted(&network.network, self.policy.max_batch)?;
         let Some(first) = batch.first() else { return Ok(()) };
         let oldest_ms = batch.iter().map(|r| r.accepted_at_ms).min().unwrap_or(first.accepted_at_ms);
         let waited = Duration::from_millis(unix_now_ms().saturating_sub(oldest_ms));
@@ -137,15 +185,91 @@ impl Settler {
             || waited >= self.policy.max_wait
             || first.item.valid_before <= unix_now() + self.policy.urgent_secs;
         if due {
-            self.settle_batch(network, batch).await?;
+            self.send_batch(network, batch).await?;
         }
         Ok(())
     }
 
-    async fn settle_batch(&self, network: &NetworkSettlement, batch: Vec<PaymentRecord>) -> Result<(), ChainError> {
-        let live = self.drop_unsettleable(batch);
-        if live.is_empty() {
+    async fn send_batch(&self, network: &NetworkSettlement, batch: Vec<PaymentRecord>) -> Result<(), SettleError> {
+        let live = self.drop_unsettleable(batch).await?;
+        let mut to_send = self.simulate(network, live).await?;
+        if to_send.is_empty() {
             return Ok(());
+        }
+        let gas_limit = self.fit_gas_cap(network, &mut to_send).await?;
+        let data = calldata::aggregate3(to_send.iter().map(Pending::call));
+        let signed = network.client.sign_aggregate3(network.multicall, data, gas_limit).await?;
+        let batch = BatchRecord {
+            transaction: signed.hash.to_string(),
+            network: network.network.clone(),
+            raw: signed.raw,
+            sent_at_ms: unix_now_ms(),
+        };
+        // Durable before it exists anywhere else: a crash after this line is resolved from
+        // the journal, never by signing the same payments again blindly.
+        self.journal.record_batch(batch.clone(), to_send.iter().map(|p| p.id).collect()).await?;
+        tracing::info!(network = %network.network, tx = %batch.transaction, payments = to_send.len(), gas_limit, "settlement batch signed and journaled");
+        if let Err(error) = network.client.send_raw(&batch.raw).await {
+            tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the batch stays open and is resolved next round");
+        }
+        self.resolve_batch(network, batch).await
+    }
+
+    /// The gas limit for `to_send`, halving the batch (earliest deadlines kept; the rest stay
+    /// `accepted` for the next round) until it fits the per-transaction cap.
+    async fn fit_gas_cap(&self, network: &NetworkSettlement, to_send: &mut Vec<Pending>) -> Result<u64, SettleError> {
+        loop {
+            let estimate = network
+                .client
+                .estimate_gas(network.multicall, calldata::aggregate3_strict(to_send.iter().map(Pending::call)))
+                .await?;
+            // Headroom for state that changes between estimate and inclusion.
+            let gas_limit = estimate.saturating_add(estimate / 4);
+            if gas_limit <= self.policy.max_gas_per_transaction || to_send.len() == 1 {
+                return Ok(gas_limit);
+            }
+            tracing::info!(network = %network.network, gas_limit, payments = to_send.len(), "batch above the gas cap; splitting");
+            to_send.truncate(to_send.len() / 2);
+        }
+    }
+
+    /// Settles a journaled batch's payments from chain state.
+    async fn resolve_batch(&self, network: &NetworkSettlement, batch: BatchRecord) -> Result<(), SettleError> {
+        let hash: B256 = batch.transaction.parse().map_err(|_| ChainError::Decode(format!("transaction hash {}", batch.transaction)))?;
+        let payments: Vec<Pending> = self.decode_all(self.journal.submitted_in(&batch.transaction)?).await?;
+        let mut mined = network.client.receipt(hash).await?;
+        if mined.is_none() {
+            if !network.client.transaction_known(hash).await? {
+                // Never reached a node, or a node forgot it: the same bytes again.
+                match network.client.send_raw(&batch.raw).await {
+                    Ok(()) => tracing::info!(tx = %batch.transaction, "re-sent a journaled settlement transaction"),
+                    Err(ChainError::Rejected(reason)) => {
+                        tracing::info!(tx = %batch.transaction, %reason, "journaled transaction refused; reconciling its payments")
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            mined = network.client.wait_for_receipt(hash, self.policy.receipt_timeout).await?;
+        }
+        if let Some(mined) = &mined {
+            tracing::info!(network = %network.network, tx = %mined.transaction, success = mined.success, gas_used = mined.gas_used, "settlement batch mined");
+        }
+        for pending in &payments {
+            let outcome = match &mined {
+                Some(mined) if pending.landed_in(mined) => Outcome::Settled(mined.transaction),
+                _ => self.reconcile(network, pending).await,
+            };
+            self.apply(pending, outcome, "not settled by its batch").await?;
+        }
+        self.journal.finish_batch(batch.transaction).await?;
+        Ok(())
+    }
+
+    /// Runs the batch as an `eth_call`; what would revert is settled or failed here and
+    /// what would succeed is returned.
+    async fn simulate(&self, network: &NetworkSettlement, live: Vec<Pending>) -> Result<Vec<Pending>, SettleError> {
+        if live.is_empty() {
+            return Ok(live);
         }
         let simulated = network
             .client
@@ -158,55 +282,35 @@ impl Settler {
             } else {
                 let reason = calldata::revert_reason(&return_data).unwrap_or_else(|| "call reverted".into());
                 let outcome = self.classify_revert(network, &pending, &reason).await;
-                self.apply(&pending, outcome, &reason);
+                self.apply(&pending, outcome, &reason).await?;
             }
         }
-        if to_send.is_empty() {
-            return Ok(());
-        }
-        let estimate = network
-            .client
-            .estimate_gas(network.multicall, calldata::aggregate3_strict(to_send.iter().map(Pending::call)))
-            .await?;
-        // Headroom for state that changes between estimate and inclusion.
-        let gas_limit = estimate.saturating_add(estimate / 4);
-        let data = calldata::aggregate3(to_send.iter().map(Pending::call));
-        let transaction = network.client.send_aggregate3(network.multicall, data, gas_limit).await?;
-        tracing::info!(network = %network.network, tx = %transaction, payments = to_send.len(), "settlement batch sent");
-        for pending in &mut to_send {
-            pending.attempts = self.journal.mark_submitted(pending.id, &transaction.to_string());
-        }
-        let mined = network.client.wait_for_receipt(transaction, self.policy.receipt_timeout).await;
-        for pending in &to_send {
-            let outcome = match &mined {
-                Ok(mined) if mined.used.contains(&(pending.token, pending.authorization.from, pending.authorization.nonce)) => {
-                    Outcome::Settled(mined.transaction)
-                }
-                _ => self.reconcile(network, pending).await,
-            };
-            self.apply(pending, outcome, "not settled by the batch");
-        }
-        if let Ok(mined) = &mined {
-            tracing::info!(network = %network.network, tx = %mined.transaction, success = mined.success, "settlement batch mined");
-        }
-        Ok(())
+        Ok(to_send)
     }
 
     /// Marks what can no longer be settled as failed and decodes the rest.
-    fn drop_unsettleable(&self, batch: Vec<PaymentRecord>) -> Vec<Pending> {
+    async fn drop_unsettleable(&self, batch: Vec<PaymentRecord>) -> Result<Vec<Pending>, SettleError> {
         let cutoff = unix_now() + self.policy.min_time_left_secs;
         let mut live = Vec::with_capacity(batch.len());
         for record in batch {
             if record.item.valid_before <= cutoff {
-                self.fail(record.id, "expired: validBefore passed before the payment could be settled".into());
+                self.fail(record.id, "expired: validBefore passed before the payment could be settled".into()).await?;
                 continue;
             }
+            live.push(record);
+        }
+        self.decode_all(live).await
+    }
+
+    async fn decode_all(&self, records: Vec<PaymentRecord>) -> Result<Vec<Pending>, SettleError> {
+        let mut decoded = Vec::with_capacity(records.len());
+        for record in records {
             match decode(&record) {
-                Ok(pending) => live.push(pending),
-                Err(reason) => self.fail(record.id, reason),
+                Ok(pending) => decoded.push(pending),
+                Err(reason) => self.fail(record.id, reason).await?,
             }
         }
-        live
+        Ok(decoded)
     }
 
     /// What a reverted call means. "Used" is checked against the chain: the payment may
@@ -243,26 +347,26 @@ impl Settler {
         }
     }
 
-    fn apply(&self, pending: &Pending, outcome: Outcome, context: &str) {
+    async fn apply(&self, pending: &Pending, outcome: Outcome, context: &str) -> Result<(), JournalError> {
         match outcome {
             Outcome::Settled(transaction) => {
                 tracing::debug!(payment = pending.id, tx = %transaction, "payment settled");
-                self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() });
+                self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() }).await
             }
-            Outcome::Failed(reason) => self.fail(pending.id, reason),
+            Outcome::Failed(reason) => self.fail(pending.id, reason).await,
             Outcome::Retry if pending.attempts >= self.policy.max_attempts => {
-                self.fail(pending.id, format!("{context}: gave up after {} settlement transactions", pending.attempts));
+                self.fail(pending.id, format!("{context}: gave up after {} settlement transactions", pending.attempts)).await
             }
             Outcome::Retry => {
                 tracing::debug!(payment = pending.id, context, "payment goes back to the queue");
-                self.journal.set_state(pending.id, PaymentState::Accepted);
+                self.journal.set_state(pending.id, PaymentState::Accepted).await
             }
         }
     }
 
-    fn fail(&self, id: u64, reason: String) {
+    async fn fail(&self, id: u64, reason: String) -> Result<(), JournalError> {
         tracing::warn!(payment = id, %reason, "payment failed to settle");
-        self.journal.set_state(id, PaymentState::Failed { reason });
+        self.journal.set_state(id, PaymentState::Failed { reason }).await
     }
 }
 

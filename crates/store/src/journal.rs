@@ -1,18 +1,51 @@
-//! The settlement journal: payments whose responses were released, on their way to the
-//! chain. This one lives in memory; a crash loses what it holds (a durable journal is the
-//! next step), but a graceful shutdown drains it.
+//! The settlement journal: every payment whose response was released, on its way to the
+//! chain (`accepted → submitted → settled | failed`), in SQLite on local disk.
+//!
+//! Why SQLite (bundled, WAL mode, `synchronous=FULL`): a commit is durable once it returns,
+//! a crash at any point leaves the last committed state, and other processes (the
+//! `x402-gateway payments` CLI) can read the live file while the gateway writes it.
+//!
+//! All writes go through one writer thread that commits whatever has queued up in one
+//! transaction (group commit): concurrent requests share one fsync. A write's future
+//! resolves only after its transaction is committed, so a caller that awaits it knows the
+//! change is on disk.
+//!
+//! Settlement transactions are journaled *before* they are broadcast (`batches`: the signed
+//! raw transaction and its hash), so after a crash the settler can find out what happened to
+//! each one on-chain, or send the very same transaction again, instead of signing a new one
+//! blindly.
 
+use rusqlite::{params, Connection, OpenFlags, Row};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use tokio::sync::Notify;
-use x402::ExactEvmPayload;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+use tokio::sync::{oneshot, Notify};
+use x402::{ExactEvmAuthorization, ExactEvmPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("journal: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("journal commit failed: {0}")]
+    Commit(String),
+    #[error("this authorization is already in the journal (payment {0})")]
+    Duplicate(String),
+    #[error("the journal writer has stopped")]
+    Closed,
+    #[error("journal row {id}: {what}")]
+    Corrupt { id: u64, what: String },
+}
 
 /// What the settler needs to put one payment on-chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementItem {
     /// CAIP-2 network id.
     pub network: String,
-    /// Token contract, 0x-hex.
+    pub chain_id: u64,
+    /// Token contract, checksummed 0x-hex.
     pub asset: String,
     /// The signed authorization, as the client sent it.
     pub payload: ExactEvmPayload,
@@ -37,63 +70,188 @@ impl PaymentState {
             Self::Failed { .. } => "failed",
         }
     }
+
+    pub fn transaction(&self) -> Option<&str> {
+        match self {
+            Self::Submitted { transaction } | Self::Settled { transaction } => Some(transaction),
+            _ => None,
+        }
+    }
+
+    pub fn is_unsettled(&self) -> bool {
+        matches!(self, Self::Accepted | Self::Submitted { .. })
+    }
+
+    fn from_columns(id: u64, name: &str, transaction: Option<String>, failure: Option<String>) -> Result<Self, JournalError> {
+        let corrupt = |what: &str| JournalError::Corrupt { id, what: what.to_owned() };
+        Ok(match name {
+            "accepted" => Self::Accepted,
+            "submitted" => Self::Submitted { transaction: transaction.ok_or_else(|| corrupt("submitted without a transaction"))? },
+            "settled" => Self::Settled { transaction: transaction.ok_or_else(|| corrupt("settled without a transaction"))? },
+            "failed" => Self::Failed { reason: failure.unwrap_or_default() },
+            other => return Err(corrupt(&format!("unknown state {other:?}"))),
+        })
+    }
+}
+
+/// A payment to record: the response it paid for is about to be released.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    /// The public id the payer can look the payment up by.
+    pub receipt_id: String,
+    pub route: String,
+    /// Atomic units, decimal.
+    pub amount: String,
+    /// Checksummed payer address.
+    pub payer: String,
+    /// The authorization nonce, lower-case 0x-hex: with chain, asset and payer, what the
+    /// token itself keys used authorizations by.
+    pub nonce: String,
+    pub item: SettlementItem,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRecord {
     pub id: u64,
+    pub receipt_id: String,
     pub route: String,
     pub amount: String,
     pub payer: String,
-    /// When the payment was accepted, Unix milliseconds.
+    /// Unix milliseconds.
     pub accepted_at_ms: u64,
+    pub updated_at_ms: u64,
     pub item: SettlementItem,
     pub state: PaymentState,
     /// Settlement transactions this payment was sent in.
     pub attempts: u32,
 }
 
-#[derive(Default)]
-struct Inner {
-    next_id: u64,
-    records: BTreeMap<u64, PaymentRecord>,
+/// A settlement transaction, signed and journaled before it is broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// 0x-hex transaction hash.
+    pub transaction: String,
+    pub network: String,
+    /// The signed transaction, EIP-2718 encoded: what `eth_sendRawTransaction` takes.
+    pub raw: Vec<u8>,
+    pub sent_at_ms: u64,
 }
 
-/// The in-memory journal. `record` wakes the settler through [`Journal::changed`].
-#[derive(Default)]
+/// Which payments [`Journal::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentFilter {
+    pub state: Option<String>,
+    pub payer: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Commit every queued write in one transaction (one fsync). Off: one transaction per
+    /// write, for comparison.
+    pub group_commit: bool,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self { group_commit: true }
+    }
+}
+
+/// The writer thread runs an operation inside the open transaction (`None`: no transaction
+/// could be opened, so nothing may be written) and hands back what to tell its caller once
+/// the commit is known.
+type Reply = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
+type Operation = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
+
+/// Most writes one transaction carries, so one slow group cannot grow without bound.
+const MAX_GROUP: usize = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY,
+    receipt_id TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL,
+    network TEXT NOT NULL,
+    chain_id INTEGER NOT NULL,
+    asset TEXT NOT NULL,
+    payer TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    pay_to TEXT NOT NULL,
+    valid_after TEXT NOT NULL,
+    valid_before INTEGER NOT NULL,
+    auth_from TEXT NOT NULL,
+    auth_value TEXT NOT NULL,
+    auth_nonce TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    state TEXT NOT NULL,
+    transaction_hash TEXT,
+    failure TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    accepted_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    UNIQUE (chain_id, asset, payer, nonce)
+);
+CREATE INDEX IF NOT EXISTS payments_by_state ON payments (state, network, valid_before);
+CREATE INDEX IF NOT EXISTS payments_by_payer ON payments (payer, state);
+CREATE INDEX IF NOT EXISTS payments_by_transaction ON payments (transaction_hash);
+CREATE TABLE IF NOT EXISTS batches (
+    transaction_hash TEXT PRIMARY KEY,
+    network TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
+";
+
+const COLUMNS: &str = "id, receipt_id, route, network, chain_id, asset, payer, amount, pay_to, valid_after, valid_before,
+    auth_from, auth_value, auth_nonce, signature, state, transaction_hash, failure, attempts, accepted_at_ms, updated_at_ms";
+
+/// The durable journal. Reads run on their own connection beside the writer (WAL lets
+/// readers and the writer proceed together).
 pub struct Journal {
-    inner: Mutex<Inner>,
+    path: PathBuf,
+    operations: Mutex<Option<mpsc::Sender<Operation>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Mutex<Connection>,
     changed: Notify,
 }
 
 impl Journal {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock leaves plain data behind, still consistent per
-        // record: keep serving rather than poisoning every later request.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Opens (or creates) the journal at `path` and starts its writer thread.
+    pub fn open(path: &Path, options: JournalOptions) -> Result<Self, JournalError> {
+        let open_error = |source| JournalError::Open { path: path.to_owned(), source };
+        let writer_connection = Connection::open(path).map_err(open_error)?;
+        writer_connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .map_err(open_error)?;
+        writer_connection.execute_batch(SCHEMA).map_err(open_error)?;
+        let reader = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
+        let (sender, receiver) = mpsc::channel();
+        let group = if options.group_commit { MAX_GROUP } else { 1 };
+        let writer = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || run_writer(writer_connection, receiver, group))
+            .map_err(|e| JournalError::Commit(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            operations: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(reader),
+            changed: Notify::new(),
+        })
     }
 
-    /// Records an accepted payment and returns its id.
-    pub fn record(&self, route: &str, amount: &str, payer: &str, item: SettlementItem) -> u64 {
-        let id = {
-            let mut inner = self.lock();
-            inner.next_id += 1;
-            let id = inner.next_id;
-            let record = PaymentRecord {
-                id,
-                route: route.to_owned(),
-                amount: amount.to_owned(),
-                payer: payer.to_owned(),
-                accepted_at_ms: crate::unix_now_ms(),
-                item,
-                state: PaymentState::Accepted,
-                attempts: 0,
-            };
-            inner.records.insert(id, record);
-            id
-        };
-        self.changed.notify_one();
-        id
+    /// Opens an existing journal for reading only, while a gateway may be writing it.
+    pub fn open_read_only(path: &Path) -> Result<JournalReader, JournalError> {
+        let connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| JournalError::Open { path: path.to_owned(), source })?;
+        Ok(JournalReader { connection })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Wakes when a payment is recorded.
@@ -101,94 +259,339 @@ impl Journal {
         &self.changed
     }
 
-    /// Accepted payments on `network`, earliest deadline first, at most `limit`.
-    pub fn accepted(&self, network: &str, limit: usize) -> Vec<PaymentRecord> {
-        let inner = self.lock();
-        let mut due: Vec<PaymentRecord> = inner
-            .records
-            .values()
-            .filter(|r| r.state == PaymentState::Accepted && r.item.network == network)
-            .cloned()
-            .collect();
-        due.sort_by_key(|r| (r.item.valid_before, r.id));
-        due.truncate(limit);
-        due
-    }
-
-    pub fn set_state(&self, id: u64, state: PaymentState) {
-        if let Some(record) = self.lock().records.get_mut(&id) {
-            record.state = state;
+    /// Runs `write` in the writer's next transaction; resolves once that commits.
+    fn write<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<R, JournalError> + Send + 'static,
+    ) -> impl Future<Output = Result<R, JournalError>> + Send + 'static {
+        let (reply_to, reply) = oneshot::channel();
+        let operation: Operation = Box::new(move |connection| {
+            let result = match connection {
+                Some(connection) => write(connection),
+                None => Err(JournalError::Closed),
+            };
+            Box::new(move |committed: Result<(), JournalError>| {
+                let _ = reply_to.send(committed.and(result));
+            })
+        });
+        let sent = match lock(&self.operations).as_ref() {
+            Some(sender) => sender.send(operation).map_err(|_| JournalError::Closed),
+            None => Err(JournalError::Closed),
+        };
+        async move {
+            sent?;
+            reply.await.map_err(|_| JournalError::Closed)?
         }
     }
 
-    /// Marks a payment as sent in `transaction` and returns how many times it has been sent.
-    pub fn mark_submitted(&self, id: u64, transaction: &str) -> u32 {
-        let mut inner = self.lock();
-        let Some(record) = inner.records.get_mut(&id) else { return 0 };
-        record.attempts += 1;
-        record.state = PaymentState::Submitted { transaction: transaction.to_owned() };
-        record.attempts
+    /// Records an accepted payment durably and returns its row id. Refuses an authorization
+    /// that is already journaled.
+    pub async fn record(&self, payment: NewPayment) -> Result<u64, JournalError> {
+        let id = self.write(move |connection| insert_payment(connection, &payment)).await?;
+        self.changed.notify_one();
+        Ok(id)
     }
 
-    pub fn get(&self, id: u64) -> Option<PaymentRecord> {
-        self.lock().records.get(&id).cloned()
+    /// Journals a signed settlement transaction and marks its payments `submitted`, in one
+    /// commit. Call before broadcasting it. Returns each payment's attempt count.
+    pub async fn record_batch(&self, batch: BatchRecord, ids: Vec<u64>) -> Result<Vec<u32>, JournalError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT OR REPLACE INTO batches (transaction_hash, network, raw, sent_at_ms, done) VALUES (?1, ?2, ?3, ?4, 0)",
+                params![batch.transaction, batch.network, batch.raw, batch.sent_at_ms],
+            )?;
+            let mut attempts = Vec::with_capacity(ids.len());
+            for id in ids {
+                attempts.push(connection.query_row(
+                    "UPDATE payments SET state = 'submitted', transaction_hash = ?2, attempts = attempts + 1, updated_at_ms = ?3
+                     WHERE id = ?1 RETURNING attempts",
+                    params![id, batch.transaction, crate::unix_now_ms()],
+                    |row| row.get(0),
+                )?);
+            }
+            Ok(attempts)
+        })
+        .await
     }
 
-    /// Payments not yet settled or failed.
-    pub fn unsettled_count(&self) -> usize {
-        self.lock()
-            .records
-            .values()
-            .filter(|r| matches!(r.state, PaymentState::Accepted | PaymentState::Submitted { .. }))
-            .count()
+    /// The batch's fate is known and written to its payments: recovery can skip it.
+    pub async fn finish_batch(&self, transaction: String) -> Result<(), JournalError> {
+        self.write(move |connection| {
+            connection.execute("UPDATE batches SET done = 1 WHERE transaction_hash = ?1", params![transaction])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_state(&self, id: u64, state: PaymentState) -> Result<(), JournalError> {
+        self.write(move |connection| {
+            let failure = match &state {
+                PaymentState::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            };
+            connection.execute(
+                "UPDATE payments SET state = ?2, transaction_hash = ?3, failure = ?4, updated_at_ms = ?5 WHERE id = ?1",
+                params![id, state.name(), state.transaction(), failure, crate::unix_now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Accepted payments on `network`, earliest deadline first, at most `limit`.
+    pub fn accepted(&self, network: &str, limit: usize) -> Result<Vec<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE state = 'accepted' AND network = ?1 ORDER BY valid_before, id LIMIT ?2");
+        query_payments(&lock(&self.reader), &sql, params![network, limit_param(limit)])
+    }
+
+    /// Settlement transactions whose outcome was not yet written back (a crash came first).
+    pub fn open_batches(&self, network: &str) -> Result<Vec<BatchRecord>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement = reader.prepare(
+            "SELECT transaction_hash, network, raw, sent_at_ms FROM batches WHERE done = 0 AND network = ?1 ORDER BY sent_at_ms",
+        )?;
+        let rows = statement.query_map(params![network], |row| {
+            Ok(BatchRecord { transaction: row.get(0)?, network: row.get(1)?, raw: row.get(2)?, sent_at_ms: row.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Payments marked as sent in `transaction` and not yet resolved.
+    pub fn submitted_in(&self, transaction: &str) -> Result<Vec<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE state = 'submitted' AND transaction_hash = ?1 ORDER BY id");
+        query_payments(&lock(&self.reader), &sql, params![transaction])
+    }
+
+    /// Every payment whose authorization can still be used on-chain (`validBefore` after
+    /// `now`): the replay store is rebuilt from these at start.
+    pub fn live(&self, now: u64) -> Result<Vec<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE valid_before > ?1 ORDER BY id");
+        query_payments(&lock(&self.reader), &sql, params![now])
+    }
+
+    /// Payments accepted or submitted, not yet settled or failed.
+    pub fn unsettled(&self) -> Result<Vec<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE state IN ('accepted', 'submitted') ORDER BY id");
+        query_payments(&lock(&self.reader), &sql, [])
+    }
+
+    pub fn unsettled_count(&self) -> Result<u64, JournalError> {
+        Ok(lock(&self.reader).query_row(
+            "SELECT count(*) FROM payments WHERE state IN ('accepted', 'submitted')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE id = ?1");
+        Ok(query_payments(&lock(&self.reader), &sql, params![id])?.pop())
+    }
+
+    pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
+        Ok(query_payments(&lock(&self.reader), &sql, params![receipt_id])?.pop())
     }
 
     /// Counts by state name.
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
-        for record in self.lock().records.values() {
-            *counts.entry(record.state.name()).or_insert(0) += 1;
-        }
-        counts
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>, JournalError> {
+        counts(&lock(&self.reader))
     }
+
+    /// Stops the writer after it has committed everything queued.
+    pub fn close(&self) {
+        lock(&self.operations).take();
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A read-only view of a journal file, for operators' tools.
+pub struct JournalReader {
+    connection: Connection,
+}
+
+impl JournalReader {
+    /// Payments by state and payer, newest first.
+    pub fn list(&self, filter: &PaymentFilter) -> Result<Vec<PaymentRecord>, JournalError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payments WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR payer = ?2 COLLATE NOCASE)
+             ORDER BY id DESC LIMIT ?3"
+        );
+        query_payments(&self.connection, &sql, params![filter.state, filter.payer, limit_param(filter.limit)])
+    }
+
+    pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
+        Ok(query_payments(&self.connection, &sql, params![receipt_id])?.pop())
+    }
+
+    pub fn counts(&self) -> Result<BTreeMap<String, u64>, JournalError> {
+        counts(&self.connection)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values stay consistent across a panic (a connection, a sender).
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn open_reader(path: &Path, flags: OpenFlags) -> Result<Connection, rusqlite::Error> {
+    let connection = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(connection)
+}
+
+/// SQLite takes `LIMIT -1` as no limit.
+fn limit_param(limit: usize) -> i64 {
+    if limit == 0 {
+        -1
+    } else {
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+}
+
+fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, group: usize) {
+    while let Ok(first) = operations.recv() {
+        let mut batch = vec![first];
+        while batch.len() < group {
+            match operations.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_group(&connection, batch);
+    }
+}
+
+/// Runs a group of operations in one transaction and tells each caller how the commit went.
+/// Nothing runs outside a transaction: if none can be opened, every caller hears why.
+fn commit_group(connection: &Connection, batch: Vec<Operation>) {
+    let began = connection.execute_batch("BEGIN IMMEDIATE");
+    let inside = began.is_ok().then_some(connection);
+    let replies: Vec<Reply> = batch.into_iter().map(|operation| operation(inside)).collect();
+    let committed = began.and_then(|()| connection.execute_batch("COMMIT")).map_err(|e| e.to_string());
+    if let Err(error) = &committed {
+        tracing::error!(%error, writes = replies.len(), "journal commit failed");
+        if !connection.is_autocommit() {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+    }
+    for reply in replies {
+        reply(committed.clone().map_err(JournalError::Commit));
+    }
+}
+
+fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, JournalError> {
+    let authorization = &payment.item.payload.authorization;
+    let now = crate::unix_now_ms();
+    let inserted = connection.execute(
+        "INSERT INTO payments (receipt_id, route, network, chain_id, asset, payer, nonce, amount, pay_to, valid_after,
+            valid_before, auth_from, auth_value, auth_nonce, signature, state, attempts, accepted_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'accepted', 0, ?16, ?16)",
+        params![
+            payment.receipt_id,
+            payment.route,
+            payment.item.network,
+            payment.item.chain_id,
+            payment.item.asset,
+            payment.payer,
+            payment.nonce,
+            payment.amount,
+            authorization.to,
+            authorization.valid_after,
+            payment.item.valid_before,
+            authorization.from,
+            authorization.value,
+            authorization.nonce,
+            payment.item.payload.signature,
+            now,
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(u64::try_from(connection.last_insert_rowid()).unwrap_or_default()),
+        Err(rusqlite::Error::SqliteFailure(error, _)) if error.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(JournalError::Duplicate(payment.receipt_id.clone()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn query_payments(connection: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<PaymentRecord>, JournalError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let rows = statement.query_map(params, read_columns)?;
+    let mut records = Vec::new();
+    for row in rows {
+        records.push(row?.into_record()?);
+    }
+    Ok(records)
+}
+
+/// One row's columns, before the state is checked.
+struct Columns {
+    record: PaymentRecord,
+    state: String,
+    transaction: Option<String>,
+    failure: Option<String>,
+}
+
+impl Columns {
+    fn into_record(self) -> Result<PaymentRecord, JournalError> {
+        let mut record = self.record;
+        record.state = PaymentState::from_columns(record.id, &self.state, self.transaction, self.failure)?;
+        Ok(record)
+    }
+}
+
+fn read_columns(row: &Row<'_>) -> rusqlite::Result<Columns> {
+    let valid_before: u64 = row.get("valid_before")?;
+    Ok(Columns {
+        record: PaymentRecord {
+            id: row.get("id")?,
+            receipt_id: row.get("receipt_id")?,
+            route: row.get("route")?,
+            amount: row.get("amount")?,
+            payer: row.get("payer")?,
+            accepted_at_ms: row.get("accepted_at_ms")?,
+            updated_at_ms: row.get("updated_at_ms")?,
+            item: SettlementItem {
+                network: row.get("network")?,
+                chain_id: row.get("chain_id")?,
+                asset: row.get("asset")?,
+                payload: ExactEvmPayload {
+                    signature: row.get("signature")?,
+                    authorization: ExactEvmAuthorization {
+                        from: row.get("auth_from")?,
+                        to: row.get("pay_to")?,
+                        value: row.get("auth_value")?,
+                        valid_after: row.get("valid_after")?,
+                        valid_before: valid_before.to_string(),
+                        nonce: row.get("auth_nonce")?,
+                    },
+                },
+                valid_before,
+            },
+            state: PaymentState::Accepted,
+            attempts: row.get("attempts")?,
+        },
+        state: row.get("state")?,
+        transaction: row.get("transaction_hash")?,
+        failure: row.get("failure")?,
+    })
+}
+
+fn counts(connection: &Connection) -> Result<BTreeMap<String, u64>, JournalError> {
+    let mut statement = connection.prepare_cached("SELECT state, count(*) FROM payments GROUP BY state")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use x402::ExactEvmAuthorization;
-
-    fn item(network: &str, valid_before: u64) -> SettlementItem {
-        SettlementItem {
-            network: network.into(),
-            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
-            payload: ExactEvmPayload {
-                signature: "0x".into(),
-                authorization: ExactEvmAuthorization {
-                    from: "0x1".into(),
-                    to: "0x2".into(),
-                    value: "1".into(),
-                    valid_after: "0".into(),
-                    valid_before: valid_before.to_string(),
-                    nonce: "0x3".into(),
-                },
-            },
-            valid_before,
-        }
-    }
-
-    #[test]
-    fn accepted_is_earliest_deadline_first_per_network() {
-        let journal = Journal::default();
-        let late = journal.record("r", "1", "p", item("eip155:1", 300));
-        let early = journal.record("r", "1", "p", item("eip155:1", 100));
-        journal.record("r", "1", "p", item("eip155:2", 50));
-        let ids: Vec<u64> = journal.accepted("eip155:1", 10).iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec![early, late]);
-        assert_eq!(journal.accepted("eip155:1", 1).len(), 1);
-        journal.set_state(early, PaymentState::Settled { transaction: "0xabc".into() });
-        assert_eq!(journal.accepted("eip155:1", 10).len(), 1);
-        assert_eq!(journal.unsettled_count(), 2);
-        assert_eq!(journal.counts().get("settled"), Some(&1));
-    }
-}
+mod tests;

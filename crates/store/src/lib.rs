@@ -4,12 +4,15 @@
 //!   reserved atomically before the request is forwarded and kept until the
 //!   authorization's `validBefore`, so one signed payment buys at most one response.
 //! - [`journal`]: the settlement journal: every payment whose response was released, and
-//!   its way to the chain (`accepted → submitted → settled | failed`).
+//!   its way to the chain (`accepted → submitted → settled | failed`), durable in SQLite.
 
 pub mod journal;
 pub mod replay;
 
-pub use journal::{Journal, PaymentRecord, PaymentState, SettlementItem};
+pub use journal::{
+    BatchRecord, Journal, JournalError, JournalOptions, JournalReader, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
+    SettlementItem,
+};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

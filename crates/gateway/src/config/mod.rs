@@ -66,6 +66,13 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     if settlement.max_batch == 0 {
         return Err("settlement.max_batch: must be at least 1".into());
     }
+    if settlement.max_gas_per_transaction < 100_000 {
+        return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
+    }
+    let journal_path = match path.parent() {
+        Some(folder) if settlement.journal_path.is_relative() => folder.join(&settlement.journal_path),
+        _ => settlement.journal_path.clone(),
+    };
     Ok(Config {
         source: path.to_owned(),
         server: model::ServerSettings {
@@ -82,9 +89,13 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
                 max_batch: settlement.max_batch,
                 max_wait: Duration::from_millis(settlement.max_wait_ms),
                 receipt_timeout: Duration::from_secs(settlement.receipt_timeout_seconds),
+                max_gas_per_transaction: settlement.max_gas_per_transaction,
                 ..x402_settle::BatchPolicy::default()
             },
             drain_timeout: Duration::from_secs(settlement.drain_timeout_seconds),
+            journal_path,
+            group_commit: settlement.group_commit,
+            max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
         },
         verify_policy: VerifyPolicy {
             settle_margin_secs: raw.payments.settle_margin_seconds,

@@ -60,6 +60,9 @@ pub struct SettlementSettings {
     pub private_key_env: String,
     pub policy: x402_settle::BatchPolicy,
     pub drain_timeout: Duration,
+    pub journal_path: PathBuf,
+    pub group_commit: bool,
+    pub max_fee_per_gas_wei: Option<u128>,
 }
 
 #[derive(Clone)]

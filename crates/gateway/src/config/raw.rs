@@ -12,6 +12,7 @@ use serde::{de, Deserialize, Deserializer};
 use std::cell::RefCell;
 use super::model::{build_route, Route, RouteContext};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 thread_local! {
     /// The rest of the file, as far as a route needs it, plus the index of the next route.
@@ -159,6 +160,14 @@ pub struct RawSettlement {
     pub max_wait_ms: u64,
     pub receipt_timeout_seconds: u64,
     pub drain_timeout_seconds: u64,
+    /// The durable journal (SQLite); a relative path is taken from the config file's folder.
+    pub journal_path: PathBuf,
+    /// Share one fsync among concurrent journal writes.
+    pub group_commit: bool,
+    /// Highest `maxFeePerGas` the settler pays, in gwei; above it settlement waits.
+    pub max_fee_per_gas_gwei: Option<u64>,
+    /// Most gas per settlement transaction (the chain's cap or lower); bigger batches split.
+    pub max_gas_per_transaction: u64,
 }
 
 impl Default for RawSettlement {
@@ -169,6 +178,10 @@ impl Default for RawSettlement {
             max_wait_ms: 2000,
             receipt_timeout_seconds: 30,
             drain_timeout_seconds: 30,
+            journal_path: PathBuf::from("x402-journal.db"),
+            group_commit: true,
+            max_fee_per_gas_gwei: None,
+            max_gas_per_transaction: 16_000_000,
         }
     }
 }

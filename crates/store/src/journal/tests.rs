@@ -1,0 +1,151 @@
+use super::*;
+use std::sync::Arc;
+
+fn temp_journal(options: JournalOptions) -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(&dir.path().join("journal.db"), options).expect("open");
+    (dir, journal)
+}
+
+fn payment(n: u8, network: &str, valid_before: u64) -> NewPayment {
+    let nonce = format!("0x{}", format!("{n:02x}").repeat(32));
+    NewPayment {
+        receipt_id: format!("receipt-{network}-{n}"),
+        route: "weather".into(),
+        amount: "1000".into(),
+        payer: "0x00000000000000000000000000000000000000A1".into(),
+        nonce: nonce.clone(),
+        item: SettlementItem {
+            network: network.into(),
+            chain_id: 84532,
+            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+            payload: ExactEvmPayload {
+                signature: "0xsig".into(),
+                authorization: ExactEvmAuthorization {
+                    from: "0x00000000000000000000000000000000000000a1".into(),
+                    to: "0x00000000000000000000000000000000000000b2".into(),
+                    value: "1000".into(),
+                    valid_after: "0".into(),
+                    valid_before: valid_before.to_string(),
+                    nonce,
+                },
+            },
+            valid_before,
+        },
+    }
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
+}
+
+#[test]
+fn accepted_is_earliest_deadline_first_per_network() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let late = journal.record(payment(1, "eip155:1", 300)).await.unwrap();
+        let early = journal.record(payment(2, "eip155:1", 100)).await.unwrap();
+        journal.record(payment(3, "eip155:2", 50)).await.unwrap();
+        let ids: Vec<u64> = journal.accepted("eip155:1", 10).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![early, late]);
+        assert_eq!(journal.accepted("eip155:1", 1).unwrap().len(), 1);
+        journal.set_state(early, PaymentState::Settled { transaction: "0xabc".into() }).await.unwrap();
+        assert_eq!(journal.accepted("eip155:1", 10).unwrap().len(), 1);
+        assert_eq!(journal.unsettled_count().unwrap(), 2);
+        assert_eq!(journal.counts().unwrap().get("settled"), Some(&1));
+    });
+}
+
+#[test]
+fn a_record_round_trips_every_field() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    let new = payment(7, "eip155:84532", 4_000_000_000);
+    let id = block_on(journal.record(new.clone())).unwrap();
+    let record = journal.by_receipt(&new.receipt_id).unwrap().expect("found");
+    assert_eq!(record.id, id);
+    assert_eq!(record.item, new.item);
+    assert_eq!((record.route.as_str(), record.amount.as_str(), record.payer.as_str()), ("weather", "1000", new.payer.as_str()));
+    assert_eq!(record.state, PaymentState::Accepted);
+    assert!(journal.by_receipt("nope").unwrap().is_none());
+}
+
+#[test]
+fn the_same_authorization_is_refused_twice() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        journal.record(payment(1, "eip155:84532", 300)).await.unwrap();
+        let mut again = payment(1, "eip155:84532", 300);
+        again.receipt_id = "another".into();
+        assert!(matches!(journal.record(again).await, Err(JournalError::Duplicate(_))));
+        assert_eq!(journal.counts().unwrap().get("accepted"), Some(&1));
+    });
+}
+
+#[test]
+fn batches_are_journaled_before_broadcast_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let batch = BatchRecord { transaction: "0xfeed".into(), network: "eip155:84532".into(), raw: vec![1, 2, 3], sent_at_ms: 5 };
+    {
+        let journal = Journal::open(&path, JournalOptions::default()).unwrap();
+        block_on(async {
+            let a = journal.record(payment(1, "eip155:84532", 300)).await.unwrap();
+            let b = journal.record(payment(2, "eip155:84532", 300)).await.unwrap();
+            assert_eq!(journal.record_batch(batch.clone(), vec![a, b]).await.unwrap(), vec![1, 1]);
+        });
+    }
+    let journal = Journal::open(&path, JournalOptions::default()).unwrap();
+    assert_eq!(journal.open_batches("eip155:84532").unwrap(), vec![batch]);
+    let submitted = journal.submitted_in("0xfeed").unwrap();
+    assert_eq!(submitted.len(), 2);
+    assert!(submitted.iter().all(|r| r.state == PaymentState::Submitted { transaction: "0xfeed".into() } && r.attempts == 1));
+    block_on(journal.finish_batch("0xfeed".into())).unwrap();
+    assert!(journal.open_batches("eip155:84532").unwrap().is_empty());
+    assert_eq!(journal.live(0).unwrap().len(), 2);
+    assert_eq!(journal.live(300).unwrap().len(), 0, "expired authorizations need no replay protection");
+}
+
+#[test]
+fn concurrent_writers_share_commits_and_all_land() {
+    for group_commit in [true, false] {
+        let (_dir, journal) = temp_journal(JournalOptions { group_commit });
+        let journal = Arc::new(journal);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..64u8)
+                .map(|n| {
+                    let journal = journal.clone();
+                    tokio::spawn(async move { journal.record(payment(n, "eip155:84532", 300)).await })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+        });
+        assert_eq!(journal.unsettled_count().unwrap(), 64, "group_commit={group_commit}");
+    }
+}
+
+#[test]
+fn a_read_only_reader_sees_the_live_file() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let id = journal.record(payment(1, "eip155:84532", 300)).await.unwrap();
+        journal.record(payment(2, "eip155:84532", 300)).await.unwrap();
+        journal.set_state(id, PaymentState::Failed { reason: "expired".into() }).await.unwrap();
+    });
+    let reader = Journal::open_read_only(&dir.path().join("journal.db")).unwrap();
+    let failed = reader.list(&PaymentFilter { state: Some("failed".into()), ..Default::default() }).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].state, PaymentState::Failed { reason: "expired".into() });
+    let by_payer = reader.list(&PaymentFilter { payer: Some("0x00000000000000000000000000000000000000a1".into()), limit: 1, ..Default::default() }).unwrap();
+    assert_eq!(by_payer.len(), 1, "payer matches case-insensitively; limit applies");
+    assert_eq!(reader.counts().unwrap().get("accepted"), Some(&1));
+}
+
+#[test]
+fn writes_after_close_are_refused() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    journal.close();
+    assert!(matches!(block_on(journal.record(payment(1, "eip155:84532", 300))), Err(JournalError::Closed)));
+}

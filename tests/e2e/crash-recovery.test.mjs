@@ -1,0 +1,162 @@
+// Money safety through crashes: the real binary is killed with SIGKILL before a batch is
+// submitted, between broadcast and receipt (with the transaction still in the mempool, and
+// with the mempool lost), and in the middle of traffic. After each restart every payment
+// the gateway journaled is settled on-chain exactly once, and none is lost or replayed.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { privateKeyToAccount } from "viem/accounts";
+import { randomBytes } from "node:crypto";
+import { devPrivateKey, rpc } from "../../deploy/devnet/devnet.mjs";
+import {
+  startChainAndUpstream, startGateway, testConfig, freePort, balanceOf, authorizationState, eventually, runCli, b64, unb64,
+} from "./harness.mjs";
+import { signPayment } from "./payments.mjs";
+
+const PRICE = 1000n;
+let env;
+const journalPath = join(mkdtempSync(join(tmpdir(), "x402-crash-")), "journal.db");
+// A fresh payTo no other test touches: its balance is exactly what this test settled.
+const payTo = privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
+const payers = [6, 7, 8, 9].map(devPrivateKey);
+let accepts;
+let gw;
+/** Every response that came back 200 with a receipt: receipt id → authorization. */
+const served = new Map();
+
+before(async () => {
+  env = await startChainAndUpstream();
+});
+
+after(async () => {
+  if (process.env.X402_TEST_SHOW_LOGS) console.error(gw?.logs());
+  await gw?.stop("SIGKILL");
+  await rpc(env.devnet.url, "evm_setAutomine", [true]).catch(() => {});
+  await env?.stop();
+});
+
+async function gateway(settlement) {
+  const listenPort = await freePort();
+  const yaml = testConfig({
+    listenPort, rpcUrl: env.devnet.url, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo,
+    settlement: { journal_path: journalPath, receipt_timeout_seconds: 60, ...settlement },
+  });
+  return startGateway(yaml, { listenPort });
+}
+
+/** Sends `n` distinct paid requests, `parallel` at a time; returns how many were served. */
+async function payMany(gw, n, parallel = 10) {
+  if (!accepts) accepts = unb64((await fetch(gw.base + "/weather")).headers.get("payment-required")).accepts[0];
+  let servedNow = 0;
+  let next = 0;
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      const payment = await signPayment(payers[i % payers.length], accepts);
+      let res;
+      try {
+        res = await fetch(gw.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(payment) } });
+      } catch {
+        continue; // the gateway died under us: not served
+      }
+      if (res.status !== 200) continue;
+      await res.arrayBuffer();
+      const receipt = unb64(res.headers.get("payment-response"));
+      served.set(receipt.extensions["x402-gateway"].paymentId, { payment, authorization: payment.payload.authorization });
+      servedNow++;
+    }
+  }
+  await Promise.all(Array.from({ length: parallel }, worker));
+  return servedNow;
+}
+
+function journalSummary() {
+  const result = runCli(["payments", "--journal", journalPath, "summary"]);
+  assert.equal(result.status, 0, result.stderr);
+  return JSON.parse(result.stdout);
+}
+
+function journalList() {
+  const result = runCli(["payments", "--journal", journalPath, "list", "--limit", "0"]);
+  assert.equal(result.status, 0, result.stderr);
+  return result.stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
+}
+
+test("kill -9 before submit, between broadcast and receipt, and mid-traffic: every accepted payment settles exactly once", { timeout: 240_000 }, async () => {
+  const startBalance = await balanceOf(env.devnet.url, payTo);
+
+  // 1. Accepted, never submitted: a batch window longer than the test, then SIGKILL.
+  gw = await gateway({ max_wait_ms: 600_000, max_batch: 1000 });
+  assert.equal(await payMany(gw, 80), 80);
+  assert.deepEqual(journalSummary(), { accepted: 80 }, "the CLI reads the live journal");
+  await gw.stop("SIGKILL");
+  assert.equal(await balanceOf(env.devnet.url, payTo), startBalance, "nothing reached the chain");
+
+  // A payment accepted before the crash is still a replay after it.
+  const [oldReceipt, old] = served.entries().next().value;
+  gw = await gateway({ max_wait_ms: 600_000, max_batch: 1000 });
+  const replay = await fetch(gw.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(old.payment) } });
+  assert.equal(replay.status, 402);
+  assert.equal(unb64(replay.headers.get("payment-required")).error, "invalid_exact_evm_nonce_already_used");
+  const lookup = await fetch(`${gw.base}/.well-known/x402/receipts/${oldReceipt}`);
+  assert.equal(lookup.status, 200);
+  assert.equal((await lookup.json()).state, "accepted");
+  await gw.stop("SIGKILL");
+
+  // 2. Broadcast, not mined: the chain stops mining, the restarted gateway signs and
+  // journals a batch for what it holds, keeps serving while it waits for the receipt,
+  // and dies before any receipt.
+  await rpc(env.devnet.url, "evm_setAutomine", [false]);
+  gw = await gateway({ max_wait_ms: 100 });
+  await eventually(() => journalSummary().submitted === 80, 30_000, "the 80 submitted in a journaled batch");
+  assert.equal(await payMany(gw, 60), 60);
+  assert.deepEqual(journalSummary(), { accepted: 60, submitted: 80 });
+  await gw.stop("SIGKILL");
+  assert.equal(await balanceOf(env.devnet.url, payTo), startBalance, "the batches are still in the mempool");
+
+  // 2a. The restarted gateway finds its transactions pending and waits for them: mining
+  // resumes and they land once; nothing is signed again.
+  gw = await gateway({ max_wait_ms: 100 });
+  await rpc(env.devnet.url, "evm_setAutomine", [true]);
+  await rpc(env.devnet.url, "evm_mine", []);
+  await eventually(() => journalSummary().settled === 140, 60_000, "the pending batches settle");
+  assert.equal(await balanceOf(env.devnet.url, payTo), startBalance + 140n * PRICE);
+
+  // 3. Broadcast and lost: the mempool forgets the transactions before they are mined.
+  await rpc(env.devnet.url, "evm_setAutomine", [false]);
+  assert.equal(await payMany(gw, 40), 40);
+  await eventually(() => journalSummary().submitted === 40, 30_000, "the new batch submitted");
+  await gw.stop("SIGKILL");
+  await rpc(env.devnet.url, "anvil_dropAllTransactions", []);
+  await rpc(env.devnet.url, "evm_setAutomine", [true]);
+  gw = await gateway({ max_wait_ms: 100 });
+  await eventually(() => journalSummary().settled === 180, 60_000, "the journaled bytes are sent again and land");
+  assert.match(gw.logs(), /re-sent a journaled settlement transaction/);
+
+  // 4. Killed in the middle of traffic, twice.
+  for (let round = 0; round < 2; round++) {
+    const traffic = payMany(gw, 60, 8);
+    await new Promise((r) => setTimeout(r, 150 + round * 200));
+    await gw.stop("SIGKILL");
+    await traffic;
+    gw = await gateway({ max_wait_ms: 100 });
+  }
+  await payMany(gw, 20);
+  const { code } = await gw.stop("SIGTERM");
+  assert.equal(code, 0, gw.logs());
+
+  // Whatever the crashes cut, the journal and the chain agree exactly.
+  const journal = journalList();
+  assert.ok(journal.length >= served.size, "every served payment is journaled");
+  assert.ok(journal.every((p) => p.state === "settled"), JSON.stringify(journal.filter((p) => p.state !== "settled")));
+  const byId = new Map(journal.map((p) => [p.id, p]));
+  for (const [id, { authorization }] of served) {
+    assert.equal(byId.get(id)?.state, "settled", `served payment ${id} is settled`);
+    assert.equal(await authorizationState(env.devnet.url, authorization.from, authorization.nonce), true);
+  }
+  const journaled = BigInt(journal.length) * PRICE;
+  assert.equal(await balanceOf(env.devnet.url, payTo), startBalance + journaled, "payTo got exactly the journaled payments, once each");
+  assert.ok(served.size >= 200, `served ${served.size}`);
+});
