@@ -6,7 +6,9 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { randomBytes } from "node:crypto";
 import { encodeFunctionData, decodeFunctionResult } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
 import { startDevnet, devPrivateKey, rpc, USDC_ADDRESS, TEST_USDC_ABI } from "../../deploy/devnet/devnet.mjs";
 import { startSampleUpstream } from "../../deploy/devnet/sample-upstream.mjs";
 
@@ -88,6 +90,20 @@ ${extraRoutes}
     upstream: sample
     free: true
 `;
+}
+
+/** A payTo address no other test or account touches, so its balance is the test's to read. */
+export function freshAddress() {
+  return privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
+}
+
+/** Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`. */
+export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "" }) {
+  const listenPort = await freePort();
+  const yaml = testConfig({
+    listenPort, rpcUrl: env.devnet.url, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes,
+  }) + extraYaml;
+  return startGateway(yaml, { listenPort });
 }
 
 /** Starts the real binary and waits until it answers on its port. */

@@ -9,23 +9,18 @@ import { devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
 import { deterministicBytes } from "../../deploy/devnet/sample-upstream.mjs";
 import { payingFetch } from "../../deploy/devnet/pay.mjs";
 import {
-  startChainAndUpstream, startGateway, testConfig, freePort, balanceOf, authorizationState,
+  startChainAndUpstream, startTestGateway, freshAddress, freePort, balanceOf, authorizationState,
   eventually, sleep, b64, unb64,
 } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
 
 let env;
 let gateway;
-// payTo is a fresh address no other test or account touches, so its balance is ours to read.
-const payTo = privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
+const payTo = freshAddress();
 
 before(async () => {
   env = await startChainAndUpstream();
-  const listenPort = await freePort();
-  const yaml = testConfig({
-    listenPort, rpcUrl: env.devnet.url, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo,
-  });
-  gateway = await startGateway(yaml, { listenPort });
+  gateway = await startTestGateway(env, { payTo });
 });
 
 after(async () => {

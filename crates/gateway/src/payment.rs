@@ -5,7 +5,7 @@ use crate::config::Pricing;
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifyError, VerifyPolicy};
-use x402_store::{NewPayment, ReplayKey, ReplayStore, SettlementItem};
+use x402_store::{Exposure, ExposureRefusal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
 
 /// The payment header a request carries. Header names match case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct AcceptedPayment {
     pub key: ReplayKey,
     pub payer: Address,
     pub amount: U256,
+    /// The amount in micro-dollars, as exposure limits count it.
+    pub usd_micros: u64,
     /// CAIP-2 id.
     pub network: String,
     pub item: SettlementItem,
@@ -47,6 +49,9 @@ pub enum PaymentRejection {
     /// The same authorization is in flight or already charged: 402.
     #[error("this payment authorization was already used (nonce {0}); sign a new one")]
     Replayed(String),
+    /// Valid, but more credit than the operator extends: 402.
+    #[error(transparent)]
+    OverExposure(#[from] ExposureRefusal),
 }
 
 impl PaymentRejection {
@@ -55,19 +60,32 @@ impl PaymentRejection {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+            Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
+                x402::ReasonCode::InvalidExactEvmInsufficientBalance
+            }
+            // No code in the x402 vocabulary names a credit limit; this is the generic
+            // "not now" one, and the message says which limit and when to retry.
+            Self::OverExposure(_) => x402::ReasonCode::InvalidTransactionState,
         }
     }
 }
 
-/// Decodes, verifies and reserves a payment for a priced route. Nothing here touches the
-/// network; the reservation is the only side effect and the caller must release it if the
-/// response turns out not to be billable.
+/// What a payment is held against: the replay store and the exposure ledger.
+pub struct PaymentGuards<'a> {
+    pub replay: &'a dyn ReplayStore,
+    pub exposure: &'a Exposure,
+}
+
+/// Decodes, verifies, reserves a payment for a priced route and counts it as unsettled.
+/// Nothing here touches the network; the reservation and the exposure are the only side
+/// effects, and [`release_payment`] undoes both if the response is not billable.
 pub fn accept_payment(
     header: PaymentHeader<'_>,
+    route: &str,
     pricing: &Pricing,
     policy: &VerifyPolicy,
     max_header_bytes: usize,
-    replay: &dyn ReplayStore,
+    guards: &PaymentGuards<'_>,
     now: u64,
 ) -> Result<AcceptedPayment, PaymentRejection> {
     let (version, verified) = match header {
@@ -89,14 +107,21 @@ pub fn accept_payment(
         nonce: authorization.nonce.0,
     };
     let valid_before = authorization.valid_before_secs();
-    if !replay.reserve(key, valid_before) {
+    if !guards.replay.reserve(key, valid_before) {
         return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
+    }
+    let payer = authorization.from.to_checksum(None);
+    let usd_micros = usd_micros(authorization.value, pricing.offers[verified.requirement_index].asset.decimals);
+    if let Err(refusal) = guards.exposure.try_add(&payer, route, usd_micros, now) {
+        guards.replay.release(&key);
+        return Err(refusal.into());
     }
     Ok(AcceptedPayment {
         version,
         key,
         payer: authorization.from,
         amount: authorization.value,
+        usd_micros,
         network: requirement.network.clone(),
         item: SettlementItem {
             network: requirement.network.clone(),
@@ -106,6 +131,27 @@ pub fn accept_payment(
             valid_before,
         },
     })
+}
+
+/// Undoes what [`accept_payment`] held for a payment nobody was charged for. `journaled`:
+/// the journal already holds this authorization, so its replay reservation must stay.
+pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, journaled: bool) {
+    guards.exposure.remove(&payment.payer.to_checksum(None), route, payment.usd_micros);
+    if !journaled {
+        guards.replay.release(&payment.key);
+    }
+}
+
+/// `amount` atomic units of a `decimals` token in micro-dollars, rounded up so a limit is
+/// never under-counted.
+fn usd_micros(amount: U256, decimals: u8) -> u64 {
+    let value = if decimals >= 6 {
+        let unit = U256::from(10u64).pow(U256::from(decimals - 6));
+        amount.div_ceil(unit)
+    } else {
+        amount.saturating_mul(U256::from(10u64).pow(U256::from(6 - decimals)))
+    };
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 /// Where the public listener answers receipt look-ups: `GET {RECEIPTS_PATH}{id}`.
@@ -131,6 +177,7 @@ impl AcceptedPayment {
             amount: self.amount.to_string(),
             payer: self.payer.to_checksum(None),
             nonce: alloy_primitives::B256::from(self.key.nonce).to_string(),
+            usd_micros: self.usd_micros,
             item: self.item.clone(),
         }
     }

@@ -24,12 +24,13 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Instant;
-use x402_store::{Journal, JournalError, ReplayStore};
+use x402_store::{Exposure, Journal, JournalError, ReplayStore};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
 pub struct PaywallProxy {
     pub config: Arc<ArcSwap<Config>>,
     pub replay: Arc<dyn ReplayStore>,
+    pub exposure: Arc<Exposure>,
     pub journal: Arc<Journal>,
 }
 
@@ -83,7 +84,8 @@ impl PaywallProxy {
             return Some(challenge::payment_required(route, pricing, &resource_url, None, browser));
         };
         let now = x402_store::unix_now();
-        match payment::accept_payment(header, pricing, &config.verify_policy, config.server.max_payment_header_bytes, self.replay.as_ref(), now) {
+        let max_bytes = config.server.max_payment_header_bytes;
+        match payment::accept_payment(header, &route.name, pricing, &config.verify_policy, max_bytes, &self.guards(), now) {
             Ok(accepted) => {
                 ctx.payment = Some(accepted);
                 None
@@ -138,12 +140,16 @@ impl PaywallProxy {
         }
     }
 
-    /// Releases a reservation nobody was charged for, so the client may use it again.
+    fn guards(&self) -> payment::PaymentGuards<'_> {
+        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure }
+    }
+
+    /// Releases what a payment nobody was charged for held, so the client may use it again.
     fn release_uncharged(&self, ctx: &mut RequestContext) {
-        if let Some(payment) = ctx.payment.take() {
-            if !ctx.charged && !ctx.journaled_before {
-                self.replay.release(&payment.key);
-            }
+        let Some(payment) = ctx.payment.take() else { return };
+        if !ctx.charged {
+            let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.as_str()).unwrap_or_default();
+            payment::release_payment(&payment, route, &self.guards(), ctx.journaled_before);
         }
     }
 }

@@ -19,7 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
-use x402_store::{Journal, JournalOptions, MemoryReplayStore, ReplayStore};
+use x402_settle::CreditControl;
+use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -30,7 +31,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .context("cannot open the settlement journal")?,
     );
     let replay = rebuild_replay_store(&journal)?;
-    let settler = build_settler(&config, journal.clone())?;
+    let exposure = rebuild_exposure(&config, &journal)?;
+    let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds };
+    let settler = build_settler(&config, journal.clone())?.map(|settler| settler.with_credit_control(credit));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let drain_timeout = config.settlement.drain_timeout;
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
@@ -47,6 +50,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let proxy = PaywallProxy {
         config: Arc::new(ArcSwap::from_pointee(config)),
         replay,
+        exposure,
         journal: journal.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
@@ -99,6 +103,15 @@ fn rebuild_replay_store(journal: &Journal) -> anyhow::Result<Arc<dyn ReplayStore
     }
     tracing::info!(reserved = live.len(), unsettled = journal.unsettled_count()?, "replay store rebuilt from the journal");
     Ok(Arc::new(store))
+}
+
+/// Payments accepted and not yet settled are still credit after a restart.
+fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Exposure>> {
+    let exposure = Exposure::new(config.exposure.limits);
+    for record in journal.unsettled().context("cannot read the journal")? {
+        exposure.restore(&record.payer, &record.route, record.usd_micros);
+    }
+    Ok(Arc::new(exposure))
 }
 
 /// One settler for every configured network, signing with the key named in the config.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
-use x402_store::{unix_now, unix_now_ms, BatchRecord, Journal, JournalError, PaymentRecord, PaymentState};
+use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PaymentRecord, PaymentState};
 
 /// When a batch goes out and how long the settler waits for it.
 #[derive(Debug, Clone)]
@@ -83,12 +83,28 @@ pub struct Settler {
     journal: Arc<Journal>,
     networks: Vec<NetworkSettlement>,
     policy: BatchPolicy,
+    credit: Option<CreditControl>,
+}
+
+/// What the settler tells the exposure ledger: a resolved payment no longer counts, and a
+/// payer whose payment failed by its own doing is refused for a while.
+pub struct CreditControl {
+    pub exposure: Arc<Exposure>,
+    pub block_payer_for_secs: u64,
+}
+
+/// Failures the payer caused: spent its balance elsewhere, or cancelled the authorization.
+fn payer_at_fault(reason: &str) -> bool {
+    reason.contains("exceeds balance") || reason.contains("cancelled")
 }
 
 /// A journal record decoded for the chain.
 struct Pending {
     id: u64,
     attempts: u32,
+    payer: String,
+    route: String,
+    usd_micros: u64,
     token: Address,
     authorization: Authorization,
     signature: Signature,
@@ -113,7 +129,13 @@ enum Outcome {
 
 impl Settler {
     pub fn new(journal: Arc<Journal>, networks: Vec<NetworkSettlement>, policy: BatchPolicy) -> Self {
-        Self { journal, networks, policy }
+        Self { journal, networks, policy, credit: None }
+    }
+
+    /// Keeps the exposure ledger in step with settlement outcomes.
+    pub fn with_credit_control(mut self, credit: CreditControl) -> Self {
+        self.credit = Some(credit);
+        self
     }
 
     /// Settles until `shutdown` turns true, then drains: every accepted payment is settled
@@ -294,7 +316,7 @@ impl Settler {
         let mut live = Vec::with_capacity(batch.len());
         for record in batch {
             if record.item.valid_before <= cutoff {
-                self.fail(record.id, "expired: validBefore passed before the payment could be settled".into()).await?;
+                self.fail_record(&record, "expired: validBefore passed before the payment could be settled".into()).await?;
                 continue;
             }
             live.push(record);
@@ -307,7 +329,7 @@ impl Settler {
         for record in records {
             match decode(&record) {
                 Ok(pending) => decoded.push(pending),
-                Err(reason) => self.fail(record.id, reason).await?,
+                Err(reason) => self.fail_record(&record, reason).await?,
             }
         }
         Ok(decoded)
@@ -351,11 +373,13 @@ impl Settler {
         match outcome {
             Outcome::Settled(transaction) => {
                 tracing::debug!(payment = pending.id, tx = %transaction, "payment settled");
-                self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() }).await
+                self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
+                self.resolved(&pending.payer, &pending.route, pending.usd_micros, None);
+                Ok(())
             }
-            Outcome::Failed(reason) => self.fail(pending.id, reason).await,
+            Outcome::Failed(reason) => self.fail(pending, reason).await,
             Outcome::Retry if pending.attempts >= self.policy.max_attempts => {
-                self.fail(pending.id, format!("{context}: gave up after {} settlement transactions", pending.attempts)).await
+                self.fail(pending, format!("{context}: gave up after {} settlement transactions", pending.attempts)).await
             }
             Outcome::Retry => {
                 tracing::debug!(payment = pending.id, context, "payment goes back to the queue");
@@ -364,9 +388,31 @@ impl Settler {
         }
     }
 
-    async fn fail(&self, id: u64, reason: String) -> Result<(), JournalError> {
-        tracing::warn!(payment = id, %reason, "payment failed to settle");
-        self.journal.set_state(id, PaymentState::Failed { reason }).await
+    async fn fail(&self, pending: &Pending, reason: String) -> Result<(), JournalError> {
+        self.mark_failed(pending.id, &pending.payer, &pending.route, pending.usd_micros, reason).await
+    }
+
+    /// Fails a payment that could not be decoded for the chain (or is out of time).
+    async fn fail_record(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {
+        self.mark_failed(record.id, &record.payer, &record.route, record.usd_micros, reason).await
+    }
+
+    async fn mark_failed(&self, id: u64, payer: &str, route: &str, usd_micros: u64, reason: String) -> Result<(), JournalError> {
+        tracing::warn!(payment = id, payer, %reason, "payment failed to settle");
+        self.journal.set_state(id, PaymentState::Failed { reason: reason.clone() }).await?;
+        self.resolved(payer, route, usd_micros, Some(&reason));
+        Ok(())
+    }
+
+    /// A payment reached its end: it no longer counts as credit.
+    fn resolved(&self, payer: &str, route: &str, usd_micros: u64, failure: Option<&str>) {
+        let Some(credit) = &self.credit else { return };
+        credit.exposure.remove(payer, route, usd_micros);
+        if let Some(reason) = failure.filter(|reason| payer_at_fault(reason)) {
+            let until = unix_now() + credit.block_payer_for_secs;
+            tracing::warn!(payer, until, reason, "payer refused until then");
+            credit.exposure.block(payer, reason, until);
+        }
     }
 }
 
@@ -374,5 +420,14 @@ fn decode(record: &PaymentRecord) -> Result<Pending, String> {
     let token = record.item.asset.parse().map_err(|_| format!("asset {} is not an address", record.item.asset))?;
     let authorization = parse_authorization(&record.item.payload.authorization).map_err(|e| e.to_string())?;
     let signature = parse_signature(&record.item.payload.signature).map_err(|e| e.to_string())?;
-    Ok(Pending { id: record.id, attempts: record.attempts, token, authorization, signature })
+    Ok(Pending {
+        id: record.id,
+        attempts: record.attempts,
+        payer: record.payer.clone(),
+        route: record.route.clone(),
+        usd_micros: record.usd_micros,
+        token,
+        authorization,
+        signature,
+    })
 }

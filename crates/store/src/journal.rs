@@ -107,6 +107,8 @@ pub struct NewPayment {
     /// The authorization nonce, lower-case 0x-hex: with chain, asset and payer, what the
     /// token itself keys used authorizations by.
     pub nonce: String,
+    /// The amount in micro-dollars, as exposure limits count it.
+    pub usd_micros: u64,
     pub item: SettlementItem,
 }
 
@@ -117,6 +119,7 @@ pub struct PaymentRecord {
     pub route: String,
     pub amount: String,
     pub payer: String,
+    pub usd_micros: u64,
     /// Unix milliseconds.
     pub accepted_at_ms: u64,
     pub updated_at_ms: u64,
@@ -178,6 +181,7 @@ CREATE TABLE IF NOT EXISTS payments (
     payer TEXT NOT NULL,
     nonce TEXT NOT NULL,
     amount TEXT NOT NULL,
+    usd_micros INTEGER NOT NULL,
     pay_to TEXT NOT NULL,
     valid_after TEXT NOT NULL,
     valid_before INTEGER NOT NULL,
@@ -205,7 +209,7 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 ";
 
-const COLUMNS: &str = "id, receipt_id, route, network, chain_id, asset, payer, amount, pay_to, valid_after, valid_before,
+const COLUMNS: &str = "id, receipt_id, route, network, chain_id, asset, payer, amount, usd_micros, pay_to, valid_after, valid_before,
     auth_from, auth_value, auth_nonce, signature, state, transaction_hash, failure, attempts, accepted_at_ms, updated_at_ms";
 
 /// The durable journal. Reads run on their own connection beside the writer (WAL lets
@@ -494,8 +498,8 @@ fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, 
     let now = crate::unix_now_ms();
     let inserted = connection.execute(
         "INSERT INTO payments (receipt_id, route, network, chain_id, asset, payer, nonce, amount, pay_to, valid_after,
-            valid_before, auth_from, auth_value, auth_nonce, signature, state, attempts, accepted_at_ms, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'accepted', 0, ?16, ?16)",
+            valid_before, auth_from, auth_value, auth_nonce, signature, state, attempts, accepted_at_ms, updated_at_ms, usd_micros)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'accepted', 0, ?16, ?16, ?17)",
         params![
             payment.receipt_id,
             payment.route,
@@ -513,6 +517,7 @@ fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, 
             authorization.nonce,
             payment.item.payload.signature,
             now,
+            payment.usd_micros,
         ],
     );
     match inserted {
@@ -559,6 +564,7 @@ fn read_columns(row: &Row<'_>) -> rusqlite::Result<Columns> {
             route: row.get("route")?,
             amount: row.get("amount")?,
             payer: row.get("payer")?,
+            usd_micros: row.get("usd_micros")?,
             accepted_at_ms: row.get("accepted_at_ms")?,
             updated_at_ms: row.get("updated_at_ms")?,
             item: SettlementItem {

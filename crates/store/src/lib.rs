@@ -3,9 +3,11 @@
 //! - [`replay`]: the replay/nonce store. A payment's `(chain, asset, from, nonce)` is
 //!   reserved atomically before the request is forwarded and kept until the
 //!   authorization's `validBefore`, so one signed payment buys at most one response.
+//! - [`exposure`]: unsettled value per payer, per route and in total, against limits.
 //! - [`journal`]: the settlement journal: every payment whose response was released, and
 //!   its way to the chain (`accepted → submitted → settled | failed`), durable in SQLite.
 
+pub mod exposure;
 pub mod journal;
 pub mod replay;
 
@@ -13,6 +15,7 @@ pub use journal::{
     BatchRecord, Journal, JournalError, JournalOptions, JournalReader, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
     SettlementItem,
 };
+pub use exposure::{Exposure, ExposureLimits, ExposureRefusal};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

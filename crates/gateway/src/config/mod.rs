@@ -97,6 +97,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             group_commit: settlement.group_commit,
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
         },
+        exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {
             settle_margin_secs: raw.payments.settle_margin_seconds,
             clock_skew_secs: raw.payments.clock_skew_seconds,
@@ -104,6 +105,22 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         upstreams,
         routes,
         unmatched,
+    })
+}
+
+fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, String> {
+    let micros = |field: &str, value: &Option<String>| -> Result<Option<u64>, String> {
+        let Some(text) = value else { return Ok(None) };
+        let atomic = price::dollars_to_atomic(text, 6).map_err(|e| format!("exposure.{field}: {e}"))?;
+        u64::try_from(atomic).map(Some).map_err(|_| format!("exposure.{field}: {text} is too large"))
+    };
+    Ok(model::ExposureSettings {
+        limits: x402_store::ExposureLimits {
+            per_payer: micros("max_unsettled_per_payer", &raw.max_unsettled_per_payer)?,
+            per_route: micros("max_unsettled_per_route", &raw.max_unsettled_per_route)?,
+            total: micros("max_unsettled_total", &raw.max_unsettled_total)?,
+        },
+        block_failed_payers_seconds: raw.block_failed_payers_seconds,
     })
 }
 

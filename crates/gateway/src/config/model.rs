@@ -20,6 +20,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub networks: Vec<Network>,
     pub settlement: SettlementSettings,
+    pub exposure: ExposureSettings,
     pub verify_policy: VerifyPolicy,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -63,6 +64,13 @@ pub struct SettlementSettings {
     pub journal_path: PathBuf,
     pub group_commit: bool,
     pub max_fee_per_gas_wei: Option<u128>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExposureSettings {
+    /// In micro-dollars.
+    pub limits: x402_store::ExposureLimits,
+    pub block_failed_payers_seconds: u64,
 }
 
 #[derive(Clone)]

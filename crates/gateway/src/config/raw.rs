@@ -93,6 +93,8 @@ pub struct RawConfig {
     pub settlement: RawSettlement,
     #[serde(default)]
     pub payments: RawPayments,
+    #[serde(default)]
+    pub exposure: RawExposure,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<CheckedRoute>,
     #[serde(default)]
@@ -182,6 +184,28 @@ impl Default for RawSettlement {
             group_commit: true,
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
+        }
+    }
+}
+
+/// Limits on unsettled value, as dollar strings (`"$5"`); `null` turns a limit off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawExposure {
+    pub max_unsettled_per_payer: Option<String>,
+    pub max_unsettled_per_route: Option<String>,
+    pub max_unsettled_total: Option<String>,
+    /// How long a payer whose settlement failed by its own doing is refused.
+    pub block_failed_payers_seconds: u64,
+}
+
+impl Default for RawExposure {
+    fn default() -> Self {
+        Self {
+            max_unsettled_per_payer: Some("$1".into()),
+            max_unsettled_per_route: None,
+            max_unsettled_total: Some("$1000".into()),
+            block_failed_payers_seconds: 3600,
         }
     }
 }

@@ -15,6 +15,7 @@ fn payment(n: u8, network: &str, valid_before: u64) -> NewPayment {
         amount: "1000".into(),
         payer: "0x00000000000000000000000000000000000000A1".into(),
         nonce: nonce.clone(),
+        usd_micros: 1000,
         item: SettlementItem {
             network: network.into(),
             chain_id: 84532,
