@@ -11,6 +11,9 @@
 import { createServer } from "node:http";
 import { fileURLToPath } from "node:url";
 
+/** Requests seen per path, for tests that must know whether the upstream was called. */
+export const hits = new Map();
+
 export function deterministicBytes(n) {
   const out = Buffer.alloc(n);
   for (let i = 0; i < n; i++) out[i] = (i * 31 + 7) & 0xff;
@@ -25,6 +28,7 @@ function json(res, status, body) {
 
 async function handle(req, res) {
   const url = new URL(req.url, "http://upstream");
+  hits.set(url.pathname, (hits.get(url.pathname) ?? 0) + 1);
   const chunks = [];
   for await (const chunk of req) chunks.push(chunk);
   const body = Buffer.concat(chunks);

@@ -2,7 +2,7 @@
 // x402-gateway binary over TCP, on fresh loopback ports.
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -46,7 +46,7 @@ export async function startChainAndUpstream() {
 }
 
 /** A gateway config for tests: YAML text from the given ports and routes. */
-export function testConfig({ listenPort, rpcUrl, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {} }) {
+export function testConfig({ listenPort, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {} }) {
   const s = { max_wait_ms: 200, drain_timeout_seconds: 30, ...settlement };
   const settlementYaml = Object.entries(s).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`).join("\n");
   return `
@@ -57,7 +57,7 @@ server:
   graceful_shutdown_timeout_seconds: 2
 networks:
   base-sepolia:
-    rpc_url: ${rpcUrl}
+    rpc_urls: ${JSON.stringify(rpcUrls ?? [rpcUrl])}
 payments:
   pay_to: "${payTo}"
 settlement:
@@ -98,10 +98,10 @@ export function freshAddress() {
 }
 
 /** Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`. */
-export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "" }) {
+export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls }) {
   const listenPort = await freePort();
   const yaml = testConfig({
-    listenPort, rpcUrl: env.devnet.url, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes,
+    listenPort, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes,
   }) + extraYaml;
   return startGateway(yaml, { listenPort });
 }
@@ -143,6 +143,40 @@ export async function startGateway(yaml, { env = {}, listenPort } = {}) {
       return exited;
     },
   };
+}
+
+/**
+ * A TCP relay on a loopback port to `targetPort` that can be taken down (every connection
+ * cut, nothing listening) and brought back on the same port: an RPC node going away.
+ */
+export async function startRelay(targetPort) {
+  const sockets = new Set();
+  let server = null;
+  const port = await freePort();
+  async function up() {
+    if (server) return;
+    server = createServer((client) => {
+      const upstream = connect(targetPort, "127.0.0.1");
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on("close", () => sockets.delete(s));
+        s.on("error", () => {});
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", resolve);
+    });
+  }
+  async function down() {
+    if (!server) return;
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+    server = null;
+  }
+  await up();
+  return { url: `http://127.0.0.1:${port}`, up, down };
 }
 
 /** Runs the binary with `args` to completion (CLI commands). */

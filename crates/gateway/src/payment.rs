@@ -198,23 +198,24 @@ pub fn journaled_key(item: &SettlementItem) -> Option<ReplayKey> {
 /// The receipt header of a charged response: `PAYMENT-RESPONSE` (v2) or
 /// `X-PAYMENT-RESPONSE` (v1).
 ///
-/// The payment is settled later in a batch, so there is no transaction hash yet: the spec
+/// A batched payment is settled later, so there is no transaction hash yet: the spec
 /// requires `transaction` to be a string, and it is `""` here (as the spec's
 /// batch-settlement scheme does), with `extensions["x402-gateway"]` saying the settlement
-/// is pending and giving the payment's receipt id and where to look it up.
-pub fn receipt_header(payment: &AcceptedPayment, receipt_id: &str) -> (&'static str, String) {
+/// is pending and giving the payment's receipt id and where to look it up. A payment
+/// settled before the request was forwarded (`settle: before`) carries its transaction.
+pub fn receipt_header(payment: &AcceptedPayment, receipt_id: &str, transaction: Option<&str>) -> (&'static str, String) {
     let receipt = v2::SettleResponse {
         success: true,
         error_reason: None,
         error_message: None,
         payer: Some(payment.payer.to_checksum(None)),
-        transaction: String::new(),
+        transaction: transaction.unwrap_or_default().to_owned(),
         network: payment.network.clone(),
         amount: Some(payment.amount.to_string()),
         extensions: serde_json::Map::from_iter([(
             "x402-gateway".to_owned(),
             serde_json::json!({
-                "settlement": "pending",
+                "settlement": if transaction.is_some() { "settled" } else { "pending" },
                 "paymentId": receipt_id,
                 "receipt": format!("{RECEIPTS_PATH}{receipt_id}"),
             }),

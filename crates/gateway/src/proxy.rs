@@ -3,7 +3,7 @@
 //! | phase | job |
 //! |---|---|
 //! | `new_ctx` | an empty [`RequestContext`] |
-//! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure |
+//! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure; `settle: before` → journal and settle on-chain first |
 //! | `upstream_peer` | the route's upstream, round robin |
 //! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For` and `Via` |
 //! | `response_filter` | billable status → journal the payment durably, then add the receipt; otherwise it is released later |
@@ -11,6 +11,7 @@
 //! | `logging` | release a reservation nobody was charged for; access log |
 
 use crate::challenge::{self, LocalResponse, Refusal};
+use crate::config::raw::SettleMode;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
 use crate::routing::is_ambiguous_path;
@@ -23,7 +24,9 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use x402_settle::{SettleNow, SettleNowOutcome};
 use x402_store::{Exposure, Journal, JournalError, ReplayStore};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
@@ -32,6 +35,9 @@ pub struct PaywallProxy {
     pub replay: Arc<dyn ReplayStore>,
     pub exposure: Arc<Exposure>,
     pub journal: Arc<Journal>,
+    /// The settler's queue for `settle: before` payments, and how long a request waits.
+    pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
+    pub settle_before_timeout: Duration,
 }
 
 /// What one request carries from phase to phase.
@@ -44,6 +50,9 @@ pub struct RequestContext {
     charged: bool,
     /// The journal already holds this authorization: its reservation must stay.
     journaled_before: bool,
+    /// `settle: before`: the payment's receipt id and the transaction it landed in.
+    settled_before: Option<(String, String)>,
+    journal_id: Option<u64>,
     connect_attempts: usize,
     started: Instant,
 }
@@ -117,6 +126,53 @@ impl PaywallProxy {
         }
     }
 
+    /// `settle: before`: journals the payment, has the settler land it on-chain, and lets the
+    /// request through only once it has. `Some(response)` answers the request here and the
+    /// upstream is never called.
+    async fn settle_before(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let (route, pricing) = Self::route(config, ctx)?;
+        let route_name = route.name.clone();
+        let receipt_id = match self.record_payment(&route_name, ctx).await {
+            Ok(receipt_id) => receipt_id,
+            Err(error) => return Some(error_response(&error)),
+        };
+        let (reply_to, reply) = oneshot::channel();
+        let queued = self.settle_now.as_ref().is_some_and(|queue| {
+            let id = ctx.journal_id.unwrap_or_default();
+            queue.send(SettleNow { payment_id: id, reply: reply_to }).is_ok()
+        });
+        let outcome = match (queued, tokio::time::timeout(self.settle_before_timeout, reply).await) {
+            (true, Ok(Ok(outcome))) => outcome,
+            (true, _) => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
+            (false, _) => SettleNowOutcome::Pending("the settler is not running".into()),
+        };
+        match outcome {
+            SettleNowOutcome::Settled(transaction) => {
+                ctx.settled_before = Some((receipt_id, transaction));
+                None
+            }
+            SettleNowOutcome::Failed(reason) => {
+                let code = if reason.contains("exceeds balance") {
+                    x402::ReasonCode::InvalidExactEvmInsufficientBalance
+                } else {
+                    x402::ReasonCode::InvalidExactEvmTransactionFailed
+                };
+                let message = format!("the payment did not settle, so the request was not forwarded: {reason}");
+                let refusal = Refusal { reason: code, message: &message };
+                Some(challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(refusal), false))
+            }
+            SettleNowOutcome::Pending(why) => {
+                tracing::warn!(route = %route_name, receipt = %receipt_id, why, "settle-before payment not confirmed in time");
+                let body = serde_json::json!({
+                    "error": "settlement_pending",
+                    "message": format!("the payment was sent but not confirmed in time ({why}); the request was not forwarded. Look it up at {}{receipt_id}", payment::RECEIPTS_PATH),
+                    "receipt": format!("{}{receipt_id}", payment::RECEIPTS_PATH),
+                });
+                Some(challenge::json_response(504, &body))
+            }
+        }
+    }
+
     /// Journals a billable payment and waits until it is durable: the response is not
     /// released before.
     async fn record_payment(&self, route: &str, ctx: &mut RequestContext) -> Result<String> {
@@ -124,8 +180,9 @@ impl PaywallProxy {
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
         match self.journal.record(entry).await {
-            Ok(_) => {
+            Ok(id) => {
                 ctx.charged = true;
+                ctx.journal_id = Some(id);
                 Ok(receipt_id)
             }
             Err(error @ JournalError::Duplicate(_)) => {
@@ -166,6 +223,8 @@ impl ProxyHttp for PaywallProxy {
             payment: None,
             charged: false,
             journaled_before: false,
+            settled_before: None,
+            journal_id: None,
             connect_attempts: 0,
             started: Instant::now(),
         }
@@ -173,8 +232,11 @@ impl ProxyHttp for PaywallProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
         let config = self.config.load_full();
-        let answer = self.admit(&config, session.req_header(), ctx);
-        ctx.config = Some(config);
+        let mut answer = self.admit(&config, session.req_header(), ctx);
+        ctx.config = Some(config.clone());
+        if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {
+            answer = self.settle_before(&config, session.req_header(), ctx).await;
+        }
         match answer {
             Some(response) => {
                 write_local_response(session, response).await?;
@@ -229,12 +291,16 @@ impl ProxyHttp for PaywallProxy {
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
         let Some(config) = ctx.config.clone() else { return Ok(()) };
         let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
-        if ctx.payment.is_none() || !pricing.is_billable(response.status.as_u16()) {
-            return Ok(());
-        }
-        let receipt_id = self.record_payment(&route.name, ctx).await?;
+        let (receipt_id, transaction) = match ctx.settled_before.clone() {
+            // Paid on-chain before the upstream was called, whatever it answered.
+            Some((receipt_id, transaction)) => (receipt_id, Some(transaction)),
+            None if ctx.payment.is_some() && pricing.is_billable(response.status.as_u16()) => {
+                (self.record_payment(&route.name, ctx).await?, None)
+            }
+            None => return Ok(()),
+        };
         let Some(payment) = ctx.payment.as_ref() else { return Ok(()) };
-        let (name, value) = payment::receipt_header(payment, &receipt_id);
+        let (name, value) = payment::receipt_header(payment, &receipt_id, transaction.as_deref());
         response.insert_header(name, value)?;
         response.insert_header("Access-Control-Expose-Headers", challenge::EXPOSE_HEADERS)?;
         tracing::info!(route = %route.name, payer = %payment.payer, amount = %payment.amount, receipt = %receipt_id, "payment accepted");
@@ -244,7 +310,11 @@ impl ProxyHttp for PaywallProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestContext) -> FailToProxy {
         let (status, reason, message) = failure_answer(e);
         if status > 0 {
-            let paid = if ctx.payment.is_some() && !ctx.charged { " Your payment was not charged." } else { "" };
+            let paid = match (&ctx.payment, ctx.charged) {
+                (Some(_), false) => " Your payment was not charged.",
+                (Some(_), true) if ctx.settled_before.is_some() => " Your payment was settled before the request was forwarded.",
+                _ => "",
+            };
             let body = serde_json::json!({"error": reason, "message": format!("{message}.{paid}")});
             if let Err(error) = write_local_response(session, challenge::json_response(status, &body)).await {
                 tracing::debug!(%error, "could not send the error response");
@@ -282,6 +352,12 @@ async fn write_local_response(session: &mut Session, response: LocalResponse) ->
     header.insert_header("Content-Length", response.body.len().to_string())?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(response.body)), true).await
+}
+
+/// The JSON answer for an error raised while handling a payment.
+fn error_response(e: &Error) -> LocalResponse {
+    let (status, reason, message) = failure_answer(e);
+    challenge::json_response(status, &serde_json::json!({"error": reason, "message": message}))
 }
 
 /// Status, reason code and message for a request that failed on its way through.

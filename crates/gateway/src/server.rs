@@ -36,14 +36,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let settler = build_settler(&config, journal.clone())?.map(|settler| settler.with_credit_control(credit));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let drain_timeout = config.settlement.drain_timeout;
+    let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
+    let settle_now = settler.is_some().then_some(settle_now_tx);
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         if let Some(settler) = settler {
-            runtime.block_on(settler.run(shutdown_rx, drain_timeout));
+            runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
         }
         anyhow::Ok(())
     })?;
 
+    let settle_before_timeout = config.settlement.policy.receipt_timeout * 2;
     let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config));
     let listen = config.server.listen;
     server.bootstrap();
@@ -52,6 +55,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         replay,
         exposure,
         journal: journal.clone(),
+        settle_now,
+        // A settle-before request may wait for the batch in flight and then its own receipt.
+        settle_before_timeout,
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());

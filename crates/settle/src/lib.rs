@@ -10,4 +10,4 @@ mod chain;
 mod settler;
 
 pub use chain::{ChainClient, ChainError};
-pub use settler::{BatchPolicy, CreditControl, NetworkSettlement, SettleError, Settler};
+pub use settler::{BatchPolicy, CreditControl, NetworkSettlement, SettleError, SettleNow, SettleNowOutcome, Settler};

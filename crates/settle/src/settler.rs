@@ -14,7 +14,7 @@ use crate::chain::{ChainClient, ChainError, Mined};
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
 use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PaymentRecord, PaymentState};
@@ -93,6 +93,22 @@ pub struct CreditControl {
     pub block_payer_for_secs: u64,
 }
 
+/// A request to settle one journaled payment now, ahead of any batch (`settle: before`).
+pub struct SettleNow {
+    pub payment_id: u64,
+    pub reply: oneshot::Sender<SettleNowOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleNowOutcome {
+    /// On-chain, in this transaction.
+    Settled(String),
+    /// It will not land: the reason.
+    Failed(String),
+    /// Not known yet (RPC down, receipt late): the settler keeps at it.
+    Pending(String),
+}
+
 /// Failures the payer caused: spent its balance elsewhere, or cancelled the authorization.
 fn payer_at_fault(reason: &str) -> bool {
     reason.contains("exceeds balance") || reason.contains("cancelled")
@@ -140,13 +156,19 @@ impl Settler {
 
     /// Settles until `shutdown` turns true, then drains: every accepted payment is settled
     /// (or fails for a reason) before this returns, unless `drain_timeout` passes first.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+    pub async fn run(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+        drain_timeout: Duration,
+        mut settle_now: mpsc::UnboundedReceiver<SettleNow>,
+    ) {
         let tick = (self.policy.max_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut drain_deadline = None;
         let mut backoff = self.policy.retry_backoff;
         loop {
             if drain_deadline.is_none() {
                 tokio::select! {
+                    Some(request) = settle_now.recv() => self.settle_now(request).await,
                     _ = self.journal.changed().notified() => {}
                     _ = tokio::time::sleep(tick) => {}
                     _ = shutdown.changed() => {}
@@ -182,6 +204,34 @@ impl Settler {
                 }
             }
         }
+    }
+
+    /// Settles one payment in a transaction of its own and says how it ended.
+    async fn settle_now(&self, request: SettleNow) {
+        let outcome = match self.settle_one(request.payment_id).await {
+            Ok(outcome) => outcome,
+            Err(error) => SettleNowOutcome::Pending(error.to_string()),
+        };
+        tracing::info!(payment = request.payment_id, ?outcome, "settle-before payment");
+        let _ = request.reply.send(outcome);
+    }
+
+    async fn settle_one(&self, id: u64) -> Result<SettleNowOutcome, SettleError> {
+        let record = self.journal.get(id)?.ok_or(JournalError::Corrupt { id, what: "not in the journal".into() })?;
+        let network = self
+            .networks
+            .iter()
+            .find(|n| n.network == record.item.network)
+            .ok_or_else(|| ChainError::Rpc(format!("no settlement configured for {}", record.item.network)))?;
+        if record.state == PaymentState::Accepted {
+            self.send_batch(network, vec![record]).await?;
+        }
+        let record = self.journal.get(id)?.ok_or(JournalError::Corrupt { id, what: "vanished from the journal".into() })?;
+        Ok(match record.state {
+            PaymentState::Settled { transaction } => SettleNowOutcome::Settled(transaction),
+            PaymentState::Failed { reason } => SettleNowOutcome::Failed(reason),
+            other => SettleNowOutcome::Pending(format!("settlement is {}", other.name())),
+        })
     }
 
     fn unsettled(&self) -> u64 {

@@ -2,7 +2,7 @@
 //! [`RawConfig`](super::raw::RawConfig) or not at all.
 
 use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
-use super::raw::{self, RawOffer, RawRoute, StatusClass, UnmatchedAction};
+use super::raw::{self, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction};
 use crate::routing::PathPattern;
 use alloy_primitives::{Address, U256};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -113,6 +113,7 @@ pub struct Pricing {
     pub description: String,
     pub mime_type: String,
     pub billable: Vec<StatusClass>,
+    pub settle: SettleMode,
 }
 
 /// One way to pay a route, for people and logs.
@@ -278,6 +279,7 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
         description: raw.description.clone().unwrap_or_default(),
         mime_type: raw.mime_type.clone().unwrap_or_default(),
         billable: raw.billable_statuses.clone().unwrap_or_else(|| cx.billable.clone()),
+        settle: raw.settle,
     })
 }
 

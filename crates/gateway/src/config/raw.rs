@@ -280,6 +280,18 @@ pub struct RawRoute {
     pub mime_type: Option<String>,
     pub max_timeout_seconds: Option<u64>,
     pub billable_statuses: Option<Vec<StatusClass>>,
+    /// `batched` (default): serve now, settle later in a batch. `before`: settle on-chain
+    /// first, and call the upstream only once the payment landed.
+    #[serde(default)]
+    pub settle: SettleMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettleMode {
+    #[default]
+    Batched,
+    Before,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
