@@ -44,6 +44,7 @@ fi
 if [ "${X402_SKIP_BENCH:-0}" != 1 ]; then
   echo "== benches (quick mode)"
   cargo bench --locked -p x402-gateway-benches --bench verify_path -- --warm-up-time 0.2 --measurement-time 0.5
+  cargo bench --locked -p x402-gateway-benches --bench journal_latency -- --quick
 fi
 
 echo "== all tests passed"

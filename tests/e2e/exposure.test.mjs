@@ -11,7 +11,7 @@ import { encodeFunctionData } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { devAccount, devPrivateKey, rpc, USDC_ADDRESS, TEST_USDC_ABI } from "../../deploy/devnet/devnet.mjs";
 import {
-  startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli, b64, unb64,
+  startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli, sleep, b64, unb64,
 } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
 
@@ -85,4 +85,34 @@ test("a payer that drains its balance before settlement costs at most its limit 
 
   // Other payers are not affected.
   assert.equal((await pay(devPrivateKey(7), accepts)).status, 200);
+});
+
+test("with balance_check, a payer's cached balance less what it owes must cover each payment", async () => {
+  const checked = await startTestGateway(env, {
+    payTo,
+    settlement: { max_wait_ms: 600_000 },
+    extraYaml: "exposure: { balance_check: true, balance_cache_seconds: 60 }\n",
+  });
+  try {
+    const accepts = unb64((await fetch(checked.base + "/weather")).headers.get("payment-required")).accepts[0];
+    const key = "0x" + randomBytes(32).toString("hex");
+    await transferFrom(devAccount(0).address, privateKeyToAccount(key).address, 2000n);
+    const send = async () => {
+      const res = await fetch(checked.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(await signPayment(key, accepts)) } });
+      const reason = res.status === 402 ? unb64(res.headers.get("payment-required")).error : undefined;
+      return { status: res.status, reason, body: await res.text() };
+    };
+    // The first payment is judged by the exposure limits while the balance is read in the
+    // background; the read takes milliseconds on loopback.
+    assert.equal((await send()).status, 200);
+    await sleep(500);
+    assert.equal((await send()).status, 200, "2000 held covers 1000 owed plus 1000");
+    // 2000 held, 2000 owed unsettled: a third 1000 is not covered.
+    const third = await send();
+    assert.equal(third.status, 402);
+    assert.equal(third.reason, "invalid_exact_evm_insufficient_balance");
+    assert.match(JSON.parse(third.body).message, /does not cover 2000 micro-USD unsettled/);
+  } finally {
+    await checked.stop();
+  }
 });

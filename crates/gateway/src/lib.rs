@@ -2,12 +2,14 @@
 //!
 //! - [`config`]: `gateway.yaml` → validated, precomputed [`config::Config`].
 //! - [`routing`]: path patterns and route matching.
+//! - [`balance`]: the optional payer balance check, read off the request path.
 //! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
 //! - [`payment`]: from a request's payment header to a reserved, verified payment.
 //! - [`receipts`]: a journaled payment as the payer and the operator see it.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation, one job per phase.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
 
+pub mod balance;
 pub mod challenge;
 pub mod config;
 pub mod payment;

@@ -1,7 +1,9 @@
 //! From a request's payment header to a verified, reserved payment, and the receipt a
 //! charged response carries.
 
+use crate::balance::BalanceCache;
 use crate::config::Pricing;
+use std::sync::Arc;
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifyError, VerifyPolicy};
@@ -52,6 +54,9 @@ pub enum PaymentRejection {
     /// Valid, but more credit than the operator extends: 402.
     #[error(transparent)]
     OverExposure(#[from] ExposureRefusal),
+    /// The payer's balance, less what it owes unsettled, cannot cover this payment: 402.
+    #[error("the payer's token balance ({balance_usd_micros} micro-USD) does not cover {owed_usd_micros} micro-USD unsettled plus this payment")]
+    InsufficientBalance { balance_usd_micros: u64, owed_usd_micros: u64 },
 }
 
 impl PaymentRejection {
@@ -60,6 +65,7 @@ impl PaymentRejection {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+            Self::InsufficientBalance { .. } => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
             Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
                 x402::ReasonCode::InvalidExactEvmInsufficientBalance
             }
@@ -70,10 +76,12 @@ impl PaymentRejection {
     }
 }
 
-/// What a payment is held against: the replay store and the exposure ledger.
+/// What a payment is held against: the replay store, the exposure ledger and, when the
+/// operator asks for it, the payer's cached token balance.
 pub struct PaymentGuards<'a> {
     pub replay: &'a dyn ReplayStore,
     pub exposure: &'a Exposure,
+    pub balances: Option<&'a Arc<BalanceCache>>,
 }
 
 /// Decodes, verifies, reserves a payment for a priced route and counts it as unsettled.
@@ -111,7 +119,16 @@ pub fn accept_payment(
         return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
     }
     let payer = authorization.from.to_checksum(None);
-    let usd_micros = usd_micros(authorization.value, pricing.offers[verified.requirement_index].asset.decimals);
+    let decimals = pricing.offers[verified.requirement_index].asset.decimals;
+    let usd_micros = usd_micros(authorization.value, decimals);
+    let cached_balance = guards.balances.and_then(|b| b.cached(requirement.domain.chain_id, requirement.domain.verifying_contract, authorization.from));
+    if let Some(balance) = cached_balance {
+        let (balance_usd_micros, owed_usd_micros) = (self::usd_micros(balance, decimals), guards.exposure.payer(&payer));
+        if balance_usd_micros < owed_usd_micros.saturating_add(usd_micros) {
+            guards.replay.release(&key);
+            return Err(PaymentRejection::InsufficientBalance { balance_usd_micros, owed_usd_micros });
+        }
+    }
     if let Err(refusal) = guards.exposure.try_add(&payer, route, usd_micros, now) {
         guards.replay.release(&key);
         return Err(refusal.into());

@@ -34,6 +34,7 @@ pub struct PaywallProxy {
     pub config: Arc<ArcSwap<Config>>,
     pub replay: Arc<dyn ReplayStore>,
     pub exposure: Arc<Exposure>,
+    pub balances: Option<Arc<crate::balance::BalanceCache>>,
     pub journal: Arc<Journal>,
     /// The settler's queue for `settle: before` payments, and how long a request waits.
     pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
@@ -198,7 +199,7 @@ impl PaywallProxy {
     }
 
     fn guards(&self) -> payment::PaymentGuards<'_> {
-        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure }
+        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, balances: self.balances.as_ref() }
     }
 
     /// Releases what a payment nobody was charged for held, so the client may use it again.

@@ -7,6 +7,7 @@
 //! short. Here the proxy stops first, then the settler settles what it holds, then the
 //! process exits.
 
+use crate::balance::BalanceCache;
 use crate::config::{load_config, Config};
 use crate::proxy::PaywallProxy;
 use alloy::signers::local::PrivateKeySigner;
@@ -33,7 +34,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let replay = rebuild_replay_store(&journal)?;
     let exposure = rebuild_exposure(&config, &journal)?;
     let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds };
-    let settler = build_settler(&config, journal.clone())?.map(|settler| settler.with_credit_control(credit));
+    let key = settlement_key(&config)?;
+    let settler = match &key {
+        Some(key) => Some(build_settler(&config, key, journal.clone())?.with_credit_control(credit)),
+        None => None,
+    };
+    let balances = build_balance_cache(&config, key.as_ref())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let drain_timeout = config.settlement.drain_timeout;
     let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -54,6 +60,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         config: Arc::new(ArcSwap::from_pointee(config)),
         replay,
         exposure,
+        balances,
         journal: journal.clone(),
         settle_now,
         // A settle-before request may wait for the batch in flight and then its own receipt.
@@ -121,26 +128,45 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
 }
 
 /// One settler for every configured network, signing with the key named in the config.
-fn build_settler(config: &Config, journal: Arc<Journal>) -> anyhow::Result<Option<Settler>> {
-    let priced = config.routes.iter().any(|r| r.pricing.is_some());
-    if !priced {
+/// The settlement key, when any route is priced (a gateway of free routes needs none).
+fn settlement_key(config: &Config) -> anyhow::Result<Option<PrivateKeySigner>> {
+    if !config.routes.iter().any(|r| r.pricing.is_some()) {
         return Ok(None);
     }
     let env = &config.settlement.private_key_env;
     let key = std::env::var(env)
         .with_context(|| format!("settlement key: set the environment variable {env} (0x-hex private key)"))?;
     let key: PrivateKeySigner = key.trim().parse().with_context(|| format!("settlement key in {env} is not a valid private key"))?;
+    Ok(Some(key))
+}
+
+/// A chain client per configured network, in config order.
+fn chain_clients(config: &Config, key: &PrivateKeySigner) -> anyhow::Result<Vec<ChainClient>> {
+    let clients = config
+        .networks
+        .iter()
+        .map(|network| ChainClient::new(&network.rpc_urls, key.clone(), network.chain_id, config.settlement.max_fee_per_gas_wei))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(clients)
+}
+
+/// One settler for every configured network, signing with the settlement key.
+fn build_settler(config: &Config, key: &PrivateKeySigner, journal: Arc<Journal>) -> anyhow::Result<Settler> {
     let networks = config
         .networks
         .iter()
-        .map(|network| {
-            let client =
-                ChainClient::new(&network.rpc_urls, key.clone(), network.chain_id, config.settlement.max_fee_per_gas_wei)?;
-            Ok(NetworkSettlement { network: network.id.clone(), multicall: network.multicall, client })
-        })
-        .collect::<Result<Vec<_>, x402_settle::ChainError>>()?;
+        .zip(chain_clients(config, key)?)
+        .map(|(network, client)| NetworkSettlement { network: network.id.clone(), multicall: network.multicall, client })
+        .collect::<Vec<_>>();
     tracing::info!(settler = %key.address(), networks = networks.len(), "settlement key loaded");
-    Ok(Some(Settler::new(journal, networks, config.settlement.policy.clone())))
+    Ok(Settler::new(journal, networks, config.settlement.policy.clone()))
+}
+
+/// Token balances for the optional balance check, read through the networks' RPC URLs.
+fn build_balance_cache(config: &Config, key: Option<&PrivateKeySigner>) -> anyhow::Result<Option<Arc<BalanceCache>>> {
+    let (true, Some(key)) = (config.exposure.balance_check, key) else { return Ok(None) };
+    let chains = config.networks.iter().map(|n| n.chain_id).zip(chain_clients(config, key)?).collect();
+    Ok(Some(Arc::new(BalanceCache::new(chains, config.exposure.balance_cache))))
 }
 
 /// SIGTERM and SIGINT both stop gracefully (Pingora's default treats SIGINT as a fast

@@ -197,6 +197,14 @@ impl ChainClient {
         IEip3009::authorizationStateCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
+    /// `balanceOf(owner)` on `token`.
+    pub async fn balance_of(&self, token: Address, owner: Address) -> Result<alloy_primitives::U256, ChainError> {
+        let data = IEip3009::balanceOfCall { account: owner }.abi_encode();
+        let request = TransactionRequest::default().with_to(token).with_input(Bytes::from(data));
+        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).await } }).await?;
+        IEip3009::balanceOfCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
+    }
+
     /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` on `token`, if any
     /// within the last `lookback` blocks.
     pub async fn find_authorization_used(

@@ -121,6 +121,8 @@ fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, Str
             total: micros("max_unsettled_total", &raw.max_unsettled_total)?,
         },
         block_failed_payers_seconds: raw.block_failed_payers_seconds,
+        balance_check: raw.balance_check,
+        balance_cache: Duration::from_secs(raw.balance_cache_seconds.max(1)),
     })
 }
 

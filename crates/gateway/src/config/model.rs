@@ -71,6 +71,8 @@ pub struct ExposureSettings {
     /// In micro-dollars.
     pub limits: x402_store::ExposureLimits,
     pub block_failed_payers_seconds: u64,
+    pub balance_check: bool,
+    pub balance_cache: Duration,
 }
 
 #[derive(Clone)]

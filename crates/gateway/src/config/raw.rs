@@ -197,6 +197,10 @@ pub struct RawExposure {
     pub max_unsettled_total: Option<String>,
     /// How long a payer whose settlement failed by its own doing is refused.
     pub block_failed_payers_seconds: u64,
+    /// Refuse a payment the payer's token balance, minus what it owes, cannot cover.
+    pub balance_check: bool,
+    /// How long a balance read is used.
+    pub balance_cache_seconds: u64,
 }
 
 impl Default for RawExposure {
@@ -206,6 +210,8 @@ impl Default for RawExposure {
             max_unsettled_per_route: None,
             max_unsettled_total: Some("$1000".into()),
             block_failed_payers_seconds: 3600,
+            balance_check: false,
+            balance_cache_seconds: 10,
         }
     }
 }
