@@ -89,6 +89,8 @@ fn verify_path(c: &mut Criterion) {
     });
     group.bench_function("eip712_digest", |b| b.iter(|| fixture.requirement.domain.signing_hash(black_box(&message))));
     group.bench_function("recover_signer", |b| b.iter(|| black_box(&signature).recover_address_from_prehash(black_box(&digest))));
+    // The pure-Rust backend alloy would use without the `secp256k1` feature, for the ratio.
+    group.bench_function("recover_signer (k256, not used)", |b| b.iter(|| black_box(&signature).recover_from_prehash(black_box(&digest))));
     let payload: x402::v2::PaymentPayload = x402::decode_header(headers[0].as_bytes(), 8192).expect("decode");
     group.bench_function("verify_v2 (match, checks, digest, recover)", |b| {
         b.iter(|| x402_evm::verify_v2(black_box(&payload), &offers, &policy, fixture.now).expect("valid"))

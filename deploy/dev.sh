@@ -17,6 +17,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# The dev chain starts empty every time, so the settlement journal does too: payments
+# journaled against an earlier dev chain mean nothing on this one.
+rm -f x402-journal.db x402-journal.db-wal x402-journal.db-shm
+
 node deploy/devnet/devnet.mjs --port 8545 &
 pids+=($!)
 node deploy/devnet/sample-upstream.mjs --port 8080 &

@@ -85,6 +85,15 @@ test("a payer that drains its balance before settlement costs at most its limit 
 
   // Other payers are not affected.
   assert.equal((await pay(devPrivateKey(7), accepts)).status, 200);
+
+  // The block is in the journal, where an operator clears it while the gateway runs.
+  const listed = runCli(["payments", "--journal", journalPath, "blocked"]).stdout.trim().split("\n").map((l) => JSON.parse(l));
+  assert.deepEqual(listed.map((b) => b.payer), [payer]);
+  assert.match(listed[0].reason, /exceeds balance/);
+  const cleared = runCli(["payments", "--journal", journalPath, "unblock", "--payer", payer]);
+  assert.equal(cleared.status, 0, cleared.stderr);
+  assert.match(cleared.stdout, /unblocked/);
+  await eventually(async () => (await pay(key, accepts)).status === 200, 5_000, "the unblocked payer is served again");
 });
 
 test("with balance_check, a payer's cached balance less what it owes must cover each payment", async () => {

@@ -70,6 +70,13 @@ enum PaymentsQuery {
     Show { receipt_id: String },
     /// How many payments are in each state.
     Summary,
+    /// Payers refused after a failed settlement, one JSON object per line.
+    Blocked,
+    /// Lets a refused payer pay again (the running gateway picks it up within a second).
+    Unblock {
+        #[arg(long)]
+        payer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,11 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
         Some(path) => path,
         None => x402_gateway::config::load_config(config).context("invalid configuration")?.settlement.journal_path,
     };
+    if let PaymentsQuery::Unblock { payer } = &query {
+        let cleared = x402_store::clear_payer_block(&path, payer)?;
+        println!("{}", if cleared { format!("{payer}: unblocked") } else { format!("{payer}: was not blocked") });
+        return Ok(());
+    }
     let reader = x402_store::Journal::open_read_only(&path).with_context(|| format!("cannot read the journal {}", path.display()))?;
     match query {
         PaymentsQuery::List { state, payer, limit } => {
@@ -119,6 +131,12 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
             println!("{:#}", x402_gateway::receipts::receipt_json(&record));
         }
         PaymentsQuery::Summary => println!("{}", serde_json::to_string(&reader.counts()?)?),
+        PaymentsQuery::Blocked => {
+            for block in reader.payer_blocks(x402_store::unix_now())? {
+                println!("{}", serde_json::json!({"payer": block.payer, "until": block.until, "reason": block.reason}));
+            }
+        }
+        PaymentsQuery::Unblock { .. } => {}
     }
     Ok(())
 }

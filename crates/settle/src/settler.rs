@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
-use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PaymentRecord, PaymentState};
+use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
 
 /// When a batch goes out and how long the settler waits for it.
 #[derive(Debug, Clone)]
@@ -178,6 +178,7 @@ impl Settler {
                     drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
                 }
             }
+            self.sync_payer_blocks();
             let draining = drain_deadline.is_some();
             let mut failed = false;
             for network in &self.networks {
@@ -203,6 +204,16 @@ impl Settler {
                     return;
                 }
             }
+        }
+    }
+
+    /// The journal's payer blocks are the truth (operators clear them there): the exposure
+    /// ledger follows them every round.
+    fn sync_payer_blocks(&self) {
+        let Some(credit) = &self.credit else { return };
+        match self.journal.payer_blocks(unix_now()) {
+            Ok(blocks) => credit.exposure.replace_blocks(blocks.into_iter().map(|b| (b.payer, b.until, b.reason))),
+            Err(error) => tracing::warn!(%error, "cannot read payer blocks from the journal"),
         }
     }
 
@@ -450,19 +461,22 @@ impl Settler {
     async fn mark_failed(&self, id: u64, payer: &str, route: &str, usd_micros: u64, reason: String) -> Result<(), JournalError> {
         tracing::warn!(payment = id, payer, %reason, "payment failed to settle");
         self.journal.set_state(id, PaymentState::Failed { reason: reason.clone() }).await?;
-        self.resolved(payer, route, usd_micros, Some(&reason));
+        if let Some(block) = self.resolved(payer, route, usd_micros, Some(&reason)) {
+            self.journal.block_payer(block).await?;
+        }
         Ok(())
     }
 
-    /// A payment reached its end: it no longer counts as credit.
-    fn resolved(&self, payer: &str, route: &str, usd_micros: u64, failure: Option<&str>) {
-        let Some(credit) = &self.credit else { return };
+    /// A payment reached its end: it no longer counts as credit. Returns the block a payer
+    /// at fault earned, for the journal.
+    fn resolved(&self, payer: &str, route: &str, usd_micros: u64, failure: Option<&str>) -> Option<PayerBlock> {
+        let credit = self.credit.as_ref()?;
         credit.exposure.remove(payer, route, usd_micros);
-        if let Some(reason) = failure.filter(|reason| payer_at_fault(reason)) {
-            let until = unix_now() + credit.block_payer_for_secs;
-            tracing::warn!(payer, until, reason, "payer refused until then");
-            credit.exposure.block(payer, reason, until);
-        }
+        let reason = failure.filter(|reason| payer_at_fault(reason))?;
+        let until = unix_now() + credit.block_payer_for_secs;
+        tracing::warn!(payer, until, reason, "payer refused until then");
+        credit.exposure.block(payer, reason, until);
+        Some(PayerBlock { payer: payer.to_owned(), until, reason: reason.to_owned() })
     }
 }
 

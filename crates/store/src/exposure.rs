@@ -124,6 +124,11 @@ impl Exposure {
         lock(&self.ledger).blocked.remove(payer).is_some()
     }
 
+    /// Makes the refused payers exactly `blocks` (the journal's list, which operators edit).
+    pub fn replace_blocks(&self, blocks: impl IntoIterator<Item = (String, u64, String)>) {
+        lock(&self.ledger).blocked = blocks.into_iter().map(|(payer, until, reason)| (payer, (until, reason))).collect();
+    }
+
     pub fn payer(&self, payer: &str) -> u64 {
         lock(&self.ledger).payers.get(payer).copied().unwrap_or(0)
     }
@@ -179,5 +184,9 @@ mod tests {
         exposure.block("bob", "cancelled", 100);
         assert!(exposure.unblock("bob"));
         exposure.try_add("bob", "a", 1, 0).unwrap();
+        exposure.replace_blocks([("carol".to_owned(), 100, "cancelled".to_owned())]);
+        assert!(exposure.try_add("carol", "a", 1, 0).is_err());
+        exposure.replace_blocks([]);
+        exposure.try_add("carol", "a", 1, 0).unwrap();
     }
 }

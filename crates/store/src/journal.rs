@@ -200,6 +200,11 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE INDEX IF NOT EXISTS payments_by_state ON payments (state, network, valid_before);
 CREATE INDEX IF NOT EXISTS payments_by_payer ON payments (payer, state);
 CREATE INDEX IF NOT EXISTS payments_by_transaction ON payments (transaction_hash);
+CREATE TABLE IF NOT EXISTS payer_blocks (
+    payer TEXT PRIMARY KEY COLLATE NOCASE,
+    until INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     transaction_hash TEXT PRIMARY KEY,
     network TEXT NOT NULL,
@@ -327,6 +332,24 @@ impl Journal {
         .await
     }
 
+    /// Refuses `payer` until `until` (Unix seconds), durably: it outlives a restart, and an
+    /// operator clears it with [`clear_payer_block`].
+    pub async fn block_payer(&self, block: PayerBlock) -> Result<(), JournalError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT OR REPLACE INTO payer_blocks (payer, until, reason) VALUES (?1, ?2, ?3)",
+                params![block.payer, block.until, block.reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Payers refused after `now`.
+    pub fn payer_blocks(&self, now: u64) -> Result<Vec<PayerBlock>, JournalError> {
+        payer_blocks(&lock(&self.reader), now)
+    }
+
     pub async fn set_state(&self, id: u64, state: PaymentState) -> Result<(), JournalError> {
         self.write(move |connection| {
             let failure = match &state {
@@ -440,6 +463,33 @@ impl JournalReader {
     pub fn counts(&self) -> Result<BTreeMap<String, u64>, JournalError> {
         counts(&self.connection)
     }
+
+    pub fn payer_blocks(&self, now: u64) -> Result<Vec<PayerBlock>, JournalError> {
+        payer_blocks(&self.connection, now)
+    }
+}
+
+/// A payer refused until a time, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerBlock {
+    pub payer: String,
+    /// Unix seconds.
+    pub until: u64,
+    pub reason: String,
+}
+
+/// Clears a payer's block in the journal at `path` (an operator's call, while the gateway
+/// runs: the gateway picks it up within a settler tick). Returns whether there was one.
+pub fn clear_payer_block(path: &Path, payer: &str) -> Result<bool, JournalError> {
+    let connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|source| JournalError::Open { path: path.to_owned(), source })?;
+    Ok(connection.execute("DELETE FROM payer_blocks WHERE payer = ?1", params![payer])? > 0)
+}
+
+fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, JournalError> {
+    let mut statement = connection.prepare_cached("SELECT payer, until, reason FROM payer_blocks WHERE until > ?1 ORDER BY payer")?;
+    let rows = statement.query_map(params![now], |row| Ok(PayerBlock { payer: row.get(0)?, until: row.get(1)?, reason: row.get(2)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
