@@ -50,3 +50,27 @@ test("a batch above the gas cap is split into transactions under it, and every p
   }
   assert.match(gateway.logs(), /batch above the gas cap; splitting/);
 });
+
+test("above max_fee_per_gas_gwei the settler waits; the payments keep in the journal and settle once the cap allows", async () => {
+  const payToCapped = freshAddress();
+  const capped = join(mkdtempSync(join(tmpdir(), "x402-gascap-")), "journal.db");
+  const settlement = { journal_path: capped, max_wait_ms: 100, drain_timeout_seconds: 2 };
+  let gw = await startTestGateway(env, { payTo: payToCapped, settlement: { ...settlement, max_fee_per_gas_gwei: 0 } });
+  const accepts = unb64((await fetch(gw.base + "/weather")).headers.get("payment-required")).accepts[0];
+  for (let i = 0; i < 3; i++) {
+    const res = await fetch(gw.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(await signPayment(devPrivateKey(8), accepts)) } });
+    assert.equal(res.status, 200);
+    await res.arrayBuffer();
+  }
+  await eventually(() => /above the configured cap/.test(gw.logs()), 10_000, "the settler refuses the fee");
+  assert.equal((await gw.stop()).code, 0, gw.logs());
+  assert.equal(await balanceOf(env.devnet.url, payToCapped), 0n, "nothing was sent above the cap");
+  assert.deepEqual(JSON.parse(runCli(["payments", "--journal", capped, "summary"]).stdout), { accepted: 3 });
+
+  gw = await startTestGateway(env, { payTo: payToCapped, settlement });
+  try {
+    await eventually(async () => (await balanceOf(env.devnet.url, payToCapped)) === 3000n, 20_000, "settled without the cap");
+  } finally {
+    await gw.stop();
+  }
+});
