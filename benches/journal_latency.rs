@@ -127,16 +127,20 @@ fn report(runtime: &tokio::runtime::Runtime, writers: usize, per_writer: usize) 
     ];
     let base = &rows[0];
     println!("journal_latency: {writers} concurrent writers x {per_writer} payments each");
-    println!("{:<28} {:>10} {:>10} {:>12} {:>12} {:>12}", "journal", "p50 µs", "p99 µs", "payments/s", "p50 added µs", "p99 added µs");
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "journal", "p50 µs", "p99 µs", "payments/s", "p50 added µs", "p99 added µs", "p50 × memory"
+    );
     for row in &rows {
         println!(
-            "{:<28} {:>10.1} {:>10.1} {:>12.0} {:>12.1} {:>12.1}",
+            "{:<28} {:>10.1} {:>10.1} {:>12.0} {:>12.1} {:>12.1} {:>12.0}",
             row.name,
             row.p50.as_secs_f64() * 1e6,
             row.p99.as_secs_f64() * 1e6,
             row.per_second,
             (row.p50.saturating_sub(base.p50)).as_secs_f64() * 1e6,
             (row.p99.saturating_sub(base.p99)).as_secs_f64() * 1e6,
+            row.p50.as_secs_f64() / base.p50.as_secs_f64(),
         );
     }
     let (single, group) = (&rows[1], &rows[2]);

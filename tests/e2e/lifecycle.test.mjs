@@ -60,11 +60,43 @@ test("validate names file, line and field of an error, and exits non-zero", asyn
 });
 
 test("every command has --help", () => {
-  for (const args of [["--help"], ["run", "--help"], ["validate", "--help"]]) {
+  const commands = ["run", "validate", "routes", "quote", "payments", "payments list", "payments unblock"];
+  for (const args of [["--help"], ...commands.map((c) => [...c.split(" "), "--help"])]) {
     const result = runCli(args);
     assert.equal(result.status, 0, args.join(" "));
     assert.match(result.stdout, /Usage: x402-gateway/);
   }
+});
+
+test("routes prints the resolved table with prices in dollars and atomic units", () => {
+  const result = runCli(["routes", "--config", join(ROOT, "gateway.yaml")]);
+  assert.equal(result.status, 0, result.stderr);
+  assert.match(result.stdout, /weather\s+GET\s+\*\s+\/weather\s+-> sample/);
+  assert.match(result.stdout, /\$0\.001 = 1000 atomic USDC \(0x036CbD53842c5426634e7929541eC2318f3dCF7e\) on base-sepolia \(eip155:84532\), pay to 0x70997970C51812dc3A010C7d01b50e0d17dc79C8/);
+  assert.match(result.stdout, /settle: batched; billable statuses: 2xx, 3xx/);
+  assert.match(result.stdout, /health\s+GET[^\n]*\n\s+free/);
+  assert.match(result.stdout, /unmatched: 404/);
+});
+
+test("quote prints exactly the 402 a running gateway sends, and says what free or unmatched requests get", async () => {
+  const { listenPort, yaml } = await configFor();
+  const path = writeTemp(yaml);
+  const gateway = await startGateway(yaml, { listenPort });
+  try {
+    const url = `${gateway.base}/weather`;
+    const live = await fetch(url);
+    const quoted = runCli(["quote", "--config", path, "GET", url]);
+    assert.equal(quoted.status, 0, quoted.stderr);
+    assert.match(quoted.stdout, /^route weather\nHTTP\/1\.1 402\n/);
+    assert.equal(quoted.stdout.match(/^PAYMENT-REQUIRED: (.*)$/m)[1], live.headers.get("payment-required"), "byte for byte");
+    assert.ok(quoted.stdout.endsWith(`\n${await live.text()}\n`), "the same v1 body");
+  } finally {
+    await gateway.stop();
+  }
+  assert.match(runCli(["quote", "--config", path, "GET", "http://127.0.0.1/anything"]).stdout, /route free: free, forwarded to upstream sample/);
+  const bad = runCli(["quote", "--config", path, "GET", "/weather"]);
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /give the full URL/);
 });
 
 test("run refuses to start without the settlement key, naming the variable", async () => {

@@ -1,6 +1,7 @@
 //! x402-gateway: a reverse proxy that puts x402 payments in front of unmodified HTTP APIs.
 //!
 //! - [`config`]: `gateway.yaml` → validated, precomputed [`config::Config`].
+//! - [`inspect`]: the route table and the exact quote for a request, for operators.
 //! - [`routing`]: path patterns and route matching.
 //! - [`balance`]: the optional payer balance check, read off the request path.
 //! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
@@ -12,6 +13,7 @@
 pub mod balance;
 pub mod challenge;
 pub mod config;
+pub mod inspect;
 pub mod payment;
 pub mod proxy;
 pub mod receipts;

@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
     },
+    /// Print the resolved route table, in match order, with prices in dollars and atomic units.
+    Routes {
+        /// The configuration file.
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Print the exact answer the gateway would give an unpaid request (the 402 it would send).
+    Quote {
+        /// The configuration file.
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// The full URL as a client would ask for it, e.g. http://127.0.0.1:8402/weather.
+        url: String,
+    },
     /// Read the settlement journal (safe while the gateway runs).
     Payments {
         /// The configuration file; its `settlement.journal_path` names the journal.
@@ -86,6 +102,8 @@ fn main() -> ExitCode {
         Command::Run { config } => x402_gateway::server::run(&config),
         Command::Validate { config } => validate(&config),
         Command::Payments { config, journal, query } => payments(&config, journal, query),
+        Command::Routes { config } => load(&config).map(|c| print!("{}", x402_gateway::inspect::route_table(&c))),
+        Command::Quote { config, method, url } => quote(&config, &method, &url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,7 +115,7 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = x402_gateway::config::load_config(path).context("invalid configuration")?;
+    let config = load(path)?;
     let priced = config.routes.iter().filter(|r| r.pricing.is_some()).count();
     println!(
         "{}: ok ({} routes, {priced} priced; {} upstreams; {} networks)",
@@ -109,10 +127,22 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load(path: &std::path::Path) -> anyhow::Result<x402_gateway::config::Config> {
+    x402_gateway::config::load_config(path).context("invalid configuration")
+}
+
+fn quote(config: &std::path::Path, method: &str, url: &str) -> anyhow::Result<()> {
+    let method: http::Method = method.to_ascii_uppercase().parse().with_context(|| format!("{method:?} is not an HTTP method"))?;
+    let url: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
+    anyhow::ensure!(url.scheme().is_some() && url.authority().is_some(), "give the full URL, e.g. http://127.0.0.1:8402/weather");
+    print!("{}", x402_gateway::inspect::quote(&load(config)?, &method, &url));
+    Ok(())
+}
+
 fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQuery) -> anyhow::Result<()> {
     let path = match journal {
         Some(path) => path,
-        None => x402_gateway::config::load_config(config).context("invalid configuration")?.settlement.journal_path,
+        None => load(config)?.settlement.journal_path,
     };
     if let PaymentsQuery::Unblock { payer } = &query {
         let cleared = x402_store::clear_payer_block(&path, payer)?;

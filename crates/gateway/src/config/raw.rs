@@ -415,6 +415,16 @@ pub enum StatusClass {
     Code(u16),
 }
 
+impl std::fmt::Display for StatusClass {
+    /// As the config file writes it: `2xx` or `404`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Class(class) => write!(f, "{class}xx"),
+            Self::Code(code) => write!(f, "{code}"),
+        }
+    }
+}
+
 impl StatusClass {
     pub fn contains(self, status: u16) -> bool {
         match self {
