@@ -31,7 +31,9 @@ pub fn find_payment_header(headers: &http::HeaderMap) -> Option<PaymentHeader<'_
 pub struct AcceptedPayment {
     pub version: u8,
     pub key: ReplayKey,
-    pub payer: Address,
+    /// Checksummed address, computed once: the exposure ledger, the journal and the receipt
+    /// all key on this text.
+    pub payer: String,
     pub amount: U256,
     /// The amount in micro-dollars, as exposure limits count it.
     pub usd_micros: u64,
@@ -136,7 +138,7 @@ pub fn accept_payment(
     Ok(AcceptedPayment {
         version,
         key,
-        payer: authorization.from,
+        payer,
         amount: authorization.value,
         usd_micros,
         network: requirement.network.clone(),
@@ -153,7 +155,7 @@ pub fn accept_payment(
 /// Undoes what [`accept_payment`] held for a payment nobody was charged for. `journaled`:
 /// the journal already holds this authorization, so its replay reservation must stay.
 pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, journaled: bool) {
-    guards.exposure.remove(&payment.payer.to_checksum(None), route, payment.usd_micros);
+    guards.exposure.remove(&payment.payer, route, payment.usd_micros);
     if !journaled {
         guards.replay.release(&payment.key);
     }
@@ -192,7 +194,7 @@ impl AcceptedPayment {
             receipt_id: receipt_id(&self.key),
             route: route.to_owned(),
             amount: self.amount.to_string(),
-            payer: self.payer.to_checksum(None),
+            payer: self.payer.clone(),
             nonce: alloy_primitives::B256::from(self.key.nonce).to_string(),
             usd_micros: self.usd_micros,
             item: self.item.clone(),
@@ -225,7 +227,7 @@ pub fn receipt_header(payment: &AcceptedPayment, receipt_id: &str, transaction: 
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(payment.payer.to_checksum(None)),
+        payer: Some(payment.payer.clone()),
         transaction: transaction.unwrap_or_default().to_owned(),
         network: payment.network.clone(),
         amount: Some(payment.amount.to_string()),

@@ -53,7 +53,6 @@ pub struct RequestContext {
     journaled_before: bool,
     /// `settle: before`: the payment's receipt id and the transaction it landed in.
     settled_before: Option<(String, String)>,
-    journal_id: Option<u64>,
     connect_attempts: usize,
     started: Instant,
 }
@@ -133,15 +132,12 @@ impl PaywallProxy {
     async fn settle_before(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
         let (route, pricing) = Self::route(config, ctx)?;
         let route_name = route.name.clone();
-        let receipt_id = match self.record_payment(&route_name, ctx).await {
-            Ok(receipt_id) => receipt_id,
+        let (payment_id, receipt_id) = match self.record_payment(&route_name, ctx).await {
+            Ok(recorded) => recorded,
             Err(error) => return Some(error_response(&error)),
         };
         let (reply_to, reply) = oneshot::channel();
-        let queued = self.settle_now.as_ref().is_some_and(|queue| {
-            let id = ctx.journal_id.unwrap_or_default();
-            queue.send(SettleNow { payment_id: id, reply: reply_to }).is_ok()
-        });
+        let queued = self.settle_now.as_ref().is_some_and(|queue| queue.send(SettleNow { payment_id, reply: reply_to }).is_ok());
         let outcome = match (queued, tokio::time::timeout(self.settle_before_timeout, reply).await) {
             (true, Ok(Ok(outcome))) => outcome,
             (true, _) => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
@@ -175,16 +171,15 @@ impl PaywallProxy {
     }
 
     /// Journals a billable payment and waits until it is durable: the response is not
-    /// released before.
-    async fn record_payment(&self, route: &str, ctx: &mut RequestContext) -> Result<String> {
+    /// released before. Returns its journal row id and receipt id.
+    async fn record_payment(&self, route: &str, ctx: &mut RequestContext) -> Result<(u64, String)> {
         let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
         match self.journal.record(entry).await {
             Ok(id) => {
                 ctx.charged = true;
-                ctx.journal_id = Some(id);
-                Ok(receipt_id)
+                Ok((id, receipt_id))
             }
             Err(error @ JournalError::Duplicate(_)) => {
                 ctx.journaled_before = true;
@@ -225,7 +220,6 @@ impl ProxyHttp for PaywallProxy {
             charged: false,
             journaled_before: false,
             settled_before: None,
-            journal_id: None,
             connect_attempts: 0,
             started: Instant::now(),
         }
@@ -296,7 +290,7 @@ impl ProxyHttp for PaywallProxy {
             // Paid on-chain before the upstream was called, whatever it answered.
             Some((receipt_id, transaction)) => (receipt_id, Some(transaction)),
             None if ctx.payment.is_some() && pricing.is_billable(response.status.as_u16()) => {
-                (self.record_payment(&route.name, ctx).await?, None)
+                (self.record_payment(&route.name, ctx).await?.1, None)
             }
             None => return Ok(()),
         };

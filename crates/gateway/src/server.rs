@@ -124,8 +124,7 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
     for record in journal.unsettled().context("cannot read the journal")? {
         exposure.restore(&record.payer, &record.route, record.usd_micros);
     }
-    let blocks = journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?;
-    exposure.replace_blocks(blocks.into_iter().map(|b| (b.payer, b.until, b.reason)));
+    exposure.replace_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
     Ok(Arc::new(exposure))
 }
 

@@ -116,11 +116,7 @@ fn payer_at_fault(reason: &str) -> bool {
 
 /// A journal record decoded for the chain.
 struct Pending {
-    id: u64,
-    attempts: u32,
-    payer: String,
-    route: String,
-    usd_micros: u64,
+    record: PaymentRecord,
     token: Address,
     authorization: Authorization,
     signature: Signature,
@@ -212,7 +208,7 @@ impl Settler {
     fn sync_payer_blocks(&self) {
         let Some(credit) = &self.credit else { return };
         match self.journal.payer_blocks(unix_now()) {
-            Ok(blocks) => credit.exposure.replace_blocks(blocks.into_iter().map(|b| (b.payer, b.until, b.reason))),
+            Ok(blocks) => credit.exposure.replace_blocks(blocks),
             Err(error) => tracing::warn!(%error, "cannot read payer blocks from the journal"),
         }
     }
@@ -290,7 +286,7 @@ impl Settler {
         };
         // Durable before it exists anywhere else: a crash after this line is resolved from
         // the journal, never by signing the same payments again blindly.
-        self.journal.record_batch(batch.clone(), to_send.iter().map(|p| p.id).collect()).await?;
+        self.journal.record_batch(batch.clone(), to_send.iter().map(|p| p.record.id).collect()).await?;
         tracing::info!(network = %network.network, tx = %batch.transaction, payments = to_send.len(), gas_limit, "settlement batch signed and journaled");
         if let Err(error) = network.client.send_raw(&batch.raw).await {
             tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the batch stays open and is resolved next round");
@@ -377,7 +373,7 @@ impl Settler {
         let mut live = Vec::with_capacity(batch.len());
         for record in batch {
             if record.item.valid_before <= cutoff {
-                self.fail_record(&record, "expired: validBefore passed before the payment could be settled".into()).await?;
+                self.fail(&record, "expired: validBefore passed before the payment could be settled".into()).await?;
                 continue;
             }
             live.push(record);
@@ -389,8 +385,8 @@ impl Settler {
         let mut decoded = Vec::with_capacity(records.len());
         for record in records {
             match decode(&record) {
-                Ok(pending) => decoded.push(pending),
-                Err(reason) => self.fail_record(&record, reason).await?,
+                Ok((token, authorization, signature)) => decoded.push(Pending { record, token, authorization, signature }),
+                Err(reason) => self.fail(&record, reason).await?,
             }
         }
         Ok(decoded)
@@ -418,50 +414,42 @@ impl Settler {
                     Ok(Some(transaction)) => Outcome::Settled(transaction),
                     Ok(None) => Outcome::Failed("authorization was cancelled by the payer (no AuthorizationUsed event)".into()),
                     Err(error) => {
-                        tracing::warn!(payment = pending.id, %error, "could not read AuthorizationUsed events; will retry");
+                        tracing::warn!(payment = pending.record.id, %error, "could not read AuthorizationUsed events; will retry");
                         Outcome::Retry
                     }
                 }
             }
             Err(error) => {
-                tracing::warn!(payment = pending.id, %error, "could not read authorizationState; will retry");
+                tracing::warn!(payment = pending.record.id, %error, "could not read authorizationState; will retry");
                 Outcome::Retry
             }
         }
     }
 
     async fn apply(&self, pending: &Pending, outcome: Outcome, context: &str) -> Result<(), JournalError> {
+        let record = &pending.record;
         match outcome {
             Outcome::Settled(transaction) => {
-                tracing::debug!(payment = pending.id, tx = %transaction, "payment settled");
-                self.journal.set_state(pending.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
-                self.resolved(&pending.payer, &pending.route, pending.usd_micros, None);
+                tracing::debug!(payment = record.id, tx = %transaction, "payment settled");
+                self.journal.set_state(record.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
+                self.resolved(record, None);
                 Ok(())
             }
-            Outcome::Failed(reason) => self.fail(pending, reason).await,
-            Outcome::Retry if pending.attempts >= self.policy.max_attempts => {
-                self.fail(pending, format!("{context}: gave up after {} settlement transactions", pending.attempts)).await
+            Outcome::Failed(reason) => self.fail(record, reason).await,
+            Outcome::Retry if record.attempts >= self.policy.max_attempts => {
+                self.fail(record, format!("{context}: gave up after {} settlement transactions", record.attempts)).await
             }
             Outcome::Retry => {
-                tracing::debug!(payment = pending.id, context, "payment goes back to the queue");
-                self.journal.set_state(pending.id, PaymentState::Accepted).await
+                tracing::debug!(payment = record.id, context, "payment goes back to the queue");
+                self.journal.set_state(record.id, PaymentState::Accepted).await
             }
         }
     }
 
-    async fn fail(&self, pending: &Pending, reason: String) -> Result<(), JournalError> {
-        self.mark_failed(pending.id, &pending.payer, &pending.route, pending.usd_micros, reason).await
-    }
-
-    /// Fails a payment that could not be decoded for the chain (or is out of time).
-    async fn fail_record(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {
-        self.mark_failed(record.id, &record.payer, &record.route, record.usd_micros, reason).await
-    }
-
-    async fn mark_failed(&self, id: u64, payer: &str, route: &str, usd_micros: u64, reason: String) -> Result<(), JournalError> {
-        tracing::warn!(payment = id, payer, %reason, "payment failed to settle");
-        self.journal.set_state(id, PaymentState::Failed { reason: reason.clone() }).await?;
-        if let Some(block) = self.resolved(payer, route, usd_micros, Some(&reason)) {
+    async fn fail(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {
+        tracing::warn!(payment = record.id, payer = %record.payer, %reason, "payment failed to settle");
+        self.journal.set_state(record.id, PaymentState::Failed { reason: reason.clone() }).await?;
+        if let Some(block) = self.resolved(record, Some(&reason)) {
             self.journal.block_payer(block).await?;
         }
         Ok(())
@@ -469,9 +457,10 @@ impl Settler {
 
     /// A payment reached its end: it no longer counts as credit. Returns the block a payer
     /// at fault earned, for the journal.
-    fn resolved(&self, payer: &str, route: &str, usd_micros: u64, failure: Option<&str>) -> Option<PayerBlock> {
+    fn resolved(&self, record: &PaymentRecord, failure: Option<&str>) -> Option<PayerBlock> {
         let credit = self.credit.as_ref()?;
-        credit.exposure.remove(payer, route, usd_micros);
+        let payer = record.payer.as_str();
+        credit.exposure.remove(payer, &record.route, record.usd_micros);
         let reason = failure.filter(|reason| payer_at_fault(reason))?;
         let until = unix_now() + credit.block_payer_for_secs;
         tracing::warn!(payer, until, reason, "payer refused until then");
@@ -480,18 +469,10 @@ impl Settler {
     }
 }
 
-fn decode(record: &PaymentRecord) -> Result<Pending, String> {
+/// The token, authorization and signature of a journaled payment, as the chain takes them.
+fn decode(record: &PaymentRecord) -> Result<(Address, Authorization, Signature), String> {
     let token = record.item.asset.parse().map_err(|_| format!("asset {} is not an address", record.item.asset))?;
     let authorization = parse_authorization(&record.item.payload.authorization).map_err(|e| e.to_string())?;
     let signature = parse_signature(&record.item.payload.signature).map_err(|e| e.to_string())?;
-    Ok(Pending {
-        id: record.id,
-        attempts: record.attempts,
-        payer: record.payer.clone(),
-        route: record.route.clone(),
-        usd_micros: record.usd_micros,
-        token,
-        authorization,
-        signature,
-    })
+    Ok((token, authorization, signature))
 }

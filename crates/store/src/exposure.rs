@@ -16,6 +16,15 @@ pub struct ExposureLimits {
     pub total: Option<u64>,
 }
 
+/// A payer refused until a time, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerBlock {
+    pub payer: String,
+    /// Unix seconds.
+    pub until: u64,
+    pub reason: String,
+}
+
 /// Why a payment would exceed what the operator extends on credit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExposureRefusal {
@@ -31,6 +40,7 @@ pub enum ExposureRefusal {
 
 #[derive(Default)]
 struct Ledger {
+    limits: ExposureLimits,
     payers: HashMap<String, u64>,
     routes: HashMap<String, u64>,
     total: u64,
@@ -46,9 +56,9 @@ impl Ledger {
     }
 }
 
+/// One lock for limits and counts: a paid request takes it once.
 #[derive(Default)]
 pub struct Exposure {
-    limits: Mutex<ExposureLimits>,
     ledger: Mutex<Ledger>,
 }
 
@@ -63,17 +73,17 @@ fn over(limit: Option<u64>, unsettled: u64, value: u64) -> Option<u64> {
 
 impl Exposure {
     pub fn new(limits: ExposureLimits) -> Self {
-        Self { limits: Mutex::new(limits), ledger: Mutex::default() }
+        Self { ledger: Mutex::new(Ledger { limits, ..Ledger::default() }) }
     }
 
     pub fn set_limits(&self, limits: ExposureLimits) {
-        *lock(&self.limits) = limits;
+        lock(&self.ledger).limits = limits;
     }
 
     /// Counts `value` against every limit, or refuses it and counts nothing.
     pub fn try_add(&self, payer: &str, route: &str, value: u64, now: u64) -> Result<(), ExposureRefusal> {
-        let limits = *lock(&self.limits);
         let mut ledger = lock(&self.ledger);
+        let limits = ledger.limits;
         if let Some((until, reason)) = ledger.blocked.get(payer) {
             if *until > now {
                 return Err(ExposureRefusal::Blocked { reason: reason.clone(), until: *until });
@@ -125,8 +135,8 @@ impl Exposure {
     }
 
     /// Makes the refused payers exactly `blocks` (the journal's list, which operators edit).
-    pub fn replace_blocks(&self, blocks: impl IntoIterator<Item = (String, u64, String)>) {
-        lock(&self.ledger).blocked = blocks.into_iter().map(|(payer, until, reason)| (payer, (until, reason))).collect();
+    pub fn replace_blocks(&self, blocks: Vec<PayerBlock>) {
+        lock(&self.ledger).blocked = blocks.into_iter().map(|b| (b.payer, (b.until, b.reason))).collect();
     }
 
     pub fn payer(&self, payer: &str) -> u64 {
@@ -184,9 +194,9 @@ mod tests {
         exposure.block("bob", "cancelled", 100);
         assert!(exposure.unblock("bob"));
         exposure.try_add("bob", "a", 1, 0).unwrap();
-        exposure.replace_blocks([("carol".to_owned(), 100, "cancelled".to_owned())]);
+        exposure.replace_blocks(vec![PayerBlock { payer: "carol".into(), until: 100, reason: "cancelled".into() }]);
         assert!(exposure.try_add("carol", "a", 1, 0).is_err());
-        exposure.replace_blocks([]);
+        exposure.replace_blocks(Vec::new());
         exposure.try_add("carol", "a", 1, 0).unwrap();
     }
 }

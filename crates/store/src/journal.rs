@@ -21,6 +21,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use tokio::sync::{oneshot, Notify};
+use crate::exposure::PayerBlock;
 use x402::{ExactEvmAuthorization, ExactEvmPayload};
 
 #[derive(Debug, thiserror::Error)]
@@ -416,8 +417,7 @@ impl Journal {
     }
 
     pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
-        let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
-        Ok(query_payments(&lock(&self.reader), &sql, params![receipt_id])?.pop())
+        by_receipt(&lock(&self.reader), receipt_id)
     }
 
     /// Counts by state name.
@@ -456,8 +456,7 @@ impl JournalReader {
     }
 
     pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
-        let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
-        Ok(query_payments(&self.connection, &sql, params![receipt_id])?.pop())
+        by_receipt(&self.connection, receipt_id)
     }
 
     pub fn counts(&self) -> Result<BTreeMap<String, u64>, JournalError> {
@@ -469,21 +468,17 @@ impl JournalReader {
     }
 }
 
-/// A payer refused until a time, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PayerBlock {
-    pub payer: String,
-    /// Unix seconds.
-    pub until: u64,
-    pub reason: String,
-}
-
 /// Clears a payer's block in the journal at `path` (an operator's call, while the gateway
 /// runs: the gateway picks it up within a settler tick). Returns whether there was one.
 pub fn clear_payer_block(path: &Path, payer: &str) -> Result<bool, JournalError> {
     let connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|source| JournalError::Open { path: path.to_owned(), source })?;
     Ok(connection.execute("DELETE FROM payer_blocks WHERE payer = ?1", params![payer])? > 0)
+}
+
+fn by_receipt(connection: &Connection, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
+    Ok(query_payments(connection, &sql, params![receipt_id])?.pop())
 }
 
 fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, JournalError> {

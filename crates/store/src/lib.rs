@@ -12,10 +12,10 @@ pub mod journal;
 pub mod replay;
 
 pub use journal::{
-    clear_payer_block, BatchRecord, Journal, PayerBlock, JournalError, JournalOptions, JournalReader, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
+    clear_payer_block, BatchRecord, Journal, JournalError, JournalOptions, JournalReader, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
     SettlementItem,
 };
-pub use exposure::{Exposure, ExposureLimits, ExposureRefusal};
+pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, PayerBlock};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.
