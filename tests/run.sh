@@ -4,6 +4,7 @@
 #   2. the committed dev-chain bytecode matches its Solidity sources
 #   3. unit tests (cargo test)
 #   4. end-to-end tests: real anvil + sample upstream + the x402-gateway binary + official clients
+#   4b. deploy/ checked with hadolint, kubernetes-validate and systemd-analyze
 #   5. a short, bounded fuzz run of header decoding and verification (when cargo-fuzz is available)
 #   6. the criterion benches in quick mode, so they cannot rot
 # Environment: X402_FUZZ_SECONDS (default 30; 0 skips), X402_SKIP_BENCH=1.
@@ -21,6 +22,9 @@ cargo test --workspace --locked
 echo "== end-to-end tests"
 cargo build --locked --bin x402-gateway
 node --test --test-concurrency=1 tests/e2e/
+
+echo "== deploy/: Dockerfile, Kubernetes manifests, systemd unit"
+bash tests/deploy-lint.sh
 
 fuzz_seconds="${X402_FUZZ_SECONDS:-30}"
 if [ "$fuzz_seconds" != 0 ]; then

@@ -46,7 +46,7 @@ export async function startChainAndUpstream() {
 }
 
 /** A gateway config for tests: YAML text from the given ports and routes. */
-export function testConfig({ listenPort, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {} }) {
+export function testConfig({ listenPort, adminPort, watchConfig = true, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {}, payments = {} }) {
   const s = { max_wait_ms: 200, drain_timeout_seconds: 30, ...settlement };
   const settlementYaml = Object.entries(s).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`).join("\n");
   return `
@@ -55,12 +55,15 @@ server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 2
+admin:
+  listen: ${adminPort ? `"127.0.0.1:${adminPort}"` : "null"}
+  watch_config: ${watchConfig}
 networks:
   base-sepolia:
     rpc_urls: ${JSON.stringify(rpcUrls ?? [rpcUrl])}
 payments:
   pay_to: "${payTo}"
-settlement:
+${Object.entries(payments).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}\n`).join("")}settlement:
 ${settlementYaml}
 upstreams:
   sample:
@@ -97,20 +100,38 @@ export function freshAddress() {
   return privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
 }
 
-/** Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`. */
-export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls }) {
+/** The bearer token test gateways with an admin listener get. */
+export const ADMIN_TOKEN = "test-admin-token";
+
+/**
+ * Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`.
+ * `admin: true` opens the admin listener (token `ADMIN_TOKEN`); the gateway then has
+ * `admin(path, init)`, a fetch against it with the token.
+ */
+export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls, admin = false, watchConfig = true, gatewayEnv = {}, payments }) {
   const listenPort = await freePort();
+  const adminPort = admin ? await freePort() : undefined;
   const yaml = testConfig({
-    listenPort, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes,
+    listenPort, adminPort, watchConfig, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes, payments,
   }) + extraYaml;
-  return startGateway(yaml, { listenPort });
+  const gateway = await startGateway(yaml, { listenPort, env: { X402_ADMIN_TOKEN: ADMIN_TOKEN, ...gatewayEnv } });
+  if (adminPort) {
+    gateway.adminBase = `http://127.0.0.1:${adminPort}`;
+    gateway.admin = (path, init = {}) =>
+      fetch(gateway.adminBase + path, { ...init, headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...init.headers } });
+  }
+  return gateway;
 }
 
-/** Starts the real binary and waits until it answers on its port. */
-export async function startGateway(yaml, { env = {}, listenPort } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "x402-gateway-test-"));
-  const configPath = join(dir, "gateway.yaml");
-  writeFileSync(configPath, yaml);
+/**
+ * Starts the real binary and waits until it answers on its port. The config is `yaml`,
+ * written to a fresh folder, or the file at `configPath` as it is.
+ */
+export async function startGateway(yaml, { env = {}, listenPort, configPath } = {}) {
+  if (!configPath) {
+    configPath = join(mkdtempSync(join(tmpdir(), "x402-gateway-test-")), "gateway.yaml");
+    writeFileSync(configPath, yaml);
+  }
   const child = spawn(GATEWAY_BIN, ["run", "--config", configPath], {
     env: { ...process.env, X402_SETTLEMENT_KEY: devPrivateKey(0), X402_LOG: "info", ...env },
     stdio: ["ignore", "ignore", "pipe"],

@@ -19,6 +19,7 @@ async function gatewayWith(unmatched) {
   const deadPort = await freePort();
   const yaml = `
 server: { listen: "127.0.0.1:${listenPort}", threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }
+admin: { listen: null }
 networks: { base-sepolia: { rpc_url: "${env.devnet.url}" } }
 payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
 upstreams:

@@ -58,6 +58,9 @@ test("the node goes away: serving goes on within the exposure limit, settlement 
   // The first RPC URL is dead; the second one settles.
   assert.deepEqual(await pay(accepts, 5), Array(5).fill(200));
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === start + 5000n, 20_000, "settled through the second URL");
+  // On-chain is not enough: the settler must have read the receipt too, or those five
+  // still count against the exposure limit when the node goes away.
+  await eventually(() => summary().settled === 5, 20_000, "the settler to record the receipt");
 
   await relay.down();
   // Verification is local: paid requests are served while the node is gone, up to the

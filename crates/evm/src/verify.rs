@@ -134,6 +134,15 @@ impl VerifyError {
             | Self::SignatureMismatch { .. } => ReasonCode::InvalidExactEvmSignature,
         }
     }
+
+    /// The payment answers an offer other than these requirements (another price, payee,
+    /// network or timeout): it may match one a route made earlier.
+    pub fn is_offer_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Self::Network(_) | Self::RequirementsMismatch | Self::Recipient { .. } | Self::Value { .. } | Self::ValidTooLong { .. }
+        )
+    }
 }
 
 /// Verifies a v2 `PAYMENT-SIGNATURE` payload against the requirements a route offers.

@@ -74,3 +74,43 @@ pub fn quote(config: &Config, method: &http::Method, url: &http::Uri) -> String 
     let _ = writeln!(out, "\n{}", String::from_utf8_lossy(&response.body));
     out
 }
+
+/// The route table as JSON, for the admin API: what each route matches, where it goes, what
+/// it charges now and which earlier quotes it still honours.
+pub fn routes_json(config: &Config) -> serde_json::Value {
+    let offers = |pricing: &crate::config::Pricing| -> Vec<serde_json::Value> {
+        pricing
+            .offers
+            .iter()
+            .map(|offer| {
+                serde_json::json!({
+                    "price": offer.dollars,
+                    "amount": offer.amount.to_string(),
+                    "asset": offer.asset.symbol,
+                    "assetAddress": offer.asset.address.to_checksum(None),
+                    "network": offer.network_id,
+                    "payTo": offer.pay_to.to_checksum(None),
+                    "maxTimeoutSeconds": pricing.max_timeout_seconds,
+                })
+            })
+            .collect()
+    };
+    let routes: Vec<serde_json::Value> = config
+        .routes
+        .iter()
+        .map(|route| {
+            serde_json::json!({
+                "name": route.name,
+                "methods": route.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "host": route.host,
+                "path": route.path.to_string(),
+                "upstream": config.upstreams[route.upstream].name,
+                "free": route.pricing.is_none(),
+                "offers": route.pricing.as_ref().map(offers).unwrap_or_default(),
+                "settle": route.pricing.as_ref().map(|p| match p.settle { SettleMode::Batched => "batched", SettleMode::Before => "before" }),
+                "honoured": route.honoured.iter().map(|h| serde_json::json!({"until": h.until, "offers": offers(&h.pricing)})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "routes": routes })
+}

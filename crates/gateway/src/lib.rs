@@ -8,14 +8,20 @@
 //! - [`payment`]: from a request's payment header to a reserved, verified payment.
 //! - [`receipts`]: a journaled payment as the payer and the operator see it.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation, one job per phase.
+//! - [`reload`]: hot reload of `gateway.yaml` (file watch, SIGHUP, admin call), quotes honoured across it.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`admin`]: the admin API: health, readiness, metrics, reload, state, drain.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
 
+pub mod admin;
 pub mod balance;
 pub mod challenge;
 pub mod config;
 pub mod inspect;
+pub mod metrics;
 pub mod payment;
 pub mod proxy;
 pub mod receipts;
+pub mod reload;
 pub mod routing;
 pub mod server;

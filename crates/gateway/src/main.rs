@@ -32,6 +32,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Take the listening sockets over from a running gateway, which hands them over
+        /// when it gets SIGQUIT (zero-downtime binary upgrade; see README).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a configuration file; print each error with its line and field.
     Validate {
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
-        Command::Run { config } => x402_gateway::server::run(&config),
+        Command::Run { config, upgrade } => x402_gateway::server::run(&config, x402_gateway::server::RunOptions { upgrade }),
         Command::Validate { config } => validate(&config),
         Command::Payments { config, journal, query } => payments(&config, journal, query),
         Command::Routes { config } => load(&config).map(|c| print!("{}", x402_gateway::inspect::route_table(&c))),
@@ -173,7 +177,9 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for people at a terminal: escape codes in log files and collectors are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

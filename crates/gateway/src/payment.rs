@@ -2,11 +2,11 @@
 //! charged response carries.
 
 use crate::balance::BalanceCache;
-use crate::config::Pricing;
+use crate::config::{Pricing, Route};
 use std::sync::Arc;
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
-use x402_evm::{VerifyError, VerifyPolicy};
+use x402_evm::{VerifiedPayment, VerifyError, VerifyPolicy};
 use x402_store::{Exposure, ExposureRefusal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
 
 /// The payment header a request carries. Header names match case-insensitively.
@@ -91,23 +91,21 @@ pub struct PaymentGuards<'a> {
 /// effects, and [`release_payment`] undoes both if the response is not billable.
 pub fn accept_payment(
     header: PaymentHeader<'_>,
-    route: &str,
-    pricing: &Pricing,
+    route: &Route,
     policy: &VerifyPolicy,
     max_header_bytes: usize,
     guards: &PaymentGuards<'_>,
     now: u64,
 ) -> Result<AcceptedPayment, PaymentRejection> {
-    let (version, verified) = match header {
-        PaymentHeader::V2(raw) => {
-            let payment: v2::PaymentPayload = x402::decode_header(raw, max_header_bytes)?;
-            (2, x402_evm::verify_v2(&payment, &pricing.requirements, policy, now)?)
-        }
-        PaymentHeader::V1(raw) => {
-            let payment: v1::PaymentPayload = x402::decode_header(raw, max_header_bytes)?;
-            (1, x402_evm::verify_v1(&payment, &pricing.requirements, policy, now)?)
-        }
+    let Some(pricing) = route.pricing.as_ref() else { return Err(VerifyError::RequirementsMismatch.into()) };
+    let payment = DecodedPayment::decode(header, max_header_bytes)?;
+    let (verified, pricing) = match payment.verify(pricing, policy, now) {
+        Ok(verified) => (verified, pricing),
+        Err(error) if error.is_offer_mismatch() => payment.verify_honoured(route, policy, now).ok_or(error)?,
+        Err(error) => return Err(error.into()),
     };
+    let version = payment.version();
+    let route = route.name.as_str();
     let requirement = &pricing.requirements[verified.requirement_index];
     let authorization = verified.authorization;
     let key = ReplayKey {
@@ -150,6 +148,40 @@ pub fn accept_payment(
             valid_before,
         },
     })
+}
+
+/// A payment header, decoded.
+enum DecodedPayment {
+    V2(v2::PaymentPayload),
+    V1(v1::PaymentPayload),
+}
+
+impl DecodedPayment {
+    fn decode(header: PaymentHeader<'_>, max_header_bytes: usize) -> Result<Self, HeaderError> {
+        Ok(match header {
+            PaymentHeader::V2(raw) => Self::V2(x402::decode_header(raw, max_header_bytes)?),
+            PaymentHeader::V1(raw) => Self::V1(x402::decode_header(raw, max_header_bytes)?),
+        })
+    }
+
+    fn version(&self) -> u8 {
+        match self {
+            Self::V2(_) => 2,
+            Self::V1(_) => 1,
+        }
+    }
+
+    fn verify(&self, pricing: &Pricing, policy: &VerifyPolicy, now: u64) -> Result<VerifiedPayment, VerifyError> {
+        match self {
+            Self::V2(payment) => x402_evm::verify_v2(payment, &pricing.requirements, policy, now),
+            Self::V1(payment) => x402_evm::verify_v1(payment, &pricing.requirements, policy, now),
+        }
+    }
+
+    /// The first earlier quote of `route`, still honoured, that this payment matches.
+    fn verify_honoured<'r>(&self, route: &'r Route, policy: &VerifyPolicy, now: u64) -> Option<(VerifiedPayment, &'r Pricing)> {
+        route.honoured.iter().filter(|h| h.until > now).find_map(|h| Some((self.verify(&h.pricing, policy, now).ok()?, &h.pricing)))
+    }
 }
 
 /// Undoes what [`accept_payment`] held for a payment nobody was charged for. `journaled`:

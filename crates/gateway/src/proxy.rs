@@ -5,13 +5,14 @@
 //! | `new_ctx` | an empty [`RequestContext`] |
 //! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure; `settle: before` → journal and settle on-chain first |
 //! | `upstream_peer` | the route's upstream, round robin |
-//! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For` and `Via` |
+//! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For`, `Via` and `X-Request-Id` |
 //! | `response_filter` | billable status → journal the payment durably, then add the receipt; otherwise it is released later |
 //! | `fail_to_proxy` | a JSON error for a dead or slow upstream (502/504) or an unrecorded payment (503); nobody is charged |
-//! | `logging` | release a reservation nobody was charged for; access log |
+//! | `logging` | release a reservation nobody was charged for; access log line; metrics |
 
 use crate::challenge::{self, LocalResponse, Refusal};
 use crate::config::raw::SettleMode;
+use crate::metrics::Metrics;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
 use crate::routing::is_ambiguous_path;
@@ -39,6 +40,8 @@ pub struct PaywallProxy {
     /// The settler's queue for `settle: before` payments, and how long a request waits.
     pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
     pub settle_before_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub request_ids: RequestIds,
 }
 
 /// What one request carries from phase to phase.
@@ -55,6 +58,38 @@ pub struct RequestContext {
     settled_before: Option<(String, String)>,
     connect_attempts: usize,
     started: Instant,
+    /// From the client's `X-Request-Id` when it is usable, otherwise generated.
+    request_id: String,
+    /// What happened to the request's payment, for the access log.
+    outcome: PaymentOutcome,
+    upstream_sent: Option<Instant>,
+}
+
+/// What became of a request's payment: the access log's `payment` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PaymentOutcome {
+    /// Free route, unmatched, or answered before any pricing applied.
+    None,
+    /// No payment: answered 402 with the route's offers.
+    Challenged,
+    /// A payment was refused, with this reason code.
+    Refused(x402::ReasonCode),
+    /// Verified and reserved, and released in the end: nobody was charged.
+    Verified,
+    /// Journaled: the payer is charged.
+    Charged,
+}
+
+impl PaymentOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Challenged => "challenged",
+            Self::Refused(_) => "refused",
+            Self::Verified => "released",
+            Self::Charged => "charged",
+        }
+    }
 }
 
 impl PaywallProxy {
@@ -90,12 +125,23 @@ impl PaywallProxy {
         let resource_url = resource_url(req, host);
         let Some(header) = payment::find_payment_header(&req.headers) else {
             let browser = challenge::is_browser(header_str(req, "accept"), header_str(req, "user-agent"));
+            ctx.outcome = PaymentOutcome::Challenged;
+            self.metrics.challenges.with_label_values(&[route.name.as_str()]).inc();
             return Some(challenge::payment_required(route, pricing, &resource_url, None, browser));
         };
         let now = x402_store::unix_now();
         let max_bytes = config.server.max_payment_header_bytes;
-        match payment::accept_payment(header, &route.name, pricing, &config.verify_policy, max_bytes, &self.guards(), now) {
+        let timer = self.metrics.verify_seconds.start_timer();
+        let accepted = payment::accept_payment(header, route, &config.verify_policy, max_bytes, &self.guards(), now);
+        timer.observe_duration();
+        if let Err(rejection) = &accepted {
+            self.count_rejection(&route.name, rejection);
+            ctx.outcome = PaymentOutcome::Refused(rejection.reason());
+        }
+        match accepted {
             Ok(accepted) => {
+                self.metrics.payments_verified.with_label_values(&[route.name.as_str()]).inc();
+                ctx.outcome = PaymentOutcome::Verified;
                 ctx.payment = Some(accepted);
                 None
             }
@@ -109,6 +155,13 @@ impl PaywallProxy {
                 let refusal = Refusal { reason: rejection.reason(), message: &message };
                 Some(challenge::payment_required(route, pricing, &resource_url, Some(refusal), false))
             }
+        }
+    }
+
+    fn count_rejection(&self, route: &str, rejection: &PaymentRejection) {
+        self.metrics.payments_rejected.with_label_values(&[route, rejection.reason().as_str()]).inc();
+        if matches!(rejection, PaymentRejection::Replayed(_)) {
+            self.metrics.replay_rejections.with_label_values(&[route]).inc();
         }
     }
 
@@ -176,9 +229,13 @@ impl PaywallProxy {
         let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
+        let (network, asset) = (entry.item.network.clone(), entry.item.asset.clone());
+        let amount = u64::try_from(payment.amount).unwrap_or(u64::MAX);
         match self.journal.record(entry).await {
             Ok(id) => {
                 ctx.charged = true;
+                ctx.outcome = PaymentOutcome::Charged;
+                self.metrics.count_accepted(route, &network, &asset, amount);
                 Ok((id, receipt_id))
             }
             Err(error @ JournalError::Duplicate(_)) => {
@@ -222,10 +279,14 @@ impl ProxyHttp for PaywallProxy {
             settled_before: None,
             connect_attempts: 0,
             started: Instant::now(),
+            request_id: String::new(),
+            outcome: PaymentOutcome::None,
+            upstream_sent: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        ctx.request_id = self.request_ids.from_request(session.req_header());
         let config = self.config.load_full();
         let mut answer = self.admit(&config, session.req_header(), ctx);
         ctx.config = Some(config.clone());
@@ -233,7 +294,8 @@ impl ProxyHttp for PaywallProxy {
             answer = self.settle_before(&config, session.req_header(), ctx).await;
         }
         match answer {
-            Some(response) => {
+            Some(mut response) => {
+                response.headers.push((REQUEST_ID, ctx.request_id.clone()));
                 write_local_response(session, response).await?;
                 Ok(true)
             }
@@ -265,7 +327,9 @@ impl ProxyHttp for PaywallProxy {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, _ctx: &mut RequestContext) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestContext) -> Result<()> {
+        ctx.upstream_sent = Some(Instant::now());
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         upstream_request.remove_header(x402::headers::PAYMENT_SIGNATURE);
         upstream_request.remove_header(x402::headers::X_PAYMENT);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
@@ -284,7 +348,12 @@ impl ProxyHttp for PaywallProxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         let Some(config) = ctx.config.clone() else { return Ok(()) };
+        if let Some(sent) = ctx.upstream_sent {
+            let route = ctx.route.map_or(UNMATCHED, |r| config.routes[r].name.as_str());
+            self.metrics.upstream_latency.with_label_values(&[route]).observe(sent.elapsed().as_secs_f64());
+        }
         let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
         let (receipt_id, transaction) = match ctx.settled_before.clone() {
             // Paid on-chain before the upstream was called, whatever it answered.
@@ -311,7 +380,9 @@ impl ProxyHttp for PaywallProxy {
                 _ => "",
             };
             let body = serde_json::json!({"error": reason, "message": format!("{message}.{paid}")});
-            if let Err(error) = write_local_response(session, challenge::json_response(status, &body)).await {
+            let mut response = challenge::json_response(status, &body);
+            response.headers.push((REQUEST_ID, ctx.request_id.clone()));
+            if let Err(error) = write_local_response(session, response).await {
                 tracing::debug!(%error, "could not send the error response");
             }
         }
@@ -320,20 +391,31 @@ impl ProxyHttp for PaywallProxy {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestContext) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.clone()).unwrap_or_default();
-        let paid = ctx.payment.is_some();
-        let charged = ctx.charged;
+        let config = ctx.config.clone();
+        let route = config.as_deref().zip(ctx.route).map_or(UNMATCHED, |(c, r)| c.routes[r].name.as_str());
+        let upstream = config.as_deref().zip(ctx.upstream).map_or("", |(c, u)| c.upstreams[u].name.as_str());
+        self.metrics.count_request(route, status);
+        let (payer, amount) = ctx.payment.as_ref().map_or((String::new(), String::new()), |p| (p.payer.clone(), p.amount.to_string()));
+        let reason = match ctx.outcome {
+            PaymentOutcome::Refused(reason) => reason.as_str(),
+            _ => "",
+        };
         self.release_uncharged(ctx);
         let req = session.req_header();
         tracing::info!(
             target: "access",
+            request_id = %ctx.request_id,
             method = %req.method,
             path = %req.uri.path(),
-            route = %route,
+            route,
+            upstream,
             status,
-            paid,
-            charged,
             latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            bytes_sent = session.body_bytes_sent(),
+            payment = ctx.outcome.as_str(),
+            reason,
+            payer,
+            amount,
             error = error.map(|e| e.to_string()),
         );
     }
@@ -347,6 +429,43 @@ async fn write_local_response(session: &mut Session, response: LocalResponse) ->
     header.insert_header("Content-Length", response.body.len().to_string())?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(response.body)), true).await
+}
+
+const REQUEST_ID: &str = "X-Request-Id";
+/// The `route` label of requests no route matched.
+const UNMATCHED: &str = "(unmatched)";
+
+/// Request ids: the client's own when it is a sane token, otherwise a fresh one that is
+/// unique in this process and unlikely to repeat across processes.
+pub struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let seed = alloy_primitives::keccak256([nanos.to_be_bytes().as_slice(), &std::process::id().to_be_bytes()].concat());
+        Self { prefix: alloy_primitives::hex::encode(&seed[..6]), next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    fn from_request(&self, req: &RequestHeader) -> String {
+        match header_str(req, REQUEST_ID) {
+            Some(id) if is_usable_request_id(id) => id.to_owned(),
+            _ => format!("{}-{:x}", self.prefix, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Printable, without spaces or quotes, and short: it goes into logs and upstream headers.
+fn is_usable_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
 /// The JSON answer for an error raised while handling a payment.

@@ -1,32 +1,56 @@
 //! Process wiring: the durable journal, the replay store rebuilt from it, the Pingora
-//! server for the proxy, a separate runtime thread for the settler, and shutdown that
-//! drains both.
+//! server for the proxy and the admin API, a separate runtime thread for the settler, the
+//! reload triggers, and shutdown that drains both.
+//!
+//! Graceful upgrade: a new binary started with `run --upgrade` takes the listening sockets
+//! over from the running one when that one gets SIGQUIT (Pingora's socket hand-over through
+//! `server.upgrade_sock`). The old process finishes its requests and drains its settler
+//! while the new one serves; the new settler starts once the old one has let go of the
+//! journal's settler lock, so one process at a time signs settlement transactions.
 //!
 //! The settler does not run as a Pingora background service on purpose: Pingora drops its
 //! runtimes right after the grace period (and at once on SIGINT), which would cut a drain
 //! short. Here the proxy stops first, then the settler settles what it holds, then the
 //! process exits.
 
+use crate::admin::AdminApi;
 use crate::balance::BalanceCache;
-use crate::config::{load_config, Config};
-use crate::proxy::PaywallProxy;
+use crate::config::{parse_config, Config};
+use crate::metrics::Metrics;
+use crate::proxy::{PaywallProxy, RequestIds};
+use crate::reload::Reloader;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
 use x402_settle::CreditControl;
 use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
 
-/// Runs the gateway until SIGTERM or SIGINT, then drains.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = load_config(config_path)?;
-    ensure_listen_address_free(&config)?;
+/// How the process starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running gateway (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT (or SIGQUIT, handing over to a new process),
+/// then drains.
+pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config = parse_config(&text, config_path)?;
+    if !options.upgrade {
+        ensure_listen_addresses_free(&config)?;
+    }
+    let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
+    let settle_flush = Arc::new(AtomicBool::new(false));
     let journal = Arc::new(
         Journal::open(&config.settlement.journal_path, JournalOptions { group_commit: config.settlement.group_commit })
             .context("cannot open the settlement journal")?,
@@ -36,7 +60,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds };
     let key = settlement_key(&config)?;
     let settler = match &key {
-        Some(key) => Some(build_settler(&config, key, journal.clone())?.with_credit_control(credit)),
+        Some(key) => Some(
+            build_settler(&config, key, journal.clone())?
+                .with_credit_control(credit)
+                .with_metrics(metrics.settlement.clone())
+                .with_flush(settle_flush.clone()),
+        ),
         None => None,
     };
     let balances = build_balance_cache(&config, key.as_ref())?;
@@ -44,32 +73,60 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let drain_timeout = config.settlement.drain_timeout;
     let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
     let settle_now = settler.is_some().then_some(settle_now_tx);
+    let settler_lock = settler_lock_path(&config.settlement.journal_path);
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        if let Some(settler) = settler {
-            runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
-        }
-        anyhow::Ok(())
+        let Some(settler) = settler else { return anyhow::Ok(()) };
+        let Some(_lock) = runtime.block_on(take_settler_lock(&settler_lock, shutdown_rx.clone()))? else { return Ok(()) };
+        runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
+        Ok(())
     })?;
 
     let settle_before_timeout = config.settlement.policy.receipt_timeout * 2;
-    let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config));
-    let listen = config.server.listen;
+    let opt = Opt { upgrade: options.upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), pingora_conf(&config));
+    let (listen, admin_settings) = (config.server.listen, config.admin.clone());
     server.bootstrap();
+    let live = Arc::new(ArcSwap::from_pointee(config));
+    let reloader = Arc::new(Reloader::new(config_path, &text, live.clone(), exposure.clone(), metrics.clone()));
+    crate::reload::spawn_reload_triggers(reloader.clone(), admin_settings.watch_config)?;
     let proxy = PaywallProxy {
-        config: Arc::new(ArcSwap::from_pointee(config)),
+        config: live.clone(),
         replay,
-        exposure,
+        exposure: exposure.clone(),
         balances,
         journal: journal.clone(),
         settle_now,
         // A settle-before request may wait for the batch in flight and then its own receipt.
         settle_before_timeout,
+        metrics: metrics.clone(),
+        request_ids: RequestIds::new(),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
     server.add_service(service);
-    tracing::info!(%listen, config = %config_path.display(), "x402-gateway listening");
+    if let Some(admin_listen) = admin_settings.listen {
+        let token = std::env::var(&admin_settings.token_env).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        if token.is_none() {
+            tracing::warn!(env = %admin_settings.token_env, "no admin token: the admin API answers /health and /ready only");
+        }
+        let admin = AdminApi {
+            token,
+            token_env: admin_settings.token_env.clone(),
+            config: live,
+            reloader,
+            journal: journal.clone(),
+            exposure,
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            settle_flush,
+        };
+        let mut admin_service = pingora::services::listening::Service::new("x402-gateway admin".into(), admin);
+        admin_service.add_tcp(&admin_listen.to_string());
+        server.add_service(admin_service);
+        tracing::info!(%admin_listen, "admin API listening");
+    }
+    tracing::info!(%listen, config = %config_path.display(), upgrade = options.upgrade, "x402-gateway listening");
     server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
 
     tracing::info!(unsettled = journal.unsettled_count().unwrap_or_default(), "proxy stopped; draining settlement");
@@ -91,6 +148,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 fn pingora_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf::default();
     conf.threads = config.server.threads;
+    conf.upgrade_sock = config.server.upgrade_sock.to_string_lossy().into_owned();
     conf.grace_period_seconds = Some(config.server.grace_period_seconds);
     conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
     conf
@@ -98,10 +156,47 @@ fn pingora_conf(config: &Config) -> ServerConf {
 
 /// Pingora keeps retrying a taken port instead of failing, so a stale instance could
 /// answer in our place: check first and fail loudly.
-fn ensure_listen_address_free(config: &Config) -> anyhow::Result<()> {
-    std::net::TcpListener::bind(config.server.listen)
-        .map(drop)
-        .with_context(|| format!("cannot listen on {}", config.server.listen))
+fn ensure_listen_addresses_free(config: &Config) -> anyhow::Result<()> {
+    for address in std::iter::once(config.server.listen).chain(config.admin.listen) {
+        std::net::TcpListener::bind(address).map(drop).with_context(|| format!("cannot listen on {address}"))?;
+    }
+    Ok(())
+}
+
+fn settler_lock_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".settler-lock");
+    PathBuf::from(name)
+}
+
+/// Waits until no other process settles from this journal (during a graceful upgrade, the
+/// old one drains first). `None`: shutdown came first.
+async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the settler lock {}", path.display()))?;
+    let mut waiting_logged = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(error)) => return Err(error).context("cannot lock the settler lock file"),
+        }
+        if !waiting_logged {
+            tracing::info!(lock = %path.display(), "another process is settling from this journal; settlement starts when it lets go");
+            waiting_logged = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+    }
 }
 
 /// Every authorization the journal holds stays refused until its `validBefore`, across

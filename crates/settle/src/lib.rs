@@ -7,7 +7,9 @@
 //! landed (possibly through someone else's transaction).
 
 mod chain;
+mod metrics;
 mod settler;
 
 pub use chain::{ChainClient, ChainError};
+pub use metrics::SettlementMetrics;
 pub use settler::{BatchPolicy, CreditControl, NetworkSettlement, SettleError, SettleNow, SettleNowOutcome, Settler};

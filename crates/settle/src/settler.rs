@@ -11,6 +11,7 @@
 //! `authorizationState` and `AuthorizationUsed`, never by signing blindly again.
 
 use crate::chain::{ChainClient, ChainError, Mined};
+use crate::metrics::SettlementMetrics;
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,9 @@ pub struct Settler {
     networks: Vec<NetworkSettlement>,
     policy: BatchPolicy,
     credit: Option<CreditControl>,
+    metrics: Arc<SettlementMetrics>,
+    /// Set by an operator's drain: send what is queued now instead of waiting for batches to fill.
+    flush: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the settler tells the exposure ledger: a resolved payment no longer counts, and a
@@ -141,7 +145,19 @@ enum Outcome {
 
 impl Settler {
     pub fn new(journal: Arc<Journal>, networks: Vec<NetworkSettlement>, policy: BatchPolicy) -> Self {
-        Self { journal, networks, policy, credit: None }
+        Self { journal, networks, policy, credit: None, metrics: Arc::default(), flush: Arc::default() }
+    }
+
+    /// Counts into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: Arc<SettlementMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// While `flush` is set, every queued payment goes out at once.
+    pub fn with_flush(mut self, flush: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.flush = flush;
+        self
     }
 
     /// Keeps the exposure ledger in step with settlement outcomes.
@@ -175,11 +191,12 @@ impl Settler {
                 }
             }
             self.sync_payer_blocks();
-            let draining = drain_deadline.is_some();
+            let draining = drain_deadline.is_some() || self.flush.load(std::sync::atomic::Ordering::Relaxed);
             let mut failed = false;
             for network in &self.networks {
                 if let Err(error) = self.settle_network(network, draining).await {
                     tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
+                    self.metrics.rpc_errors.with_label_values(&[network.network.as_str()]).inc();
                     failed = true;
                 }
             }
@@ -330,9 +347,7 @@ impl Settler {
             }
             mined = network.client.wait_for_receipt(hash, self.policy.receipt_timeout).await?;
         }
-        if let Some(mined) = &mined {
-            tracing::info!(network = %network.network, tx = %mined.transaction, success = mined.success, gas_used = mined.gas_used, "settlement batch mined");
-        }
+        self.count_batch(network, mined.as_ref());
         for pending in &payments {
             let outcome = match &mined {
                 Some(mined) if pending.landed_in(mined) => Outcome::Settled(mined.transaction),
@@ -433,6 +448,7 @@ impl Settler {
                 tracing::debug!(payment = record.id, tx = %transaction, "payment settled");
                 self.journal.set_state(record.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
                 self.resolved(record, None);
+                self.count_settled(record);
                 Ok(())
             }
             Outcome::Failed(reason) => self.fail(record, reason).await,
@@ -449,10 +465,32 @@ impl Settler {
     async fn fail(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {
         tracing::warn!(payment = record.id, payer = %record.payer, %reason, "payment failed to settle");
         self.journal.set_state(record.id, PaymentState::Failed { reason: reason.clone() }).await?;
+        self.metrics.payments.with_label_values(&[record.item.network.as_str(), "failed"]).inc();
         if let Some(block) = self.resolved(record, Some(&reason)) {
             self.journal.block_payer(block).await?;
         }
         Ok(())
+    }
+
+    fn count_batch(&self, network: &NetworkSettlement, mined: Option<&Mined>) {
+        let name = network.network.as_str();
+        let outcome = match mined {
+            Some(mined) => {
+                tracing::info!(network = name, tx = %mined.transaction, success = mined.success, gas_used = mined.gas_used, "settlement batch mined");
+                self.metrics.gas_used.with_label_values(&[name]).inc_by(mined.gas_used);
+                if mined.success { "mined" } else { "reverted" }
+            }
+            None => "unresolved",
+        };
+        self.metrics.batches.with_label_values(&[name, outcome]).inc();
+    }
+
+    fn count_settled(&self, record: &PaymentRecord) {
+        let network = record.item.network.as_str();
+        self.metrics.payments.with_label_values(&[network, "settled"]).inc();
+        // Atomic amounts of real payments fit u64 (18 446 billion USDC); saturate otherwise.
+        let amount = record.amount.parse::<u64>().unwrap_or(u64::MAX);
+        self.metrics.value_settled.with_label_values(&[record.route.as_str(), network, record.item.asset.as_str()]).inc_by(amount);
     }
 
     /// A payment reached its end: it no longer counts as credit. Returns the block a payer

@@ -150,6 +150,36 @@ impl Exposure {
     pub fn total(&self) -> u64 {
         lock(&self.ledger).total
     }
+
+    /// Limits, totals per route, the `top` payers by unsettled value, and the blocks in force.
+    pub fn snapshot(&self, top: usize, now: u64) -> ExposureSnapshot {
+        let ledger = lock(&self.ledger);
+        let mut payers: Vec<(String, u64)> = ledger.payers.iter().map(|(p, v)| (p.clone(), *v)).collect();
+        payers.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        payers.truncate(top);
+        let mut routes: Vec<(String, u64)> = ledger.routes.iter().map(|(r, v)| (r.clone(), *v)).collect();
+        routes.sort_unstable();
+        let blocked = ledger
+            .blocked
+            .iter()
+            .filter(|(_, (until, _))| *until > now)
+            .map(|(payer, (until, reason))| PayerBlock { payer: payer.clone(), until: *until, reason: reason.clone() })
+            .collect();
+        ExposureSnapshot { limits: ledger.limits, total: ledger.total, payer_count: ledger.payers.len(), routes, payers, blocked }
+    }
+}
+
+/// The ledger at one moment, for operators.
+#[derive(Debug, Clone)]
+pub struct ExposureSnapshot {
+    pub limits: ExposureLimits,
+    pub total: u64,
+    /// Payers with anything unsettled.
+    pub payer_count: usize,
+    pub routes: Vec<(String, u64)>,
+    /// The largest debtors first.
+    pub payers: Vec<(String, u64)>,
+    pub blocked: Vec<PayerBlock>,
 }
 
 #[cfg(test)]

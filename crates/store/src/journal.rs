@@ -411,6 +411,15 @@ impl Journal {
         )?)
     }
 
+    /// When the oldest payment still unsettled was accepted (Unix milliseconds).
+    pub fn oldest_unsettled_ms(&self) -> Result<Option<u64>, JournalError> {
+        Ok(lock(&self.reader).query_row(
+            "SELECT min(accepted_at_ms) FROM payments WHERE state IN ('accepted', 'submitted')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {
         let sql = format!("SELECT {COLUMNS} FROM payments WHERE id = ?1");
         Ok(query_payments(&lock(&self.reader), &sql, params![id])?.pop())

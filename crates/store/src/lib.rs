@@ -15,7 +15,7 @@ pub use journal::{
     clear_payer_block, BatchRecord, Journal, JournalError, JournalOptions, JournalReader, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
     SettlementItem,
 };
-pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, PayerBlock};
+pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

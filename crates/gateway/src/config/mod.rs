@@ -5,7 +5,7 @@ pub mod model;
 pub mod price;
 pub mod raw;
 
-pub use model::{Config, Network, Pricing, Route, Unmatched, Upstream};
+pub use model::{Config, HonouredPricing, Network, Pricing, Route, Unmatched, Upstream};
 
 use model::RouteContext;
 use raw::{Prelude, RawConfig};
@@ -69,10 +69,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     if settlement.max_gas_per_transaction < 100_000 {
         return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
     }
-    let journal_path = match path.parent() {
-        Some(folder) if settlement.journal_path.is_relative() => folder.join(&settlement.journal_path),
-        _ => settlement.journal_path.clone(),
-    };
+    let journal_path = beside(path, &settlement.journal_path);
     Ok(Config {
         source: path.to_owned(),
         server: model::ServerSettings {
@@ -81,6 +78,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             grace_period_seconds: server.grace_period_seconds,
             graceful_shutdown_timeout_seconds: server.graceful_shutdown_timeout_seconds,
             max_payment_header_bytes: server.max_payment_header_bytes,
+            upgrade_sock: beside(path, &server.upgrade_sock),
         },
         networks: context.networks,
         settlement: model::SettlementSettings {
@@ -105,7 +103,20 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         upstreams,
         routes,
         unmatched,
+        admin: model::AdminSettings {
+            listen: raw.admin.listen,
+            token_env: raw.admin.token_env.clone(),
+            watch_config: raw.admin.watch_config,
+        },
     })
+}
+
+/// `file` taken from the config file's folder when it is relative.
+fn beside(config: &Path, file: &Path) -> PathBuf {
+    match config.parent() {
+        Some(folder) if file.is_relative() => folder.join(file),
+        _ => file.to_owned(),
+    }
 }
 
 fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, String> {
@@ -134,6 +145,29 @@ fn locate_key(text: &str, key: &str) -> String {
         .map(|n| format!(" (line {})", n + 1))
         .unwrap_or_default()
 }
+
+/// A small valid config for unit tests: one priced route (`weather`, $0.001) and a free one.
+#[cfg(test)]
+pub(crate) const TEST_YAML: &str = r#"
+networks:
+  base-sepolia:
+    rpc_url: http://127.0.0.1:8545
+payments:
+  pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+upstreams:
+  sample:
+    addresses: ["127.0.0.1:8080"]
+routes:
+  - name: weather
+    methods: [GET]
+    path: /weather
+    upstream: sample
+    price: "$0.001"
+  - name: health
+    path: /health
+    upstream: sample
+    free: true
+"#;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,14 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub unmatched: Unmatched,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: Option<SocketAddr>,
+    pub token_env: String,
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +42,7 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub max_payment_header_bytes: usize,
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +111,16 @@ pub struct Route {
     pub upstream: usize,
     /// `None` for a free route.
     pub pricing: Option<Pricing>,
+    /// What this route offered under earlier configs, still accepted until each quote's
+    /// `maxTimeoutSeconds` has run out: a client may have been quoted just before a reload.
+    pub honoured: Vec<HonouredPricing>,
+}
+
+/// A route's pricing from an earlier config, accepted until `until` (unix seconds).
+#[derive(Debug, Clone)]
+pub struct HonouredPricing {
+    pub pricing: Pricing,
+    pub until: u64,
 }
 
 /// What a priced route charges, precomputed at load so a challenge is cheap and identical
@@ -116,6 +135,7 @@ pub struct Pricing {
     pub mime_type: String,
     pub billable: Vec<StatusClass>,
     pub settle: SettleMode,
+    pub max_timeout_seconds: u64,
 }
 
 /// One way to pay a route, for people and logs.
@@ -234,6 +254,7 @@ pub fn build_route(index: usize, raw: &RawRoute, cx: &RouteContext) -> Result<Ro
         path: raw.path.0.clone(),
         upstream,
         pricing,
+        honoured: Vec::new(),
     })
 }
 
@@ -282,6 +303,7 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
         mime_type: raw.mime_type.clone().unwrap_or_default(),
         billable: raw.billable_statuses.clone().unwrap_or_else(|| cx.billable.clone()),
         settle: raw.settle,
+        max_timeout_seconds,
     })
 }
 

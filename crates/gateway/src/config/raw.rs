@@ -99,6 +99,31 @@ pub struct RawConfig {
     pub routes: Vec<CheckedRoute>,
     #[serde(default)]
     pub unmatched: RawUnmatched,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// The admin listener: health, readiness, metrics, reload, state. Not for the public.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `null` turns the admin listener off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The environment variable holding the bearer token; without it only `/health` and
+    /// `/ready` answer.
+    pub token_env: String,
+    /// Watch the config file and reload when it changes (SIGHUP and `POST /reload` always work).
+    pub watch_config: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9402))),
+            token_env: "X402_ADMIN_TOKEN".into(),
+            watch_config: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +134,9 @@ pub struct RawServer {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub max_payment_header_bytes: usize,
+    /// Where a new process takes over the listening sockets during a graceful upgrade;
+    /// relative to the config file's folder.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for RawServer {
@@ -119,6 +147,7 @@ impl Default for RawServer {
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             max_payment_header_bytes: x402::MAX_PAYMENT_HEADER_BYTES,
+            upgrade_sock: PathBuf::from("x402-gateway.upgrade.sock"),
         }
     }
 }

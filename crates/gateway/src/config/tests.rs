@@ -1,26 +1,7 @@
 use super::*;
 use alloy_primitives::U256;
 
-const BASE: &str = r#"
-networks:
-  base-sepolia:
-    rpc_url: http://127.0.0.1:8545
-payments:
-  pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-upstreams:
-  sample:
-    addresses: ["127.0.0.1:8080"]
-routes:
-  - name: weather
-    methods: [GET]
-    path: /weather
-    upstream: sample
-    price: "$0.001"
-  - name: health
-    path: /health
-    upstream: sample
-    free: true
-"#;
+use super::TEST_YAML as BASE;
 
 fn parse(text: &str) -> Result<Config, String> {
     parse_config(text, Path::new("test.yaml")).map_err(|e| e.to_string())

@@ -1,0 +1,107 @@
+//! The gateway's Prometheus metrics, served on the admin listener as text exposition.
+//!
+//! Counters and histograms are updated on the request path (lock-free atomics inside the
+//! `prometheus` crate); gauges that describe state (queue depth, exposure, config) are
+//! read when Prometheus scrapes, so the request path never pays for them.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use x402_settle::SettlementMetrics;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub upstream_latency: HistogramVec,
+    pub challenges: IntCounterVec,
+    pub payments_verified: IntCounterVec,
+    pub payments_rejected: IntCounterVec,
+    pub replay_rejections: IntCounterVec,
+    pub value_accepted: IntCounterVec,
+    pub settlement: Arc<SettlementMetrics>,
+    pub queue_depth: IntGauge,
+    pub oldest_unsettled_age: IntGauge,
+    pub exposure_route: IntGaugeVec,
+    pub exposure_total: IntGauge,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: IntGauge,
+    pub config_info: IntGaugeVec,
+    pub verify_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let metrics = Self {
+            registry: Registry::new(),
+            requests: counter("x402_requests_total", "Requests by route and response status", &["route", "status"])?,
+            upstream_latency: HistogramVec::new(
+                HistogramOpts::new("x402_upstream_latency_seconds", "Time from sending the request upstream to its response header")
+                    .buckets(latency_buckets),
+                &["route"],
+            )?,
+            challenges: counter("x402_challenges_total", "402 challenges issued to requests without a payment", &["route"])?,
+            payments_verified: counter("x402_payments_verified_total", "Payments that passed verification", &["route"])?,
+            payments_rejected: counter("x402_payments_rejected_total", "Payments refused, by x402 reason code", &["route", "reason"])?,
+            replay_rejections: counter("x402_replay_rejections_total", "Payments refused because their authorization was already used", &["route"])?,
+            value_accepted: counter(
+                "x402_value_accepted_atomic_total",
+                "Value charged (journaled for settlement), in the asset's atomic units",
+                &["route", "network", "asset"],
+            )?,
+            settlement: Arc::new(SettlementMetrics::new()),
+            queue_depth: IntGauge::new("x402_settlement_queue_depth", "Payments charged and not yet settled or failed")?,
+            oldest_unsettled_age: IntGauge::new("x402_settlement_oldest_unsettled_age_seconds", "Age of the oldest unsettled payment (0: none)")?,
+            exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
+            exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
+            reloads: counter("x402_config_reloads_total", "Config reloads by outcome (success, failure)", &["outcome"])?,
+            last_reload_success: IntGauge::new("x402_config_last_reload_success_timestamp_seconds", "When the serving config was loaded")?,
+            config_info: IntGaugeVec::new(Opts::new("x402_config_info", "The serving config's hash (value 1)"), &["hash"])?,
+            verify_seconds: Histogram::with_opts(
+                HistogramOpts::new("x402_payment_verify_seconds", "Time to decode, verify and reserve a payment")
+                    .buckets(vec![0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
+            )?,
+        };
+        metrics.register_all()?;
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> prometheus::Result<()> {
+        let registry = &self.registry;
+        for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.last_reload_success] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        registry.register(Box::new(self.exposure_route.clone()))?;
+        registry.register(Box::new(self.config_info.clone()))?;
+        registry.register(Box::new(self.upstream_latency.clone()))?;
+        registry.register(Box::new(self.verify_seconds.clone()))?;
+        self.settlement.register(registry)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// Marks `hash` as the serving config.
+    pub fn set_config(&self, hash: &str, loaded_at: u64) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.last_reload_success.set(i64::try_from(loaded_at).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_request(&self, route: &str, status: u16) {
+        self.requests.with_label_values(&[route, status.to_string().as_str()]).inc();
+    }
+
+    pub fn count_accepted(&self, route: &str, network: &str, asset: &str, amount: u64) {
+        self.value_accepted.with_label_values(&[route, network, asset]).inc_by(amount);
+    }
+}

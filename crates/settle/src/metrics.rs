@@ -1,0 +1,65 @@
+//! What the settler reports to Prometheus: batches, gas, RPC errors, and value settled.
+//! The owner registers them in its registry; a settler nobody registers still counts.
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+pub struct SettlementMetrics {
+    /// Batches by network and outcome (`mined`, `reverted`, `unresolved`).
+    pub batches: IntCounterVec,
+    pub gas_used: IntCounterVec,
+    /// Settlement rounds that failed on an RPC error, by network.
+    pub rpc_errors: IntCounterVec,
+    /// Payments by network and end state (`settled`, `failed`).
+    pub payments: IntCounterVec,
+    /// Atomic units settled, by route, network and asset.
+    pub value_settled: IntCounterVec,
+}
+
+impl SettlementMetrics {
+    pub fn new() -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|error| unreachable!("static metric {name}: {error}"))
+        };
+        Self {
+            batches: counter("x402_settlement_batches_total", "Settlement transactions by outcome", &["network", "outcome"]),
+            gas_used: counter("x402_settlement_gas_used_total", "Gas used by mined settlement transactions", &["network"]),
+            rpc_errors: counter("x402_settlement_rpc_errors_total", "Settlement rounds that failed on an RPC error", &["network"]),
+            payments: counter("x402_settlement_payments_total", "Payments that reached an end state", &["network", "state"]),
+            value_settled: counter(
+                "x402_value_settled_atomic_total",
+                "Value settled on-chain, in the asset's atomic units",
+                &["route", "network", "asset"],
+            ),
+        }
+    }
+
+    /// Adds every metric to `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for SettlementMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_valid_names_and_register_once() {
+        let registry = Registry::new();
+        let metrics = SettlementMetrics::new();
+        metrics.register(&registry).unwrap();
+        metrics.value_settled.with_label_values(&["weather", "eip155:84532", "0xabc"]).inc_by(1000);
+        let families = registry.gather();
+        assert!(families.iter().any(|f| f.name() == "x402_value_settled_atomic_total"));
+        assert!(metrics.register(&registry).is_err(), "a second registration must be refused");
+    }
+}

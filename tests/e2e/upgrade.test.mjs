@@ -1,0 +1,95 @@
+// Pingora's graceful upgrade through the real binary: a new process started with
+// `run --upgrade` takes the listening socket over when the old one gets SIGQUIT. Traffic
+// keeps flowing with no refused connection, the old process drains and exits cleanly, the
+// new one settles everything once the old one lets go of the journal, and a payment the
+// old process charged stays refused by the new one.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
+import { startChainAndUpstream, startTestGateway, freshAddress, eventually, runCli, sleep, balanceOf, b64, unb64, GATEWAY_BIN } from "./harness.mjs";
+import { signPayment } from "./payments.mjs";
+
+let env;
+let oldGateway;
+let newGateway;
+const payTo = freshAddress();
+const journalPath = join(mkdtempSync(join(tmpdir(), "x402-upgrade-")), "journal.db");
+
+before(async () => {
+  env = await startChainAndUpstream();
+  oldGateway = await startTestGateway(env, { payTo, settlement: { journal_path: journalPath, max_wait_ms: 300 } });
+});
+
+after(async () => {
+  if (process.env.X402_TEST_SHOW_LOGS) console.error(oldGateway?.logs(), newGateway?.logs);
+  await oldGateway?.stop();
+  newGateway?.child.kill("SIGTERM");
+  await newGateway?.exited;
+  await env?.stop();
+});
+
+function startUpgrade(configPath) {
+  const child = spawn(GATEWAY_BIN, ["run", "--upgrade", "--config", configPath], {
+    env: { ...process.env, X402_SETTLEMENT_KEY: devPrivateKey(0), X402_LOG: "info" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  const handle = { child, logs: "", exited: new Promise((r) => child.once("exit", (code, signal) => r({ code, signal }))) };
+  child.stderr.on("data", (d) => (handle.logs += d));
+  return handle;
+}
+
+test("SIGQUIT hands the socket to a new binary: no request refused, no payment lost or reused", { timeout: 90_000 }, async () => {
+  const accepts = unb64((await fetch(oldGateway.base + "/weather")).headers.get("payment-required")).accepts[0];
+  const outcomes = [];
+  const payments = [];
+  let stop = false;
+  // One client paying continuously on fresh connections, across the hand-over.
+  const traffic = (async () => {
+    for (let i = 0; !stop; i++) {
+      const payment = b64(await signPayment(devPrivateKey(4 + (i % 3)), accepts));
+      try {
+        const res = await fetch(oldGateway.base + "/weather", { headers: { "PAYMENT-SIGNATURE": payment, connection: "close" } });
+        await res.arrayBuffer();
+        outcomes.push(res.status);
+        if (res.status === 200) payments.push(payment);
+      } catch (error) {
+        outcomes.push(`error: ${error.cause?.code ?? error.message}`);
+      }
+    }
+  })();
+  await sleep(700);
+  newGateway = startUpgrade(oldGateway.configPath);
+  // The new process waits on the upgrade socket; the old one sends its listener on SIGQUIT.
+  await sleep(500);
+  oldGateway.child.kill("SIGQUIT");
+  const oldExit = await oldGateway.exited;
+  await sleep(700);
+  stop = true;
+  await traffic;
+
+  assert.equal(oldExit.code, 0, `the old process exits cleanly after draining:\n${oldGateway.logs()}`);
+  assert.equal(newGateway.child.exitCode, null, `the new process serves:\n${newGateway.logs}`);
+  assert.deepEqual(outcomes.filter((o) => o !== 200), [], "every request across the hand-over was served");
+  assert.ok(outcomes.length > 10, `traffic flowed (${outcomes.length} requests)`);
+  const served = await fetch(oldGateway.base + "/weather");
+  assert.equal(served.status, 402, "the port answers after the old process is gone");
+  await served.arrayBuffer();
+
+  // A payment the old process charged is refused by the new one (the journal carries it).
+  const replay = await fetch(oldGateway.base + "/weather", { headers: { "PAYMENT-SIGNATURE": payments[0] } });
+  assert.equal(replay.status, 402);
+  assert.equal(unb64(replay.headers.get("payment-required")).error, "invalid_exact_evm_nonce_already_used");
+  await replay.arrayBuffer();
+
+  // Every served payment settles exactly once, by one process or the other.
+  await eventually(() => {
+    const summary = JSON.parse(runCli(["payments", "--journal", journalPath, "summary"]).stdout);
+    return summary.settled === payments.length && (summary.accepted ?? 0) + (summary.submitted ?? 0) === 0;
+  }, 30_000, "every payment settled");
+  assert.equal(await balanceOf(env.devnet.url, payTo), BigInt(payments.length) * 1000n);
+  assert.match(newGateway.logs, /upgrade=true/);
+});
