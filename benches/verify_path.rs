@@ -123,8 +123,30 @@ fn verify_path(c: &mut Criterion) {
             store.reserve(key, fixture.now + 300)
         })
     });
+    group.bench_function("requirement_match (accepted == offered)", |b| {
+        b.iter(|| offers.iter().position(|offer| offer.wire == black_box(&payload).accepted))
+    });
     group.finish();
 }
 
-criterion_group!(benches, verify_path);
+/// The 402 a request without payment gets: its header bytes are precomputed at config load,
+/// so rendering is a copy of them plus the resource URL.
+fn challenge(c: &mut Criterion) {
+    let yaml = r#"
+networks: { base-sepolia: { rpc_url: "http://127.0.0.1:8545" } }
+payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
+upstreams: { sample: { addresses: ["127.0.0.1:8080"] } }
+routes:
+  - { name: weather, methods: [GET], path: /weather, upstream: sample, price: "$0.001", description: Current weather }
+"#;
+    let config = x402_gateway::config::parse_config(yaml, std::path::Path::new("bench.yaml")).expect("valid config");
+    let route = &config.routes[0];
+    let pricing = route.pricing.as_ref().expect("priced");
+    c.bench_function("render_402 (v2 header + v1 body)", |b| {
+        b.iter(|| x402_gateway::challenge::payment_required(route, pricing, black_box("http://127.0.0.1:8402/weather"), None, false))
+    });
+    c.bench_function("match_route", |b| b.iter(|| config.match_route(&http::Method::GET, Some("127.0.0.1:8402"), black_box("/weather"))));
+}
+
+criterion_group!(benches, verify_path, challenge);
 criterion_main!(benches);

@@ -143,13 +143,17 @@ test("metrics, settlement and exposure follow a paid request from challenge to s
   assert.equal(ready.status, 503);
   assert.equal((await ready.json()).reason, "draining");
   await eventually(async () => (await adminJson("/settlement")).body.unsettled === 0, 20_000, "the drain to settle the queue");
-  const settled = await metrics();
+  // The settler counts a payment just after the journal records it settled.
+  const settled = await eventually(async () => {
+    const text = await metrics();
+    return sample(text, "x402_settlement_payments_total", { state: "settled" }) === 2 && text;
+  }, 5_000, "the settled payments to be counted");
   assert.equal(sample(settled, "x402_value_settled_atomic_total", { route: "weather" }), 2000);
   assert.equal(sample(settled, "x402_settlement_payments_total", { state: "settled" }), 2);
   assert.ok(sample(settled, "x402_settlement_batches_total", { outcome: "mined" }) >= 1);
   assert.ok(sample(settled, "x402_settlement_gas_used_total") > 0);
   assert.equal(sample(settled, "x402_settlement_queue_depth"), 0);
-  assert.equal((await adminJson("/exposure")).body.totalUsdMicros, 0);
+  await eventually(async () => (await adminJson("/exposure")).body.totalUsdMicros === 0, 5_000, "the exposure to be released");
   // The gateway still serves while draining: the load balancer moves traffic away.
   assert.equal((await fetch(gateway.base + "/health")).status, 200);
 });

@@ -1,8 +1,9 @@
 //! Hot reload of `gateway.yaml`: the new file is read, validated and built whole, then
 //! swapped in atomically. An invalid file changes nothing; the old config keeps serving.
 //!
-//! Triggers: the file watcher (editors that replace the file and Kubernetes ConfigMap
-//! symlink swaps both show up as events in the file's folder), SIGHUP, and the admin API.
+//! Triggers: the file watcher (it polls the file's contents through symlinks, so editors
+//! that replace the file and Kubernetes ConfigMap symlink swaps are both seen), SIGHUP, and
+//! the admin API.
 //! Requests in flight keep the snapshot they started with.
 //!
 //! What a running process cannot change (listeners, the settlement key and journal, the
@@ -202,14 +203,14 @@ pub fn carry_honoured_quotes(old: &Config, next: &mut Config, now: u64) {
     }
 }
 
-/// Reloads on SIGHUP and, when `watch` is set, whenever the config file's folder changes
-/// in a way that may concern the file. Runs until the process exits.
+/// Reloads on SIGHUP and, when `watch` is set, whenever the config file changes. Runs until
+/// the process exits.
 pub fn spawn_reload_triggers(reloader: Arc<Reloader>, watch: bool) -> anyhow::Result<()> {
     // Installed before this returns: SIGHUP's default action would end the process.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let hangup = runtime.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })?;
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = if watch { Some(watch_config_folder(&reloader.path, changed_tx)?) } else { None };
+    let watcher = if watch { Some(watch_config_file(&reloader.path, changed_tx)?) } else { None };
     std::thread::Builder::new().name("config-reload".into()).spawn(move || {
         let _watcher = watcher;
         runtime.block_on(reload_on_triggers(reloader, hangup, changed_rx));
@@ -238,37 +239,30 @@ async fn reload_on_triggers(
     }
 }
 
-/// Watches the folder, not the file: a file replaced by rename, or a ConfigMap's `..data`
-/// symlink swapped, would leave a watch on the old inode blind.
-fn watch_config_folder(path: &Path, changed: tokio::sync::mpsc::UnboundedSender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+/// Polls the file once a second (notify's `PollWatcher`, comparing contents), following
+/// symlinks: a file replaced by rename and a ConfigMap's `..data` symlink swap both show
+/// up, and nothing wakes when other files change. An inotify watch would have to be on the
+/// folder, which by default also holds the journal: every journal write woke the watcher,
+/// about 9% of a core under paid load.
+fn watch_config_file(path: &Path, changed: tokio::sync::mpsc::UnboundedSender<()>) -> anyhow::Result<notify::PollWatcher> {
     use notify::Watcher;
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        // The file itself, or Kubernetes' `..data` / `..<timestamp>` entries.
-        let concerns_config = event.paths.iter().any(|p| {
-            p.file_name().is_some_and(|f| f == name.as_os_str() || f.as_encoded_bytes().starts_with(b".."))
-        });
-        if concerns_config {
-            let _ = changed.send(());
-        }
-    })?;
-    watcher.watch(&folder, notify::RecursiveMode::NonRecursive)?;
-    tracing::info!(folder = %folder.display(), "watching the config file for changes");
+    let config = notify::Config::default().with_poll_interval(Duration::from_secs(1)).with_compare_contents(true).with_follow_symlinks(true);
+    let mut watcher = notify::PollWatcher::new(
+        move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = changed.send(());
+            }
+        },
+        config,
+    )?;
+    watcher.watch(path, notify::RecursiveMode::NonRecursive)?;
+    tracing::info!(file = %path.display(), "watching the config file for changes");
     Ok(watcher)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::config::TEST_YAML as BASE;
 
     fn parse(text: &str) -> Config {
@@ -300,7 +294,7 @@ mod tests {
     #[test]
     fn an_unchanged_price_carries_nothing() {
         let old = parse(BASE);
-        let mut next = parse(&BASE.replace("/weather", "/weather/*"));
+        let mut next = parse(&BASE.replace("path: /weather", "path: /weather/*"));
         carry_honoured_quotes(&old, &mut next, 1_000);
         assert!(next.routes[0].honoured.is_empty());
     }
@@ -324,11 +318,14 @@ mod tests {
 
     #[test]
     fn a_route_on_a_network_the_settler_does_not_run_is_refused() {
-        let next = parse(&BASE.replace(
-            "networks:\n",
-            "networks:\n  other:\n    id: eip155:31337\n    rpc_url: http://127.0.0.1:8546\n    assets:\n      USDC: { address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", decimals: 6, eip712: { name: \"USDC\", version: \"2\" } }\n",
-        )
-        .replace("price: \"$0.001\"", "price: \"$0.001\"\n    network: other"));
+        let next = parse(
+            &BASE
+                .replace(
+                    "networks:\n",
+                    "networks:\n  other:\n    id: eip155:31337\n    rpc_url: http://127.0.0.1:8546\n    assets:\n      USDC: { address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", decimals: 6, eip712: { name: \"USDC\", version: \"2\" } }\n",
+                )
+                .replace("price: \"$0.001\"", "price: \"$0.001\"\n    network: other"),
+        );
         let error = check_networks_settleable(&["eip155:84532".to_owned()], &next).unwrap_err();
         assert!(error.contains("routes.weather") && error.contains("needs a restart"), "{error}");
         assert!(check_networks_settleable(&["eip155:84532".to_owned()], &parse(BASE)).is_ok());

@@ -311,13 +311,12 @@ impl Journal {
                 params![batch.transaction, batch.network, batch.raw, batch.sent_at_ms],
             )?;
             let mut attempts = Vec::with_capacity(ids.len());
+            let mut submit = connection.prepare_cached(
+                "UPDATE payments SET state = 'submitted', transaction_hash = ?2, attempts = attempts + 1, updated_at_ms = ?3
+                 WHERE id = ?1 RETURNING attempts",
+            )?;
             for id in ids {
-                attempts.push(connection.query_row(
-                    "UPDATE payments SET state = 'submitted', transaction_hash = ?2, attempts = attempts + 1, updated_at_ms = ?3
-                     WHERE id = ?1 RETURNING attempts",
-                    params![id, batch.transaction, crate::unix_now_ms()],
-                    |row| row.get(0),
-                )?);
+                attempts.push(submit.query_row(params![id, batch.transaction, crate::unix_now_ms()], |row| row.get(0))?);
             }
             Ok(attempts)
         })
@@ -357,10 +356,9 @@ impl Journal {
                 PaymentState::Failed { reason } => Some(reason.clone()),
                 _ => None,
             };
-            connection.execute(
-                "UPDATE payments SET state = ?2, transaction_hash = ?3, failure = ?4, updated_at_ms = ?5 WHERE id = ?1",
-                params![id, state.name(), state.transaction(), failure, crate::unix_now_ms()],
-            )?;
+            connection
+                .prepare_cached("UPDATE payments SET state = ?2, transaction_hash = ?3, failure = ?4, updated_at_ms = ?5 WHERE id = ?1")?
+                .execute(params![id, state.name(), state.transaction(), failure, crate::unix_now_ms()])?;
             Ok(())
         })
         .await
@@ -550,11 +548,13 @@ fn commit_group(connection: &Connection, batch: Vec<Operation>) {
 fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, JournalError> {
     let authorization = &payment.item.payload.authorization;
     let now = crate::unix_now_ms();
-    let inserted = connection.execute(
+    // Cached: parsed once per connection, not once per paid request.
+    let mut statement = connection.prepare_cached(
         "INSERT INTO payments (receipt_id, route, network, chain_id, asset, payer, nonce, amount, pay_to, valid_after,
             valid_before, auth_from, auth_value, auth_nonce, signature, state, attempts, accepted_at_ms, updated_at_ms, usd_micros)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'accepted', 0, ?16, ?16, ?17)",
-        params![
+    )?;
+    let inserted = statement.execute(params![
             payment.receipt_id,
             payment.route,
             payment.item.network,
@@ -572,8 +572,7 @@ fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, 
             payment.item.payload.signature,
             now,
             payment.usd_micros,
-        ],
-    );
+    ]);
     match inserted {
         Ok(_) => Ok(u64::try_from(connection.last_insert_rowid()).unwrap_or_default()),
         Err(rusqlite::Error::SqliteFailure(error, _)) if error.code == rusqlite::ErrorCode::ConstraintViolation => {
