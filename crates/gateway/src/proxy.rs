@@ -229,13 +229,14 @@ impl PaywallProxy {
         let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
-        let (network, asset) = (entry.item.network.clone(), entry.item.asset.clone());
-        let amount = u64::try_from(payment.amount).unwrap_or(u64::MAX);
         match self.journal.record(entry).await {
             Ok(id) => {
+                if let Some(payment) = ctx.payment.as_ref() {
+                    let amount = u64::try_from(payment.amount).unwrap_or(u64::MAX);
+                    self.metrics.count_accepted(route, &payment.item.network, &payment.item.asset, amount);
+                }
                 ctx.charged = true;
                 ctx.outcome = PaymentOutcome::Charged;
-                self.metrics.count_accepted(route, &network, &asset, amount);
                 Ok((id, receipt_id))
             }
             Err(error @ JournalError::Duplicate(_)) => {

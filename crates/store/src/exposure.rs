@@ -154,7 +154,9 @@ impl Exposure {
     /// Limits, totals per route, the `top` payers by unsettled value, and the blocks in force.
     pub fn snapshot(&self, top: usize, now: u64) -> ExposureSnapshot {
         let ledger = lock(&self.ledger);
-        let mut payers: Vec<(String, u64)> = ledger.payers.iter().map(|(p, v)| (p.clone(), *v)).collect();
+        // Metrics scrapes ask for no payers: skip copying and sorting every debtor for them.
+        let mut payers: Vec<(String, u64)> =
+            if top == 0 { Vec::new() } else { ledger.payers.iter().map(|(p, v)| (p.clone(), *v)).collect() };
         payers.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         payers.truncate(top);
         let mut routes: Vec<(String, u64)> = ledger.routes.iter().map(|(r, v)| (r.clone(), *v)).collect();
