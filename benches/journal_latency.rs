@@ -92,7 +92,7 @@ fn durable(runtime: &tokio::runtime::Runtime, writers: usize, per_writer: usize,
     let dir = std::env::temp_dir().join(format!("x402-journal-bench-{}-{group_commit}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench folder");
-    let journal = Arc::new(Journal::open(&dir.join("journal.db"), JournalOptions { group_commit }).expect("open journal"));
+    let journal = Arc::new(Journal::open(&dir.join("journal.db"), JournalOptions { group_commit, ..JournalOptions::default() }).expect("open journal"));
     let (latencies, wall) = drive(runtime, writers, per_writer, move |p| {
         let journal = journal.clone();
         async move {

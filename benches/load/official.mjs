@@ -34,7 +34,8 @@ const { values: args } = parseArgs({
 function facilitatorApp(key, rpcUrl) {
   // The nonce manager lets concurrent settlements from one account take distinct nonces.
   const account = privateKeyToAccount(key, { nonceManager });
-  const client = createWalletClient({ account, chain: baseSepolia, transport: http(rpcUrl) }).extend(publicActions);
+  // Receipts polled every 100 ms, not viem's 1 s for Base: the official flow's best case.
+  const client = createWalletClient({ account, chain: baseSepolia, transport: http(rpcUrl), pollingInterval: 100 }).extend(publicActions);
   const signer = toFacilitatorEvmSigner({ ...client, address: account.address });
   const facilitator = new x402Facilitator().register(NETWORK, new ExactEvmFacilitator(signer));
   const app = express();

@@ -2,12 +2,13 @@
 // load from x402-loadgen, and prints one table of throughput, latency, CPU and memory, with
 // ratios against the direct upstream and against nginx, and the targets met or not.
 //
-//   node benches/load/run.mjs            full run (~3 min), writes benches/results/<date>.md
+//   node benches/load/run.mjs            full run (~10 min), writes benches/results/<date>.md
 //   node benches/load/run.mjs --quick    short run, for CI (prints, writes nothing)
 //
 // Everything is on loopback. On a 2-core machine the layout is fixed so runs compare:
 // core 0 carries the load generator, the upstream and the dev chain ("the world"); core 1
 // carries the contender alone, with one worker (nginx worker_processes 1, Pingora threads 1).
+// The dev chain runs on core 0 at idle priority (SCHED_IDLE), as if it were a remote node.
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, readdirSync, mkdirSync } from "node:fs";
 import { tmpdir, cpus, totalmem } from "node:os";
@@ -29,6 +30,7 @@ const WORLD_CPU = "0";
 const CONTENDER_CPU = cpus().length > 1 ? "1" : "0";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const PAID = "gateway paid route";
+const PAID_NORMAL = "gateway paid route, journal_sync: normal";
 const OFFICIAL_INSTANT = "@x402/express, instant blocks";
 const OFFICIAL_BASE = `@x402/express, ${BASE_BLOCK_SECONDS} s blocks`;
 
@@ -160,13 +162,13 @@ http {
   return path;
 }
 
-function gatewayConfig(dir, port, upstreamPort, rpcUrl) {
+function gatewayConfig(dir, port, upstreamPort, rpcUrl, journalSync) {
   const yaml = `
 server: { listen: "127.0.0.1:${port}", threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 5 }
 admin: { listen: null }
 networks: { base-sepolia: { rpc_url: "${rpcUrl}" } }
 payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
-settlement: { journal_path: "${join(dir, "journal.db")}", drain_timeout_seconds: 5 }
+settlement: { journal_path: "${join(dir, "journal.db")}", journal_sync: ${journalSync}, drain_timeout_seconds: 5 }
 exposure: { max_unsettled_per_payer: null, max_unsettled_total: null }
 upstreams: { sample: { addresses: ["127.0.0.1:${upstreamPort}"] } }
 routes:
@@ -211,7 +213,11 @@ async function main() {
   const dir = mkdtempSync(join(tmpdir(), "x402-bench-"));
   const upstreamPort = await freePort();
   const chain = await startDevnet({ port: await freePort() });
-  spawnSync("taskset", ["-cp", WORLD_CPU, String(chain.process.pid)]);
+  spawnSync("taskset", ["-a", "-cp", WORLD_CPU, String(chain.process.pid)]);
+  // The chain stands for a node on another machine: executing settlement batches must not
+  // take CPU from the load generator and the upstream, or a paid route would be charged
+  // for the chain's work. It runs only when they leave CPU 0 idle.
+  spawnSync("chrt", ["-a", "-i", "-p", "0", String(chain.process.pid)]);
   const upstream = await startPinned(WORLD_CPU, join(RELEASE, "x402-bench-upstream"), ["--port", String(upstreamPort), "--threads", "1"], upstreamPort);
   const keys = [1, 2, 3, 4, 5, 6, 7, 8, 9].map(devPrivateKey);
   const ports = { bare: await freePort(), nginx: await freePort(), gateway: await freePort(), official: await freePort(), facilitator: await freePort() };
@@ -227,16 +233,17 @@ async function main() {
       ["--listen", `127.0.0.1:${ports.bare}`, "--upstream", `127.0.0.1:${upstreamPort}`, "--threads", "1"], ports.bare), `http://127.0.0.1:${ports.bare}/weather`],
     ["nginx", () => startPinned(CONTENDER_CPU, "nginx", ["-c", nginxConfig(dir, ports.nginx, upstreamPort)], ports.nginx), `http://127.0.0.1:${ports.nginx}/weather`],
     ["gateway free route", () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/free/weather`],
-    ["gateway paid route", () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
+    [PAID, () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
+    [PAID_NORMAL, () => startGatewayPinned("normal"), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
     [OFFICIAL_INSTANT, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: 0 }],
     [OFFICIAL_BASE, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: BASE_BLOCK_SECONDS }],
   ];
   const setMining = (blockSeconds) =>
     blockSeconds ? rpc(chain.url, "evm_setIntervalMining", [blockSeconds]) : rpc(chain.url, "evm_setAutomine", [true]);
   // Each start gets a fresh journal: one run's settlement backlog must not load the next.
-  const startGatewayPinned = () => {
+  const startGatewayPinned = (journalSync = "full") => {
     const runDir = mkdtempSync(join(dir, "gateway-"));
-    const yaml = gatewayConfig(runDir, ports.gateway, upstreamPort, chain.url);
+    const yaml = gatewayConfig(runDir, ports.gateway, upstreamPort, chain.url, journalSync);
     return startPinned(CONTENDER_CPU, join(RELEASE, "x402-gateway"), ["run", "--config", yaml], ports.gateway, {
       env: { X402_SETTLEMENT_KEY: devPrivateKey(0), X402_LOG: "warn" },
     });
@@ -324,25 +331,28 @@ function render(rows, rate, replay) {
     lines.push(`| ${r.name} | ${r.rate} | ${f.p50_us} | ${f.p90_us} | ${f.p99_us} | ${f.p999_us} | ${f.p50_us - direct.fixedResult.p50_us} | ${f.p99_us - direct.fixedResult.p99_us} | ${f.errors} / ${f.non2xx} |`);
   }
   const paid = by(PAID);
+  const normal = by(PAID_NORMAL);
   const instant = by(OFFICIAL_INSTANT);
   const base = by(OFFICIAL_BASE);
   const faster = (official) => official.fixedResult.p50_us / paid.fixedResult.p50_us;
-  const officialServed = (official) => official.saturation.non2xx + official.saturation.errors + official.fixedResult.non2xx + official.fixedResult.errors === 0;
+  const allServed = (row) => row.saturation.non2xx + row.saturation.errors + row.fixedResult.non2xx + row.fixedResult.errors === 0;
   const free = by("gateway free route");
   const bare = by("bare Pingora");
   const targets = [
     [`paid route p50 added latency ≤ 150 µs over direct at ${rate}/s`, paid.fixedResult.p50_us - direct.fixedResult.p50_us <= 150, `${paid.fixedResult.p50_us - direct.fixedResult.p50_us} µs`],
     [`paid route p99 added latency ≤ 1 ms over direct at ${rate}/s`, paid.fixedResult.p99_us - direct.fixedResult.p99_us <= 1000, `${paid.fixedResult.p99_us - direct.fixedResult.p99_us} µs`],
+    [`for reference, not a target: ${PAID_NORMAL} (no fsync per commit) p50 / p99 added`, null,
+      `${normal.fixedResult.p50_us - direct.fixedResult.p50_us} µs / ${normal.fixedResult.p99_us - direct.fixedResult.p99_us} µs; throughput ${((100 * normal.saturation.rps) / free.saturation.rps).toFixed(0)}% of free`],
     ["paid throughput ≥ 50% of free", paid.saturation.rps >= 0.5 * free.saturation.rps, `${((100 * paid.saturation.rps) / free.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 95% of bare Pingora", free.saturation.rps >= 0.95 * bare.saturation.rps, `${((100 * free.saturation.rps) / bare.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 1.0× nginx", free.saturation.rps >= nginx.saturation.rps, `${(free.saturation.rps / nginx.saturation.rps).toFixed(2)}×`],
-    ["every paid request answered 200 with a distinct payment", paid.saturation.non2xx + paid.saturation.errors + paid.fixedResult.non2xx + paid.fixedResult.errors === 0, `${paid.saturation.non2xx + paid.fixedResult.non2xx} non-2xx`],
+    ["every paid request to the gateway answered 200 with a distinct payment", [paid, normal].every(allServed), `${[paid, normal].map((r) => r.saturation.non2xx + r.fixedResult.non2xx).join(" and ")} non-2xx`],
     ["replay store ≤ 128 B per nonce", replay ? replay.bytes <= 128 : false, replay ? `${replay.bytes} B/entry with ${replay.entries} entries` : "replay_memory bench gave no figure"],
     [`paid ≥ 100× faster end to end than ${OFFICIAL_BASE} (Base's pace), p50 against p50`, faster(base) >= 100,
       `${faster(base).toFixed(0)}×: ${base.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / base.saturation.rps).toFixed(0)}×`],
     [`for reference, not a target: against ${OFFICIAL_INSTANT} (a block mined at once, the official flow's best case)`, null,
       `${faster(instant).toFixed(0)}×: ${instant.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / instant.saturation.rps).toFixed(0)}×`],
-    ["the official flow served every paid request (so its figures are of work done)", officialServed(base) && officialServed(instant),
+    ["the official flow served every paid request (so its figures are of work done)", allServed(base) && allServed(instant),
       `${[instant, base].map((r) => `${r.saturation.non2xx + r.fixedResult.non2xx} non-2xx, ${r.saturation.errors + r.fixedResult.errors} errors`).join("; ")}`],
   ];
   lines.push("");

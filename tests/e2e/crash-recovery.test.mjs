@@ -157,3 +157,28 @@ test("kill -9 before submit, between broadcast and receipt, and mid-traffic: eve
   assert.equal(await balanceOf(env.devnet.url, payTo), startBalance + journaled, "payTo got exactly the journaled payments, once each");
   assert.ok(served.size >= 200, `served ${served.size}`);
 });
+
+test("journal_sync: normal: payments served before kill -9 are still journaled and settle once", { timeout: 120_000 }, async () => {
+  const normalJournal = join(mkdtempSync(join(tmpdir(), "x402-crash-normal-")), "journal.db");
+  const start = (settlement) =>
+    startTestGateway(env, { payTo, settlement: { journal_path: normalJournal, journal_sync: "normal", ...settlement } });
+  const summary = () => {
+    const result = runCli(["payments", "--journal", normalJournal, "summary"]);
+    assert.equal(result.status, 0, result.stderr);
+    return JSON.parse(result.stdout);
+  };
+  const startBalance = await balanceOf(env.devnet.url, payTo);
+  const before = new Set(served.keys());
+  gw = await start({ max_wait_ms: 600_000, max_batch: 1000 });
+  assert.equal(await payMany(gw, 40), 40);
+  await gw.stop("SIGKILL");
+  assert.deepEqual(summary(), { accepted: 40 }, "no fsync per commit, yet the kernel kept every commit through the kill");
+
+  gw = await start({ max_wait_ms: 100 });
+  const [, first] = [...served.entries()].find(([id]) => !before.has(id));
+  const replay = await fetch(gw.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(first.payment) } });
+  assert.equal(replay.status, 402, "still a replay after the restart");
+  await replay.arrayBuffer();
+  await eventually(() => summary().settled === 40, 60_000, "the 40 settle");
+  assert.equal(await balanceOf(env.devnet.url, payTo), startBalance + 40n * PRICE);
+});

@@ -52,7 +52,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
     let settle_flush = Arc::new(AtomicBool::new(false));
     let journal = Arc::new(
-        Journal::open(&config.settlement.journal_path, JournalOptions { group_commit: config.settlement.group_commit })
+        Journal::open(&config.settlement.journal_path, JournalOptions { group_commit: config.settlement.group_commit, sync: config.settlement.journal_sync })
             .context("cannot open the settlement journal")?,
     );
     let replay = rebuild_replay_store(&journal)?;

@@ -177,13 +177,16 @@ impl Settler {
         let tick = (self.policy.max_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut drain_deadline = None;
         let mut backoff = self.policy.retry_backoff;
+        let mut backlog = false;
         loop {
             if drain_deadline.is_none() {
-                tokio::select! {
-                    Some(request) = settle_now.recv() => self.settle_now(request).await,
-                    _ = self.journal.changed().notified() => {}
-                    _ = tokio::time::sleep(tick) => {}
-                    _ = shutdown.changed() => {}
+                if backlog {
+                    // Full batches back to back, but a settle-before payment still goes first.
+                    while let Ok(request) = settle_now.try_recv() {
+                        self.settle_now(request).await;
+                    }
+                } else {
+                    self.wait_for_work(tick, &mut shutdown, &mut settle_now).await;
                 }
                 if *shutdown.borrow() {
                     tracing::info!(unsettled = self.unsettled(), "settler draining");
@@ -193,11 +196,15 @@ impl Settler {
             self.sync_payer_blocks();
             let draining = drain_deadline.is_some() || self.flush.load(std::sync::atomic::Ordering::Relaxed);
             let mut failed = false;
+            backlog = false;
             for network in &self.networks {
-                if let Err(error) = self.settle_network(network, draining).await {
-                    tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
-                    self.metrics.rpc_errors.with_label_values(&[network.network.as_str()]).inc();
-                    failed = true;
+                match self.settle_network(network, draining).await {
+                    Ok(sent_full_batch) => backlog |= sent_full_batch,
+                    Err(error) => {
+                        tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
+                        self.metrics.rpc_errors.with_label_values(&[network.network.as_str()]).inc();
+                        failed = true;
+                    }
                 }
             }
             if failed {
@@ -216,6 +223,27 @@ impl Settler {
                     tracing::error!(unsettled, "settler drain timed out; the journal keeps these payments for the next start");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Waits until a round is worth running: a tick, a full batch's worth of new payments, a
+    /// settle-before request or shutdown. A round per recorded payment would read the queue
+    /// from the journal once per paid request, on the request path's core.
+    async fn wait_for_work(&self, tick: Duration, shutdown: &mut watch::Receiver<bool>, settle_now: &mut mpsc::UnboundedReceiver<SettleNow>) {
+        let seen = self.journal.recorded();
+        let timer = tokio::time::sleep(tick);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                Some(request) = settle_now.recv() => return self.settle_now(request).await,
+                _ = self.journal.changed().notified() => {
+                    if self.journal.recorded().saturating_sub(seen) >= self.policy.max_batch as u64 {
+                        return;
+                    }
+                }
+                _ = &mut timer => return,
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -263,27 +291,29 @@ impl Settler {
         self.journal.unsettled_count().unwrap_or(u64::MAX)
     }
 
-    async fn settle_network(&self, network: &NetworkSettlement, force: bool) -> Result<(), SettleError> {
+    /// One round for `network`; says whether it sent a full batch (more may be waiting).
+    async fn settle_network(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
         for batch in self.journal.open_batches(&network.network)? {
             self.resolve_batch(network, batch).await?;
         }
         self.settle_due(network, force).await
     }
 
-    /// Sends one batch for `network` if one is due.
-    async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<(), SettleError> {
+    /// Sends one batch for `network` if one is due; says whether it was a full one.
+    async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
         let batch = self.journal.accepted(&network.network, self.policy.max_batch)?;
-        let Some(first) = batch.first() else { return Ok(()) };
+        let Some(first) = batch.first() else { return Ok(false) };
         let oldest_ms = batch.iter().map(|r| r.accepted_at_ms).min().unwrap_or(first.accepted_at_ms);
         let waited = Duration::from_millis(unix_now_ms().saturating_sub(oldest_ms));
         let due = force
             || batch.len() >= self.policy.max_batch
             || waited >= self.policy.max_wait
             || first.item.valid_before <= unix_now() + self.policy.urgent_secs;
+        let full = batch.len() >= self.policy.max_batch;
         if due {
             self.send_batch(network, batch).await?;
         }
-        Ok(())
+        Ok(due && full)
     }
 
     async fn send_batch(&self, network: &NetworkSettlement, batch: Vec<PaymentRecord>) -> Result<(), SettleError> {
@@ -348,11 +378,13 @@ impl Settler {
             mined = network.client.wait_for_receipt(hash, self.policy.receipt_timeout).await?;
         }
         self.count_batch(network, mined.as_ref());
-        for pending in &payments {
-            let outcome = match &mined {
-                Some(mined) if pending.landed_in(mined) => Outcome::Settled(mined.transaction),
-                _ => self.reconcile(network, pending).await,
-            };
+        let (landed, unclear): (Vec<&Pending>, Vec<&Pending>) =
+            payments.iter().partition(|pending| mined.as_ref().is_some_and(|mined| pending.landed_in(mined)));
+        if let Some(mined) = &mined {
+            self.settle(&landed, mined.transaction).await?;
+        }
+        for pending in unclear {
+            let outcome = self.reconcile(network, pending).await;
             self.apply(pending, outcome, "not settled by its batch").await?;
         }
         self.journal.finish_batch(batch.transaction).await?;
@@ -444,13 +476,7 @@ impl Settler {
     async fn apply(&self, pending: &Pending, outcome: Outcome, context: &str) -> Result<(), JournalError> {
         let record = &pending.record;
         match outcome {
-            Outcome::Settled(transaction) => {
-                tracing::debug!(payment = record.id, tx = %transaction, "payment settled");
-                self.journal.set_state(record.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
-                self.resolved(record, None);
-                self.count_settled(record);
-                Ok(())
-            }
+            Outcome::Settled(transaction) => self.settle(&[pending], transaction).await,
             Outcome::Failed(reason) => self.fail(record, reason).await,
             Outcome::Retry if record.attempts >= self.policy.max_attempts => {
                 self.fail(record, format!("{context}: gave up after {} settlement transactions", record.attempts)).await
@@ -460,6 +486,21 @@ impl Settler {
                 self.journal.set_state(record.id, PaymentState::Accepted).await
             }
         }
+    }
+
+    /// Records `payments` as settled by `transaction`, in one journal commit.
+    async fn settle(&self, payments: &[&Pending], transaction: B256) -> Result<(), JournalError> {
+        if payments.is_empty() {
+            return Ok(());
+        }
+        let state = PaymentState::Settled { transaction: transaction.to_string() };
+        self.journal.set_states(payments.iter().map(|pending| (pending.record.id, state.clone())).collect()).await?;
+        for pending in payments {
+            tracing::debug!(payment = pending.record.id, tx = %transaction, "payment settled");
+            self.resolved(&pending.record, None);
+            self.count_settled(&pending.record);
+        }
+        Ok(())
     }
 
     async fn fail(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {

@@ -93,6 +93,10 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             drain_timeout: Duration::from_secs(settlement.drain_timeout_seconds),
             journal_path,
             group_commit: settlement.group_commit,
+            journal_sync: match settlement.journal_sync {
+                raw::RawJournalSync::Full => x402_store::JournalSync::Full,
+                raw::RawJournalSync::Normal => x402_store::JournalSync::Normal,
+            },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
         },
         exposure: build_exposure(&raw.exposure)?,

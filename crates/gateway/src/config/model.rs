@@ -72,6 +72,7 @@ pub struct SettlementSettings {
     pub drain_timeout: Duration,
     pub journal_path: PathBuf,
     pub group_commit: bool,
+    pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
 }
 

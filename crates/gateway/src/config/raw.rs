@@ -195,6 +195,9 @@ pub struct RawSettlement {
     pub journal_path: PathBuf,
     /// Share one fsync among concurrent journal writes.
     pub group_commit: bool,
+    /// `full`: fsync per commit; `normal`: no fsync per commit (survives a crash of the
+    /// gateway, not of the machine).
+    pub journal_sync: RawJournalSync,
     /// Highest `maxFeePerGas` the settler pays, in gwei; above it settlement waits.
     pub max_fee_per_gas_gwei: Option<u64>,
     /// Most gas per settlement transaction (the chain's cap or lower); bigger batches split.
@@ -211,10 +214,18 @@ impl Default for RawSettlement {
             drain_timeout_seconds: 30,
             journal_path: PathBuf::from("x402-journal.db"),
             group_commit: true,
+            journal_sync: RawJournalSync::Full,
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawJournalSync {
+    Full,
+    Normal,
 }
 
 /// Limits on unsettled value, as dollar strings (`"$5"`); `null` turns a limit off.

@@ -109,7 +109,7 @@ fn batches_are_journaled_before_broadcast_and_survive_reopening() {
 #[test]
 fn concurrent_writers_share_commits_and_all_land() {
     for group_commit in [true, false] {
-        let (_dir, journal) = temp_journal(JournalOptions { group_commit });
+        let (_dir, journal) = temp_journal(JournalOptions { group_commit, ..JournalOptions::default() });
         let journal = Arc::new(journal);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
         runtime.block_on(async {
@@ -149,4 +149,66 @@ fn writes_after_close_are_refused() {
     let (_dir, journal) = temp_journal(JournalOptions::default());
     journal.close();
     assert!(matches!(block_on(journal.record(payment(1, "eip155:84532", 300))), Err(JournalError::Closed)));
+}
+
+#[test]
+fn frequent_queries_use_the_partial_indexes() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        for n in 0..50 {
+            let id = journal.record(payment(n, "eip155:84532", 300)).await.unwrap();
+            journal.set_state(id, PaymentState::Settled { transaction: "0xabc".into() }).await.unwrap();
+        }
+    });
+    let connection = Connection::open(dir.path().join("journal.db")).unwrap();
+    for (query, index) in [
+        (&*ACCEPTED, "payments_unsettled"),
+        (&*UNSETTLED_ROWS, "payments_unsettled"),
+        (&*UNSETTLED_COUNT, "payments_unsettled"),
+        (&*OLDEST_UNSETTLED, "payments_unsettled"),
+        (&*SUBMITTED_IN, "payments_in_flight"),
+    ] {
+        let mut explain = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
+        let values = ["eip155:84532", "10"].into_iter().take(explain.parameter_count());
+        let plan: Vec<String> =
+            explain.query_map(rusqlite::params_from_iter(values), |row| row.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert!(plan.iter().any(|step| step.contains(index)), "{query}\n  is planned as {plan:?}, not with {index}");
+    }
+}
+
+#[test]
+fn a_journal_from_an_earlier_version_loses_its_old_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    {
+        let connection = Connection::open(&path).unwrap();
+        connection.execute_batch(SCHEMA).unwrap();
+        connection.execute_batch("CREATE INDEX payments_by_payer ON payments (payer, state)").unwrap();
+    }
+    drop(Journal::open(&path, JournalOptions::default()).unwrap());
+    let connection = Connection::open(&path).unwrap();
+    let old: u32 = connection
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'payments_by_payer'", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(old, 0);
+}
+
+#[test]
+fn the_checkpointer_copies_the_log_into_the_database_off_the_writer() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let database = dir.path().join("journal.db");
+    let size = || std::fs::metadata(&database).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    block_on(async {
+        for n in 0..50 {
+            journal.record(payment(n, "eip155:84532", 300)).await.unwrap();
+        }
+    });
+    // Far below the writer's own checkpoint threshold: only the checkpointer moves pages.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(size() > before, "the database file is still {before} bytes: nothing was checkpointed");
+    journal.close();
 }
