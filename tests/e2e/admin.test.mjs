@@ -107,7 +107,11 @@ test("metrics, settlement and exposure follow a paid request from challenge to s
   const before = await metrics();
   assert.equal((await payWeather(key)).status, 200);
 
-  const after = await metrics();
+  // A request is counted when its access line is written, just after the response is sent.
+  const after = await eventually(async () => {
+    const text = await metrics();
+    return sample(text, "x402_requests_total", { route: "weather", status: "200" }) === 1 && text;
+  }, 5_000, "the paid request to be counted");
   assert.equal(sample(after, "x402_challenges_total", { route: "weather" }) - sample(before, "x402_challenges_total", { route: "weather" }), 1);
   assert.equal(sample(after, "x402_payments_verified_total", { route: "weather" }), 1);
   assert.equal(sample(after, "x402_requests_total", { route: "weather", status: "200" }), 1);

@@ -172,7 +172,7 @@ fn keep_running_values(old: &Config, next: &mut Config) -> Vec<String> {
     keep("server.graceful_shutdown_timeout_seconds", o.graceful_shutdown_timeout_seconds != n.graceful_shutdown_timeout_seconds);
     keep("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock);
     keep("admin", old.admin != next.admin);
-    keep("settlement", format!("{:?}", old.settlement) != format!("{:?}", next.settlement));
+    keep("settlement", old.settlement != next.settlement);
     let networks = |c: &Config| c.networks.iter().map(|n| (n.id.clone(), n.rpc_urls.clone(), n.multicall)).collect::<Vec<_>>();
     keep("networks (rpc urls, multicall)", networks(old) != networks(next));
     let (o, n) = (&old.exposure, &next.exposure);

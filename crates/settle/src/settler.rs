@@ -21,7 +21,7 @@ use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
 use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
 
 /// When a batch goes out and how long the settler waits for it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchPolicy {
     /// Most payments per transaction (bounded by the chain's per-transaction gas cap:
     /// ~38k gas each through `aggregate3`).

@@ -65,7 +65,7 @@ pub struct Network {
     pub assets: BTreeMap<String, Asset>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementSettings {
     pub private_key_env: String,
     pub policy: x402_settle::BatchPolicy,
