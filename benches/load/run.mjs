@@ -305,7 +305,6 @@ function render(rows, rate, replay) {
   const by = (name) => rows.find((r) => r.name === name);
   const direct = by("direct upstream");
   const nginx = by("nginx");
-  const us = (v) => `${v}`;
   const lines = [];
   lines.push(`# x402-gateway load harness${QUICK ? " (quick)" : ""}: ${new Date().toISOString()}`);
   lines.push("");
@@ -317,7 +316,7 @@ function render(rows, rate, replay) {
   lines.push("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const s = r.saturation;
-    lines.push(`| ${r.name} | ${Math.round(s.rps)} | ${(s.rps / direct.saturation.rps).toFixed(2)} | ${(s.rps / nginx.saturation.rps).toFixed(2)} | ${us(s.p50_us)} | ${us(s.p90_us)} | ${us(s.p99_us)} | ${us(s.p999_us)} | ${r.cpuPer1k.toFixed(3)} | ${r.rss.toFixed(1)} | ${s.errors} / ${s.non2xx} |`);
+    lines.push(`| ${r.name} | ${Math.round(s.rps)} | ${(s.rps / direct.saturation.rps).toFixed(2)} | ${(s.rps / nginx.saturation.rps).toFixed(2)} | ${s.p50_us} | ${s.p90_us} | ${s.p99_us} | ${s.p999_us} | ${r.cpuPer1k.toFixed(3)} | ${r.rss.toFixed(1)} | ${s.errors} / ${s.non2xx} |`);
   }
   lines.push("");
   lines.push(`## Fixed rate: ${rate} req/s (half the paid route's saturation), coordinated-omission safe`);

@@ -305,11 +305,8 @@ impl Settler {
         let Some(first) = batch.first() else { return Ok(false) };
         let oldest_ms = batch.iter().map(|r| r.accepted_at_ms).min().unwrap_or(first.accepted_at_ms);
         let waited = Duration::from_millis(unix_now_ms().saturating_sub(oldest_ms));
-        let due = force
-            || batch.len() >= self.policy.max_batch
-            || waited >= self.policy.max_wait
-            || first.item.valid_before <= unix_now() + self.policy.urgent_secs;
         let full = batch.len() >= self.policy.max_batch;
+        let due = force || full || waited >= self.policy.max_wait || first.item.valid_before <= unix_now() + self.policy.urgent_secs;
         if due {
             self.send_batch(network, batch).await?;
         }
