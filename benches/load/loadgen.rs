@@ -9,6 +9,7 @@
 //!
 //! `--pay N` makes it a paying client: it reads the route's 402, signs N distinct EIP-3009
 //! payments (from `--keys`, round robin) before the clock starts, and sends each once.
+//! `--bad-signature` spoils them: a flood that costs the server a signature recovery each.
 
 use alloy_primitives::{hex, Address, B256, U256};
 use alloy_signer::SignerSync;
@@ -48,6 +49,11 @@ struct Args {
     keys: String,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// With `--pay`: spoil every signature (its recovery gives another address), so each
+    /// payment passes every cheap check and is refused only after signature recovery; the
+    /// payments are then sent round and round, since a refused one is never used up.
+    #[arg(long)]
+    bad_signature: bool,
 }
 
 struct Target {
@@ -114,7 +120,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "p999_us": histogram.value_at_quantile(0.999),
         "max_us": histogram.max(),
         "payments_used": sent,
-        "payments_ran_out": args.pay > 0 && sent >= payments.len(),
+        "payments_ran_out": args.pay > 0 && !args.bad_signature && sent >= payments.len(),
     }))
 }
 
@@ -160,7 +166,11 @@ async fn drive_connection(
         let payment = if payments.is_empty() {
             None
         } else {
-            match payments.get(next_payment.fetch_add(1, Ordering::Relaxed)) {
+            let mut n = next_payment.fetch_add(1, Ordering::Relaxed);
+            if args.bad_signature {
+                n %= payments.len();
+            }
+            match payments.get(n) {
                 Some(payment) => Some(payment.as_str()),
                 None => break,
             }
@@ -240,6 +250,7 @@ async fn sign_payments(args: &Args, target: &Target) -> anyhow::Result<Vec<Strin
     }
     let offer = Arc::new(Offer::from_json(&offer, resource)?);
     let keys = Arc::new(keys);
+    let bad_signature = args.bad_signature;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunk = args.pay.div_ceil(workers);
     let handles: Vec<_> = (0..workers)
@@ -247,7 +258,7 @@ async fn sign_payments(args: &Args, target: &Target) -> anyhow::Result<Vec<Strin
             let (offer, keys) = (offer.clone(), keys.clone());
             std::thread::spawn(move || {
                 let range = worker * chunk..((worker + 1) * chunk);
-                range.map(|n| offer.sign(&keys[n % keys.len()], n as u64)).collect::<anyhow::Result<Vec<String>>>()
+                range.map(|n| offer.sign(&keys[n % keys.len()], n as u64, bad_signature)).collect::<anyhow::Result<Vec<String>>>()
             })
         })
         .collect();
@@ -296,7 +307,7 @@ impl Offer {
     }
 
     /// A `PAYMENT-SIGNATURE` header value with nonce (run salt, n).
-    fn sign(&self, signer: &PrivateKeySigner, n: u64) -> anyhow::Result<String> {
+    fn sign(&self, signer: &PrivateKeySigner, n: u64, spoil: bool) -> anyhow::Result<String> {
         let mut nonce = [0u8; 32];
         nonce[..8].copy_from_slice(&self.run_salt.to_be_bytes());
         nonce[24..].copy_from_slice(&n.to_be_bytes());
@@ -310,7 +321,11 @@ impl Offer {
             validBefore: U256::from(valid_before),
             nonce,
         };
-        let signature = signer.sign_hash_sync(&self.domain.signing_hash(&message))?;
+        let mut signature = signer.sign_hash_sync(&self.domain.signing_hash(&message))?;
+        if spoil {
+            // Still well formed and low-s; the other parity recovers another key.
+            signature = signature.with_parity(!signature.v());
+        }
         let payload = serde_json::json!({
             "x402Version": 2,
             "resource": self.resource,

@@ -23,6 +23,8 @@ const RELEASE = join(ROOT, "target/release");
 const SAT = { warmup: QUICK ? 0.5 : 2, duration: QUICK ? 2 : 10 };
 const FIXED = { warmup: QUICK ? 0.5 : 1, duration: QUICK ? 2 : 10 };
 const CONNECTIONS = 32;
+// Free requests per second sent while a flood runs: light, so their latency shows the queue.
+const FLOOD_PROBE_RATE = 1000;
 // Base's block time: the official flow waits for its settlement transaction's receipt, so the
 // chain's pace is part of what a paid call costs there (and none of what it costs here).
 const BASE_BLOCK_SECONDS = 2;
@@ -125,12 +127,27 @@ function peakRssMiB(pid) {
   return kb / 1024;
 }
 
-function loadgen(url, { rate, pay = 0, keys = [], warmup, duration }) {
-  const args = ["--url", url, "--connections", String(CONNECTIONS), "--warmup", String(warmup), "--duration", String(duration), "--threads", "1"];
+function loadgenArgs(url, { rate, pay = 0, keys = [], warmup, duration, badSignature = false, connections = CONNECTIONS }) {
+  const args = ["--url", url, "--connections", String(connections), "--warmup", String(warmup), "--duration", String(duration), "--threads", "1"];
   if (rate) args.push("--rate", String(Math.round(rate)));
   if (pay) args.push("--pay", String(pay), "--keys", keys.join(","));
-  const out = execFileSync("taskset", ["-c", WORLD_CPU, join(RELEASE, "x402-loadgen"), ...args], { encoding: "utf8", maxBuffer: 1 << 20 });
+  if (badSignature) args.push("--bad-signature");
+  return ["-c", WORLD_CPU, join(RELEASE, "x402-loadgen"), ...args];
+}
+
+function loadgen(url, options) {
+  const out = execFileSync("taskset", loadgenArgs(url, options), { encoding: "utf8", maxBuffer: 1 << 20 });
   return JSON.parse(out.trim().split("\n").pop());
+}
+
+/** `loadgen`, without blocking: for two loads at once. */
+function loadgenAsync(url, options) {
+  return new Promise((resolve, reject) => {
+    const child = spawn("taskset", loadgenArgs(url, options), { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.once("exit", (code) => (code === 0 ? resolve(JSON.parse(out.trim().split("\n").pop())) : reject(new Error(`x402-loadgen exited ${code}`))));
+  });
 }
 
 function nginxConfig(dir, port, upstreamPort) {
@@ -162,9 +179,9 @@ http {
   return path;
 }
 
-function gatewayConfig(dir, port, upstreamPort, rpcUrl, journalSync) {
+function gatewayConfig(dir, port, upstreamPort, rpcUrl, { journalSync = "full", verifyThreads = 1 } = {}) {
   const yaml = `
-server: { listen: "127.0.0.1:${port}", threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 5 }
+server: { listen: "127.0.0.1:${port}", threads: 1, verify_threads: ${verifyThreads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 5 }
 admin: { listen: null }
 networks: { base-sepolia: { rpc_url: "${rpcUrl}" } }
 payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
@@ -234,16 +251,16 @@ async function main() {
     ["nginx", () => startPinned(CONTENDER_CPU, "nginx", ["-c", nginxConfig(dir, ports.nginx, upstreamPort)], ports.nginx), `http://127.0.0.1:${ports.nginx}/weather`],
     ["gateway free route", () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/free/weather`],
     [PAID, () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
-    [PAID_NORMAL, () => startGatewayPinned("normal"), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
+    [PAID_NORMAL, () => startGatewayPinned({ journalSync: "normal" }), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
     [OFFICIAL_INSTANT, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: 0 }],
     [OFFICIAL_BASE, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: BASE_BLOCK_SECONDS }],
   ];
   const setMining = (blockSeconds) =>
     blockSeconds ? rpc(chain.url, "evm_setIntervalMining", [blockSeconds]) : rpc(chain.url, "evm_setAutomine", [true]);
   // Each start gets a fresh journal: one run's settlement backlog must not load the next.
-  const startGatewayPinned = (journalSync = "full") => {
+  const startGatewayPinned = (options) => {
     const runDir = mkdtempSync(join(dir, "gateway-"));
-    const yaml = gatewayConfig(runDir, ports.gateway, upstreamPort, chain.url, journalSync);
+    const yaml = gatewayConfig(runDir, ports.gateway, upstreamPort, chain.url, options);
     return startPinned(CONTENDER_CPU, join(RELEASE, "x402-gateway"), ["run", "--config", yaml], ports.gateway, {
       env: { X402_SETTLEMENT_KEY: devPrivateKey(0), X402_LOG: "warn" },
     });
@@ -277,8 +294,9 @@ async function main() {
       console.log(`${row.name} at ${row.rate}/s: p50 ${row.fixedResult.p50_us} µs, p99 ${row.fixedResult.p99_us} µs`);
     }
     await setMining(0);
+    const flood = await floodRuns(startGatewayPinned, ports.gateway, keys);
     const replayBytes = replayStoreBytesPerEntry();
-    const report = render(rows, rate, replayBytes);
+    const report = render(rows, rate, replayBytes, flood);
     console.log("\n" + report);
     if (!QUICK) {
       mkdirSync(join(ROOT, "benches/results"), { recursive: true });
@@ -292,6 +310,40 @@ async function main() {
   }
 }
 
+/**
+ * What a flood does to other traffic: free-route requests at a fixed rate on their own
+ * connections while another load saturates the gateway, either with free requests (the
+ * control: any flood queues the event loop) or with payments that fail only at signature
+ * recovery (free to send, ~40 µs each to refuse). Once with recovery on its own thread, as
+ * shipped, and once inline on the worker (`verify_threads: 0`).
+ */
+async function floodRuns(startGatewayPinned, port, keys) {
+  const probe = { ...FIXED, rate: FLOOD_PROBE_RATE, connections: 8 };
+  const free = `http://127.0.0.1:${port}/free/weather`;
+  const paid = `http://127.0.0.1:${port}/weather`;
+  const floods = [
+    ["no flood", null],
+    ["free-request flood", { ...SAT }],
+    ["bad-signature flood", { ...SAT, pay: 1000, keys, badSignature: true }],
+  ];
+  const runs = [];
+  for (const verifyThreads of [1, 0]) {
+    for (const [flood, options] of floods) {
+      const gateway = await startGatewayPinned({ verifyThreads });
+      try {
+        // Both start their clocks together; the flood's warm-up covers the probe's.
+        const floodRun = options ? loadgenAsync(options.badSignature ? paid : free, options) : Promise.resolve(null);
+        const [probeResult, floodResult] = await Promise.all([loadgenAsync(free, probe), floodRun]);
+        runs.push({ verifyThreads, flood, probe: probeResult, flooding: floodResult });
+        console.log(`flood: verify_threads ${verifyThreads}, ${flood}: free p50 ${probeResult.p50_us} µs, p99 ${probeResult.p99_us} µs${floodResult ? `; flood ${Math.round(floodResult.rps)} req/s` : ""}`);
+      } finally {
+        await gateway.stop();
+      }
+    }
+  }
+  return runs;
+}
+
 /** Bytes per held nonce in the replay store (the replay_memory bench, 1M entries; 100k quick). */
 function replayStoreBytesPerEntry() {
   const args = ["bench", "--locked", "-p", "x402-gateway-benches", "--bench", "replay_memory", "--", ...(QUICK ? ["--quick"] : [])];
@@ -301,7 +353,7 @@ function replayStoreBytesPerEntry() {
   return match ? { entries: Number(match[1]), bytes: Number(match[2]) } : null;
 }
 
-function render(rows, rate, replay) {
+function render(rows, rate, replay, flood) {
   const by = (name) => rows.find((r) => r.name === name);
   const direct = by("direct upstream");
   const nginx = by("nginx");
@@ -329,6 +381,19 @@ function render(rows, rate, replay) {
     const f = r.fixedResult;
     lines.push(`| ${r.name} | ${r.rate} | ${f.p50_us} | ${f.p90_us} | ${f.p99_us} | ${f.p999_us} | ${f.p50_us - direct.fixedResult.p50_us} | ${f.p99_us - direct.fixedResult.p99_us} | ${f.errors} / ${f.non2xx} |`);
   }
+  lines.push("");
+  lines.push(`## Floods: free requests at ${FLOOD_PROBE_RATE}/s on 8 connections while ${CONNECTIONS} others saturate the gateway`);
+  lines.push("");
+  lines.push("A bad-signature flood sends payments that pass every cheap check and fail only at signature recovery: they cost the sender nothing.");
+  lines.push("");
+  lines.push("| signature recovery | flood | free p50 | p90 | p99 | p99.9 | flood req/s | flood answers non-2xx |");
+  lines.push("|---|---|---|---|---|---|---|---|");
+  for (const f of flood) {
+    const where = f.verifyThreads ? `own thread (verify_threads: ${f.verifyThreads})` : "inline on the worker (verify_threads: 0)";
+    lines.push(`| ${where} | ${f.flood} | ${f.probe.p50_us} | ${f.probe.p90_us} | ${f.probe.p99_us} | ${f.probe.p999_us} | ${f.flooding ? Math.round(f.flooding.rps) : "—"} | ${f.flooding ? f.flooding.non2xx : "—"} |`);
+  }
+  const floodOf = (threads, name) => flood.find((f) => f.verifyThreads === threads && f.flood === name).probe;
+  const stall = (threads) => floodOf(threads, "bad-signature flood").p99_us / floodOf(threads, "free-request flood").p99_us;
   const paid = by(PAID);
   const normal = by(PAID_NORMAL);
   const instant = by(OFFICIAL_INSTANT);
@@ -351,6 +416,8 @@ function render(rows, rate, replay) {
       `${faster(base).toFixed(0)}×: ${base.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / base.saturation.rps).toFixed(0)}×`],
     [`for reference, not a target: against ${OFFICIAL_INSTANT} (a block mined at once, the official flow's best case)`, null,
       `${faster(instant).toFixed(0)}×: ${instant.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / instant.saturation.rps).toFixed(0)}×`],
+    ["signature recovery does not stall the event loop: under a bad-signature flood, free p99 ≤ 1.5× its p99 under a free-request flood", stall(1) <= 1.5,
+      `${stall(1).toFixed(2)}×: ${floodOf(1, "bad-signature flood").p99_us} µs against ${floodOf(1, "free-request flood").p99_us} µs; with recovery inline on the worker ${stall(0).toFixed(2)}×`],
     ["the official flow served every paid request (so its figures are of work done)", allServed(base) && allServed(instant),
       `${[instant, base].map((r) => `${r.saturation.non2xx + r.fixedResult.non2xx} non-2xx, ${r.saturation.errors + r.fixedResult.errors} errors`).join("; ")}`],
   ];

@@ -46,7 +46,7 @@ export async function startChainAndUpstream() {
 }
 
 /** A gateway config for tests: YAML text from the given ports and routes. */
-export function testConfig({ listenPort, adminPort, watchConfig = true, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {}, payments = {} }) {
+export function testConfig({ listenPort, adminPort, watchConfig = true, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {}, payments = {}, server = {} }) {
   const s = { max_wait_ms: 200, drain_timeout_seconds: 30, ...settlement };
   const settlementYaml = Object.entries(s).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`).join("\n");
   return `
@@ -55,7 +55,7 @@ server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 2
-admin:
+${Object.entries(server).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}\n`).join("")}admin:
   listen: ${adminPort ? `"127.0.0.1:${adminPort}"` : "null"}
   watch_config: ${watchConfig}
 networks:
@@ -108,11 +108,11 @@ export const ADMIN_TOKEN = "test-admin-token";
  * `admin: true` opens the admin listener (token `ADMIN_TOKEN`); the gateway then has
  * `admin(path, init)`, a fetch against it with the token.
  */
-export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls, admin = false, watchConfig = true, gatewayEnv = {}, payments }) {
+export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls, admin = false, watchConfig = true, gatewayEnv = {}, payments, server }) {
   const listenPort = await freePort();
   const adminPort = admin ? await freePort() : undefined;
   const yaml = testConfig({
-    listenPort, adminPort, watchConfig, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes, payments,
+    listenPort, adminPort, watchConfig, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes, payments, server,
   }) + extraYaml;
   const gateway = await startGateway(yaml, { listenPort, env: { X402_ADMIN_TOKEN: ADMIN_TOKEN, ...gatewayEnv } });
   if (adminPort) {

@@ -145,6 +145,39 @@ impl VerifyError {
     }
 }
 
+/// A payment whose cheap checks all passed (version, offer, recipient, amount, time window,
+/// signature form): only signature recovery is left, the one CPU-heavy step (~40 µs), so the
+/// caller can run it off its event loop. See [`CheckedPayment::recover_signer`].
+#[derive(Debug, Clone)]
+pub struct CheckedPayment {
+    pub payload: ExactEvmPayload,
+    pub authorization: Authorization,
+    pub signature: Signature,
+    /// `(requirement index, EIP-712 digest)` of each offer the payment may pay, in offer
+    /// order; v2 names exactly one, a v1 payload may fit several on its network.
+    candidates: Vec<(usize, B256)>,
+}
+
+impl CheckedPayment {
+    /// Recovers the signer and checks it is the authorization's `from`: the first candidate
+    /// offer whose digest it signed is the one it pays.
+    pub fn recover_signer(self) -> Result<VerifiedPayment, VerifyError> {
+        let mut first_error = None;
+        for &(requirement_index, digest) in &self.candidates {
+            match recover_matching(&self.signature, &digest, self.authorization.from) {
+                Ok(()) => {
+                    let Self { payload, authorization, signature, .. } = self;
+                    return Ok(VerifiedPayment { payload, authorization, signature, requirement_index });
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(VerifyError::RequirementsMismatch))
+    }
+}
+
 /// Verifies a v2 `PAYMENT-SIGNATURE` payload against the requirements a route offers.
 pub fn verify_v2(
     payment: &v2::PaymentPayload,
@@ -152,6 +185,16 @@ pub fn verify_v2(
     policy: &VerifyPolicy,
     now: u64,
 ) -> Result<VerifiedPayment, VerifyError> {
+    check_v2(payment, offers, policy, now)?.recover_signer()
+}
+
+/// Every check of [`verify_v2`] but the signature's recovery.
+pub fn check_v2(
+    payment: &v2::PaymentPayload,
+    offers: &[ExactEvmRequirement],
+    policy: &VerifyPolicy,
+    now: u64,
+) -> Result<CheckedPayment, VerifyError> {
     check_version(&payment.x402_version, v2::X402_VERSION)?;
     let scheme = payment.accepted.get("scheme").and_then(|s| s.as_str()).unwrap_or_default();
     if scheme != SCHEME_EXACT {
@@ -165,8 +208,8 @@ pub fn verify_v2(
         return Err(VerifyError::RequirementsMismatch);
     };
     let payload = parse_payload(&payment.payload)?;
-    let (authorization, signature) = verify_exact_evm(&payload, &offers[index], policy, now)?;
-    Ok(VerifiedPayment { payload, authorization, signature, requirement_index: index })
+    let (authorization, signature, digest) = check_exact_evm(&payload, &offers[index], policy, now)?;
+    Ok(CheckedPayment { payload, authorization, signature, candidates: vec![(index, digest)] })
 }
 
 /// Verifies a v1 `X-PAYMENT` payload. v1 payloads name only scheme and network, so each
@@ -177,26 +220,42 @@ pub fn verify_v1(
     policy: &VerifyPolicy,
     now: u64,
 ) -> Result<VerifiedPayment, VerifyError> {
+    check_v1(payment, offers, policy, now)?.recover_signer()
+}
+
+/// Every check of [`verify_v1`] but the signature's recovery.
+pub fn check_v1(
+    payment: &v1::PaymentPayload,
+    offers: &[ExactEvmRequirement],
+    policy: &VerifyPolicy,
+    now: u64,
+) -> Result<CheckedPayment, VerifyError> {
     check_version(&payment.x402_version, v1::X402_VERSION)?;
     if payment.scheme != SCHEME_EXACT {
         return Err(VerifyError::Scheme(payment.scheme.clone()));
     }
     let payload = parse_payload(&payment.payload)?;
     let mut first_error = None;
+    let mut checked: Option<(Authorization, Signature)> = None;
+    let mut candidates = Vec::new();
     for (index, offer) in offers.iter().enumerate() {
         if offer.v1_network != Some(payment.network.as_str()) {
             continue;
         }
-        match verify_exact_evm(&payload, offer, policy, now) {
-            Ok((authorization, signature)) => {
-                return Ok(VerifiedPayment { payload, authorization, signature, requirement_index: index })
+        match check_exact_evm(&payload, offer, policy, now) {
+            Ok((authorization, signature, digest)) => {
+                checked = Some((authorization, signature));
+                candidates.push((index, digest));
             }
             Err(error) => {
                 first_error.get_or_insert(error);
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| VerifyError::Network(payment.network.clone())))
+    match checked {
+        Some((authorization, signature)) => Ok(CheckedPayment { payload, authorization, signature, candidates }),
+        None => Err(first_error.unwrap_or_else(|| VerifyError::Network(payment.network.clone()))),
+    }
 }
 
 /// Checks one EIP-3009 payload against one requirement.
@@ -206,6 +265,18 @@ pub fn verify_exact_evm(
     policy: &VerifyPolicy,
     now: u64,
 ) -> Result<(Authorization, Signature), VerifyError> {
+    let (authorization, signature, digest) = check_exact_evm(payload, requirement, policy, now)?;
+    recover_matching(&signature, &digest, authorization.from)?;
+    Ok((authorization, signature))
+}
+
+/// Every check of [`verify_exact_evm`] but the recovery; returns the digest to recover from.
+fn check_exact_evm(
+    payload: &ExactEvmPayload,
+    requirement: &ExactEvmRequirement,
+    policy: &VerifyPolicy,
+    now: u64,
+) -> Result<(Authorization, Signature, B256), VerifyError> {
     let authorization = parse_authorization(&payload.authorization)?;
     if authorization.to != requirement.pay_to {
         return Err(VerifyError::Recipient { got: authorization.to, want: requirement.pay_to });
@@ -215,14 +286,17 @@ pub fn verify_exact_evm(
     }
     check_time_window(&authorization, requirement, policy, now)?;
     let signature = parse_signature(&payload.signature)?;
-    let digest = requirement.domain.signing_hash(&authorization.message());
-    let recovered = signature
-        .recover_address_from_prehash(&digest)
-        .map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
-    if recovered != authorization.from {
-        return Err(VerifyError::SignatureMismatch { recovered, from: authorization.from });
+    Ok((authorization, signature, requirement.domain.signing_hash(&authorization.message())))
+}
+
+/// Recovery through libsecp256k1 must give `from`.
+fn recover_matching(signature: &Signature, digest: &B256, from: Address) -> Result<(), VerifyError> {
+    let recovered =
+        signature.recover_address_from_prehash(digest).map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
+    if recovered != from {
+        return Err(VerifyError::SignatureMismatch { recovered, from });
     }
-    Ok((authorization, signature))
+    Ok(())
 }
 
 fn check_version(version: &serde_json::Value, expected: u8) -> Result<(), VerifyError> {

@@ -25,3 +25,4 @@ pub mod receipts;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod verifier;

@@ -86,9 +86,8 @@ pub struct PaymentGuards<'a> {
     pub balances: Option<&'a Arc<BalanceCache>>,
 }
 
-/// Decodes, verifies, reserves a payment for a priced route and counts it as unsettled.
-/// Nothing here touches the network; the reservation and the exposure are the only side
-/// effects, and [`release_payment`] undoes both if the response is not billable.
+/// Decodes, verifies, reserves a payment for a priced route and counts it as unsettled, all
+/// on the caller's thread: [`check_payment`], [`PaymentCheck::recover_signer`], [`hold_payment`].
 pub fn accept_payment(
     header: PaymentHeader<'_>,
     route: &Route,
@@ -97,14 +96,73 @@ pub fn accept_payment(
     guards: &PaymentGuards<'_>,
     now: u64,
 ) -> Result<AcceptedPayment, PaymentRejection> {
+    let signed = check_payment(header, route, policy, max_header_bytes, now)?.recover_signer()?;
+    hold_payment(signed, route, guards, now)
+}
+
+/// A payment that passed every check but its signature's recovery. It owns what it holds,
+/// so recovery can run on another thread.
+#[derive(Debug)]
+pub struct PaymentCheck {
+    version: u8,
+    checked: x402_evm::CheckedPayment,
+    /// Which of the route's prices it pays: `None` the current one, `Some(i)` `route.honoured[i]`.
+    honoured: Option<usize>,
+}
+
+/// A payment whose signature recovers to its payer; not yet reserved.
+#[derive(Debug)]
+pub struct SignedPayment {
+    version: u8,
+    verified: VerifiedPayment,
+    honoured: Option<usize>,
+}
+
+/// Decodes the header and runs every cheap check against the route's offers (or an earlier
+/// quote it still honours). Costs a few microseconds and needs no lock.
+pub fn check_payment(
+    header: PaymentHeader<'_>,
+    route: &Route,
+    policy: &VerifyPolicy,
+    max_header_bytes: usize,
+    now: u64,
+) -> Result<PaymentCheck, PaymentRejection> {
     let Some(pricing) = route.pricing.as_ref() else { return Err(VerifyError::RequirementsMismatch.into()) };
     let payment = DecodedPayment::decode(header, max_header_bytes)?;
-    let (verified, pricing) = match payment.verify(pricing, policy, now) {
-        Ok(verified) => (verified, pricing),
-        Err(error) if error.is_offer_mismatch() => payment.verify_honoured(route, policy, now).ok_or(error)?,
+    let version = payment.version();
+    let (checked, honoured) = match payment.check(pricing, policy, now) {
+        Ok(checked) => (checked, None),
+        Err(error) if error.is_offer_mismatch() => payment.check_honoured(route, policy, now).ok_or(error)?,
         Err(error) => return Err(error.into()),
     };
-    let version = payment.version();
+    Ok(PaymentCheck { version, checked, honoured })
+}
+
+impl PaymentCheck {
+    /// The CPU-heavy step: secp256k1 recovery must give the authorization's `from`.
+    pub fn recover_signer(self) -> Result<SignedPayment, PaymentRejection> {
+        let verified = self.checked.recover_signer()?;
+        Ok(SignedPayment { version: self.version, verified, honoured: self.honoured })
+    }
+}
+
+/// Reserves a signed payment's nonce and counts it as unsettled, after the balance check
+/// when the operator asks for one. Nothing here touches the network; the reservation and
+/// the exposure are the only side effects, and [`release_payment`] undoes both if the
+/// response is not billable.
+pub fn hold_payment(
+    signed: SignedPayment,
+    route: &Route,
+    guards: &PaymentGuards<'_>,
+    now: u64,
+) -> Result<AcceptedPayment, PaymentRejection> {
+    let pricing = match signed.honoured {
+        None => route.pricing.as_ref(),
+        Some(index) => route.honoured.get(index).map(|h| &h.pricing),
+    };
+    let (Some(pricing), SignedPayment { version, verified, .. }) = (pricing, signed) else {
+        return Err(VerifyError::RequirementsMismatch.into());
+    };
     let route = route.name.as_str();
     let requirement = &pricing.requirements[verified.requirement_index];
     let authorization = verified.authorization;
@@ -171,16 +229,21 @@ impl DecodedPayment {
         }
     }
 
-    fn verify(&self, pricing: &Pricing, policy: &VerifyPolicy, now: u64) -> Result<VerifiedPayment, VerifyError> {
+    fn check(&self, pricing: &Pricing, policy: &VerifyPolicy, now: u64) -> Result<x402_evm::CheckedPayment, VerifyError> {
         match self {
-            Self::V2(payment) => x402_evm::verify_v2(payment, &pricing.requirements, policy, now),
-            Self::V1(payment) => x402_evm::verify_v1(payment, &pricing.requirements, policy, now),
+            Self::V2(payment) => x402_evm::check_v2(payment, &pricing.requirements, policy, now),
+            Self::V1(payment) => x402_evm::check_v1(payment, &pricing.requirements, policy, now),
         }
     }
 
-    /// The first earlier quote of `route`, still honoured, that this payment matches.
-    fn verify_honoured<'r>(&self, route: &'r Route, policy: &VerifyPolicy, now: u64) -> Option<(VerifiedPayment, &'r Pricing)> {
-        route.honoured.iter().filter(|h| h.until > now).find_map(|h| Some((self.verify(&h.pricing, policy, now).ok()?, &h.pricing)))
+    /// The first earlier quote of `route`, still honoured, that this payment fits.
+    fn check_honoured(&self, route: &Route, policy: &VerifyPolicy, now: u64) -> Option<(x402_evm::CheckedPayment, Option<usize>)> {
+        route
+            .honoured
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.until > now)
+            .find_map(|(index, h)| Some((self.check(&h.pricing, policy, now).ok()?, Some(index))))
     }
 }
 

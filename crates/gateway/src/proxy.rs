@@ -3,7 +3,7 @@
 //! | phase | job |
 //! |---|---|
 //! | `new_ctx` | an empty [`RequestContext`] |
-//! | `request_filter` | match the route; free → pass; no payment → 402; payment → verify + reserve, or answer the failure; `settle: before` → journal and settle on-chain first |
+//! | `request_filter` | match the route; free → pass; no payment → 402; payment → cheap checks here, signature recovery on the verifier threads (503 when they are saturated), reserve; or answer the failure; `settle: before` → journal and settle on-chain first |
 //! | `upstream_peer` | the route's upstream, round robin |
 //! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For`, `Via` and `X-Request-Id` |
 //! | `response_filter` | billable status → journal the payment durably, then add the receipt; otherwise it is released later |
@@ -42,6 +42,7 @@ pub struct PaywallProxy {
     pub settle_before_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
+    pub verifier: crate::verifier::SignatureVerifier,
 }
 
 /// What one request carries from phase to phase.
@@ -63,6 +64,18 @@ pub struct RequestContext {
     /// What happened to the request's payment, for the access log.
     outcome: PaymentOutcome,
     upstream_sent: Option<Instant>,
+}
+
+/// What [`PaywallProxy::admit`] decided.
+// Built and moved once per request; boxing the payment would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Admission {
+    /// Answered here, with no upstream call.
+    Answer(LocalResponse),
+    /// Free route or unmatched-path forward: on to the upstream.
+    Forward,
+    /// A payment passed its cheap checks; its signature is next.
+    Recover { check: payment::PaymentCheck, started: Instant },
 }
 
 /// What became of a request's payment: the access log's `payment` field.
@@ -98,46 +111,63 @@ impl PaywallProxy {
         Some((route, route.pricing.as_ref()?))
     }
 
-    /// Decides what happens to the request: `Some(response)` answers it here.
-    fn admit(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
+    /// Decides what happens to the request, from what costs nothing to decide.
+    fn admit(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Admission {
         let path = req.uri.path();
         if path.starts_with(payment::RECEIPTS_PATH) && req.method == http::Method::GET {
-            return Some(self.receipt_lookup(path));
+            return Admission::Answer(self.receipt_lookup(path));
         }
         if is_ambiguous_path(path) {
             let body = serde_json::json!({"error": "ambiguous_path", "message": "paths with dot segments, empty segments or encoded slashes/dots are refused"});
-            return Some(challenge::json_response(400, &body));
+            return Admission::Answer(challenge::json_response(400, &body));
         }
         let host = request_host(req);
         let Some(index) = config.match_route(&req.method, host, path) else {
             return match config.unmatched {
                 Unmatched::Forward { upstream } => {
                     ctx.upstream = Some(upstream);
-                    None
+                    Admission::Forward
                 }
-                Unmatched::NotFound => Some(challenge::json_response(404, &serde_json::json!({"error": "not_found", "message": "no route matches this request"}))),
+                Unmatched::NotFound => Admission::Answer(challenge::json_response(404, &serde_json::json!({"error": "not_found", "message": "no route matches this request"}))),
             };
         };
         let route = &config.routes[index];
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
-        let pricing = route.pricing.as_ref()?;
+        let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
         let resource_url = resource_url(req, host);
         let Some(header) = payment::find_payment_header(&req.headers) else {
             let browser = challenge::is_browser(header_str(req, "accept"), header_str(req, "user-agent"));
             ctx.outcome = PaymentOutcome::Challenged;
             self.metrics.challenges.with_label_values(&[route.name.as_str()]).inc();
-            return Some(challenge::payment_required(route, pricing, &resource_url, None, browser));
+            return Admission::Answer(challenge::payment_required(route, pricing, &resource_url, None, browser));
         };
-        let now = x402_store::unix_now();
-        let max_bytes = config.server.max_payment_header_bytes;
-        let timer = self.metrics.verify_seconds.start_timer();
-        let accepted = payment::accept_payment(header, route, &config.verify_policy, max_bytes, &self.guards(), now);
-        timer.observe_duration();
-        if let Err(rejection) = &accepted {
-            self.count_rejection(&route.name, rejection);
-            ctx.outcome = PaymentOutcome::Refused(rejection.reason());
+        let started = Instant::now();
+        let checked = payment::check_payment(header, route, &config.verify_policy, config.server.max_payment_header_bytes, x402_store::unix_now());
+        match checked {
+            Ok(check) => Admission::Recover { check, started },
+            Err(rejection) => {
+                self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+                Admission::Answer(self.refuse(route, pricing, &resource_url, rejection, ctx))
+            }
         }
+    }
+
+    /// Recovers the signer of a payment that passed its cheap checks, off the worker thread,
+    /// and reserves it. `Some(response)` answers the request here.
+    async fn verify_signature(&self, config: &Config, req: &RequestHeader, check: payment::PaymentCheck, started: Instant, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let (route, pricing) = Self::route(config, ctx)?;
+        let signed = match self.verifier.recover_signer(check).await {
+            Ok(signed) => signed,
+            Err(busy) => {
+                self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), x402::ReasonCode::UnexpectedVerifyError.as_str()]).inc();
+                ctx.outcome = PaymentOutcome::Refused(x402::ReasonCode::UnexpectedVerifyError);
+                tracing::warn!(route = %route.name, error = %busy, "payment verification at capacity");
+                return Some(verifier_busy(&busy));
+            }
+        };
+        let accepted = signed.and_then(|signed| payment::hold_payment(signed, route, &self.guards(), x402_store::unix_now()));
+        self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
         match accepted {
             Ok(accepted) => {
                 self.metrics.payments_verified.with_label_values(&[route.name.as_str()]).inc();
@@ -145,17 +175,23 @@ impl PaywallProxy {
                 ctx.payment = Some(accepted);
                 None
             }
-            Err(PaymentRejection::Malformed(error)) => {
-                tracing::info!(route = %route.name, %error, "malformed payment header");
-                Some(challenge::malformed_payment(&error.to_string()))
-            }
-            Err(rejection) => {
-                tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
-                let message = rejection.to_string();
-                let refusal = Refusal { reason: rejection.reason(), message: &message };
-                Some(challenge::payment_required(route, pricing, &resource_url, Some(refusal), false))
-            }
+            Err(rejection) => Some(self.refuse(route, pricing, &resource_url(req, request_host(req)), rejection, ctx)),
         }
+    }
+
+    /// The answer to a refused payment: 400 for a header that cannot be read, otherwise 402
+    /// with a fresh challenge naming the reason.
+    fn refuse(&self, route: &Route, pricing: &Pricing, resource_url: &str, rejection: PaymentRejection, ctx: &mut RequestContext) -> LocalResponse {
+        self.count_rejection(&route.name, &rejection);
+        ctx.outcome = PaymentOutcome::Refused(rejection.reason());
+        if let PaymentRejection::Malformed(error) = &rejection {
+            tracing::info!(route = %route.name, %error, "malformed payment header");
+            return challenge::malformed_payment(&error.to_string());
+        }
+        tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
+        let message = rejection.to_string();
+        let refusal = Refusal { reason: rejection.reason(), message: &message };
+        challenge::payment_required(route, pricing, resource_url, Some(refusal), false)
     }
 
     fn count_rejection(&self, route: &str, rejection: &PaymentRejection) {
@@ -289,7 +325,11 @@ impl ProxyHttp for PaywallProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
         ctx.request_id = self.request_ids.from_request(session.req_header());
         let config = self.config.load_full();
-        let mut answer = self.admit(&config, session.req_header(), ctx);
+        let mut answer = match self.admit(&config, session.req_header(), ctx) {
+            Admission::Answer(response) => Some(response),
+            Admission::Forward => None,
+            Admission::Recover { check, started } => self.verify_signature(&config, session.req_header(), check, started, ctx).await,
+        };
         ctx.config = Some(config.clone());
         if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {
             answer = self.settle_before(&config, session.req_header(), ctx).await;
@@ -473,6 +513,15 @@ fn is_usable_request_id(id: &str) -> bool {
 fn error_response(e: &Error) -> LocalResponse {
     let (status, reason, message) = failure_answer(e);
     challenge::json_response(status, &serde_json::json!({"error": reason, "message": message}))
+}
+
+/// 503 for a payment the verifier threads had no room for. The payment was not reserved,
+/// so the client may send the same one again.
+fn verifier_busy(busy: &crate::verifier::VerifierBusy) -> LocalResponse {
+    let body = serde_json::json!({"x402Version": x402::v2::X402_VERSION, "error": x402::ReasonCode::UnexpectedVerifyError.as_str(), "message": busy.to_string()});
+    let mut response = challenge::json_response(503, &body);
+    response.headers.push(("Retry-After", "1".into()));
+    response
 }
 
 /// Status, reason code and message for a request that failed on its way through.

@@ -168,6 +168,8 @@ fn keep_running_values(old: &Config, next: &mut Config) -> Vec<String> {
     let (o, n) = (&old.server, &next.server);
     keep("server.listen", o.listen != n.listen);
     keep("server.threads", o.threads != n.threads);
+    keep("server.verify_threads", o.verify_threads != n.verify_threads);
+    keep("server.verify_queue", o.verify_queue != n.verify_queue);
     keep("server.grace_period_seconds", o.grace_period_seconds != n.grace_period_seconds);
     keep("server.graceful_shutdown_timeout_seconds", o.graceful_shutdown_timeout_seconds != n.graceful_shutdown_timeout_seconds);
     keep("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock);

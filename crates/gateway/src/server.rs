@@ -19,6 +19,7 @@ use crate::config::{parse_config, Config};
 use crate::metrics::Metrics;
 use crate::proxy::{PaywallProxy, RequestIds};
 use crate::reload::Reloader;
+use crate::verifier::SignatureVerifier;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -86,6 +87,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let opt = Opt { upgrade: options.upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(Some(opt), pingora_conf(&config));
     let (listen, admin_settings) = (config.server.listen, config.admin.clone());
+    let (verify_threads, verify_queue) = (config.server.verify_threads, config.server.verify_queue);
     server.bootstrap();
     let live = Arc::new(ArcSwap::from_pointee(config));
     let reloader = Arc::new(Reloader::new(config_path, &text, live.clone(), exposure.clone(), metrics.clone()));
@@ -101,6 +103,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         settle_before_timeout,
         metrics: metrics.clone(),
         request_ids: RequestIds::new(),
+        verifier: SignatureVerifier::start(verify_threads, verify_queue).context("starting the signature verifier threads")?,
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());

@@ -42,6 +42,9 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub max_payment_header_bytes: usize,
+    /// 0: recover signatures on the workers.
+    pub verify_threads: usize,
+    pub verify_queue: usize,
     pub upgrade_sock: PathBuf,
 }
 

@@ -134,6 +134,10 @@ pub struct RawServer {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub max_payment_header_bytes: usize,
+    /// Threads that recover payment signatures off the workers; 0 recovers on the workers.
+    pub verify_threads: Option<usize>,
+    /// Payments that may wait for a verifier thread before one is answered 503.
+    pub verify_queue: usize,
     /// Where a new process takes over the listening sockets during a graceful upgrade;
     /// relative to the config file's folder.
     pub upgrade_sock: PathBuf,
@@ -147,6 +151,8 @@ impl Default for RawServer {
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             max_payment_header_bytes: x402::MAX_PAYMENT_HEADER_BYTES,
+            verify_threads: None,
+            verify_queue: 256,
             upgrade_sock: PathBuf::from("x402-gateway.upgrade.sock"),
         }
     }
