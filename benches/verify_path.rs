@@ -129,9 +129,8 @@ fn verify_path(c: &mut Criterion) {
     group.finish();
 }
 
-/// The 402 a request without payment gets: its header bytes are precomputed at config load,
-/// so rendering is a copy of them plus the resource URL.
-fn challenge(c: &mut Criterion) {
+/// One paid route whose offer is the fixture's requirement.
+fn bench_config() -> x402_gateway::config::Config {
     let yaml = r#"
 networks: { base-sepolia: { rpc_url: "http://127.0.0.1:8545" } }
 payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
@@ -139,7 +138,36 @@ upstreams: { sample: { addresses: ["127.0.0.1:8080"] } }
 routes:
   - { name: weather, methods: [GET], path: /weather, upstream: sample, price: "$0.001", description: Current weather }
 "#;
-    let config = x402_gateway::config::parse_config(yaml, std::path::Path::new("bench.yaml")).expect("valid config");
+    x402_gateway::config::parse_config(yaml, std::path::Path::new("bench.yaml")).expect("valid config")
+}
+
+/// What moving signature recovery off the worker costs a payment: the gateway's cheap checks
+/// and recovery, inline and through a verify thread (queue, wake-up, reply).
+fn verifier_hop(c: &mut Criterion) {
+    use x402_gateway::payment::{check_payment, PaymentHeader};
+    use x402_gateway::verifier::SignatureVerifier;
+    let fixture = Fixture::new();
+    let header = fixture.header(1);
+    let config = bench_config();
+    let route = &config.routes[0];
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let mut group = c.benchmark_group("verifier");
+    for (name, threads) in [("check + recover, inline (verify_threads: 0)", 0), ("check + recover on a verify thread", 1)] {
+        let verifier = SignatureVerifier::start(threads, 256).expect("verifier");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let check = check_payment(PaymentHeader::V2(header.as_bytes()), route, &config.verify_policy, 8192, fixture.now).expect("checks pass");
+                runtime.block_on(verifier.recover_signer(check)).expect("room").expect("valid")
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The 402 a request without payment gets: its header bytes are precomputed at config load,
+/// so rendering is a copy of them plus the resource URL.
+fn challenge(c: &mut Criterion) {
+    let config = bench_config();
     let route = &config.routes[0];
     let pricing = route.pricing.as_ref().expect("priced");
     c.bench_function("render_402 (v2 header + v1 body)", |b| {
@@ -148,5 +176,5 @@ routes:
     c.bench_function("match_route", |b| b.iter(|| config.match_route(&http::Method::GET, Some("127.0.0.1:8402"), black_box("/weather"))));
 }
 
-criterion_group!(benches, verify_path, challenge);
+criterion_group!(benches, verify_path, verifier_hop, challenge);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! Bare Pingora: the smallest pass-through proxy on the same Pingora version as the
 //! gateway, so the harness can tell Pingora's own cost from the gateway's.
 //! `x402-bench-bare-proxy --listen 127.0.0.1:18081 --upstream 127.0.0.1:18080 --threads 1`
+//! It uses the gateway's allocator, so the two differ only in the gateway's own work.
 
 use async_trait::async_trait;
 use clap::Parser;
@@ -8,6 +9,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 struct Args {

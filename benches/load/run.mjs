@@ -300,7 +300,7 @@ async function main() {
     console.log("\n" + report);
     if (!QUICK) {
       mkdirSync(join(ROOT, "benches/results"), { recursive: true });
-      const file = join(ROOT, "benches/results", `${new Date().toISOString().slice(0, 10)}.md`);
+      const file = resultFile(new Date().toISOString().slice(0, 10));
       writeFileSync(file, report);
       console.log(`written to ${file}`);
     }
@@ -342,6 +342,15 @@ async function floodRuns(startGatewayPinned, port, keys) {
     }
   }
   return runs;
+}
+
+/** `benches/results/<date>.md`, or `<date>-2.md` and on when a run of that day is there already. */
+function resultFile(date) {
+  const taken = new Set(readdirSync(join(ROOT, "benches/results")));
+  for (let n = 1; ; n++) {
+    const name = n === 1 ? `${date}.md` : `${date}-${n}.md`;
+    if (!taken.has(name)) return join(ROOT, "benches/results", name);
+  }
 }
 
 /** Bytes per held nonce in the replay store (the replay_memory bench, 1M entries; 100k quick). */

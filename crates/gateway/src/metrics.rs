@@ -58,7 +58,7 @@ impl Metrics {
             last_reload_success: IntGauge::new("x402_config_last_reload_success_timestamp_seconds", "When the serving config was loaded")?,
             config_info: IntGaugeVec::new(Opts::new("x402_config_info", "The serving config's hash (value 1)"), &["hash"])?,
             verify_seconds: Histogram::with_opts(
-                HistogramOpts::new("x402_payment_verify_seconds", "Time to decode, verify and reserve a payment")
+                HistogramOpts::new("x402_payment_verify_seconds", "Time to decode, verify and reserve a payment, waiting for a verify thread included")
                     .buckets(vec![0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
             )?,
         };

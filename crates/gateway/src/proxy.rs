@@ -156,7 +156,10 @@ impl PaywallProxy {
     /// Recovers the signer of a payment that passed its cheap checks, off the worker thread,
     /// and reserves it. `Some(response)` answers the request here.
     async fn verify_signature(&self, config: &Config, req: &RequestHeader, check: payment::PaymentCheck, started: Instant, ctx: &mut RequestContext) -> Option<LocalResponse> {
-        let (route, pricing) = Self::route(config, ctx)?;
+        let Some((route, pricing)) = Self::route(config, ctx) else {
+            // `admit` only asks for recovery on a priced route; never forward unpaid if not.
+            return Some(error_response(&Error::explain(ErrorType::InternalError, "no priced route for a payment")));
+        };
         let signed = match self.verifier.recover_signer(check).await {
             Ok(signed) => signed,
             Err(busy) => {
