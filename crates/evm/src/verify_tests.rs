@@ -248,3 +248,34 @@ fn a_payment_signed_by_viem_verifies() {
     let verified = verify_v2(&payment, &[requirement], &VerifyPolicy::default(), 1_800_000_000).unwrap();
     assert_eq!(verified.authorization.from, payer().address());
 }
+
+#[test]
+fn the_cheap_checks_leave_a_forged_signature_to_recovery() {
+    let forger: PrivateKeySigner = PrivateKeySigner::random();
+    let raw = authorization(&payer());
+    let forged = ExactEvmPayload { signature: sign_with(&forger, &requirement().domain, &raw), authorization: raw };
+    let checked = check_v2(&v2_payment(&forged), &[requirement()], &VerifyPolicy::default(), NOW).unwrap();
+    let err = checked.recover_signer().unwrap_err();
+    assert!(matches!(err, VerifyError::SignatureMismatch { recovered, from } if recovered == forger.address() && from == payer().address()));
+    // A mismatch the cheap checks can see never reaches recovery.
+    let mut late = authorization(&payer());
+    late.valid_before = (NOW + 5).to_string();
+    assert!(matches!(check_v2(&v2_payment(&signed(late)), &[requirement()], &VerifyPolicy::default(), NOW), Err(VerifyError::ExpiresTooSoon { .. })));
+}
+
+#[test]
+fn v1_recovery_picks_the_offer_whose_domain_was_signed() {
+    let other_token = address!("1111111111111111111111111111111111111111");
+    let mut second = requirement();
+    second.domain = TokenDomain::new("USDC", "2", 84532, other_token);
+    let raw = authorization(&payer());
+    let payload = ExactEvmPayload { signature: sign_with(&payer(), &second.domain, &raw), authorization: raw };
+    let payment = v1::PaymentPayload {
+        x402_version: json!(1),
+        scheme: "exact".into(),
+        network: "base-sepolia".into(),
+        payload: serde_json::to_value(&payload).unwrap(),
+    };
+    let verified = verify_v1(&payment, &[requirement(), second], &VerifyPolicy::default(), NOW).unwrap();
+    assert_eq!(verified.requirement_index, 1);
+}

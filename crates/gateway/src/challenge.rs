@@ -103,6 +103,15 @@ pub fn malformed_payment(message: &str) -> LocalResponse {
     json_response(400, &body)
 }
 
+/// 503 for a payment the verify threads had no room for. It was not reserved, so the client
+/// may send the same one again.
+pub fn verification_at_capacity(message: &str) -> LocalResponse {
+    let body = serde_json::json!({ "x402Version": v2::X402_VERSION, "error": ReasonCode::UnexpectedVerifyError.as_str(), "message": message });
+    let mut response = json_response(503, &body);
+    response.headers.push(("Retry-After", "1".into()));
+    response
+}
+
 /// A small JSON answer (404 for unmatched paths, 400 for ambiguous ones).
 pub fn json_response(status: u16, body: &serde_json::Value) -> LocalResponse {
     LocalResponse {

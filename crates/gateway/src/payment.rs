@@ -59,6 +59,9 @@ pub enum PaymentRejection {
     /// The payer's balance, less what it owes unsettled, cannot cover this payment: 402.
     #[error("the payer's token balance ({balance_usd_micros} micro-USD) does not cover {owed_usd_micros} micro-USD unsettled plus this payment")]
     InsufficientBalance { balance_usd_micros: u64, owed_usd_micros: u64 },
+    /// Every verify thread is busy and the queue is full: 503, the payment is not used up.
+    #[error("payment verification is at capacity ({queue_depth} payments already waiting); retry the same payment shortly")]
+    AtCapacity { queue_depth: usize },
 }
 
 impl PaymentRejection {
@@ -67,6 +70,7 @@ impl PaymentRejection {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+            Self::AtCapacity { .. } => x402::ReasonCode::UnexpectedVerifyError,
             Self::InsufficientBalance { .. } => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
             Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
                 x402::ReasonCode::InvalidExactEvmInsufficientBalance

@@ -160,15 +160,7 @@ impl PaywallProxy {
             // `admit` only asks for recovery on a priced route; never forward unpaid if not.
             return Some(error_response(&Error::explain(ErrorType::InternalError, "no priced route for a payment")));
         };
-        let signed = match self.verifier.recover_signer(check).await {
-            Ok(signed) => signed,
-            Err(busy) => {
-                self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), x402::ReasonCode::UnexpectedVerifyError.as_str()]).inc();
-                ctx.outcome = PaymentOutcome::Refused(x402::ReasonCode::UnexpectedVerifyError);
-                tracing::warn!(route = %route.name, error = %busy, "payment verification at capacity");
-                return Some(verifier_busy(&busy));
-            }
-        };
+        let signed = self.verifier.recover_signer(check).await;
         let accepted = signed.and_then(|signed| payment::hold_payment(signed, route, &self.guards(), x402_store::unix_now()));
         self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
         match accepted {
@@ -182,14 +174,21 @@ impl PaywallProxy {
         }
     }
 
-    /// The answer to a refused payment: 400 for a header that cannot be read, otherwise 402
-    /// with a fresh challenge naming the reason.
+    /// The answer to a refused payment: 400 for a header that cannot be read, 503 when the
+    /// verify threads had no room, otherwise 402 with a fresh challenge naming the reason.
     fn refuse(&self, route: &Route, pricing: &Pricing, resource_url: &str, rejection: PaymentRejection, ctx: &mut RequestContext) -> LocalResponse {
         self.count_rejection(&route.name, &rejection);
         ctx.outcome = PaymentOutcome::Refused(rejection.reason());
-        if let PaymentRejection::Malformed(error) = &rejection {
-            tracing::info!(route = %route.name, %error, "malformed payment header");
-            return challenge::malformed_payment(&error.to_string());
+        match &rejection {
+            PaymentRejection::Malformed(error) => {
+                tracing::info!(route = %route.name, %error, "malformed payment header");
+                return challenge::malformed_payment(&error.to_string());
+            }
+            PaymentRejection::AtCapacity { .. } => {
+                tracing::info!(route = %route.name, error = %rejection, "payment verification at capacity");
+                return challenge::verification_at_capacity(&rejection.to_string());
+            }
+            _ => {}
         }
         tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
         let message = rejection.to_string();
@@ -516,15 +515,6 @@ fn is_usable_request_id(id: &str) -> bool {
 fn error_response(e: &Error) -> LocalResponse {
     let (status, reason, message) = failure_answer(e);
     challenge::json_response(status, &serde_json::json!({"error": reason, "message": message}))
-}
-
-/// 503 for a payment the verifier threads had no room for. The payment was not reserved,
-/// so the client may send the same one again.
-fn verifier_busy(busy: &crate::verifier::VerifierBusy) -> LocalResponse {
-    let body = serde_json::json!({"x402Version": x402::v2::X402_VERSION, "error": x402::ReasonCode::UnexpectedVerifyError.as_str(), "message": busy.to_string()});
-    let mut response = challenge::json_response(503, &body);
-    response.headers.push(("Retry-After", "1".into()));
-    response
 }
 
 /// Status, reason code and message for a request that failed on its way through.

@@ -20,13 +20,6 @@ pub struct SignatureVerifier {
     queue_depth: usize,
 }
 
-/// Every recovery thread is busy and the queue is full: try again shortly.
-#[derive(Debug, thiserror::Error)]
-#[error("payment verification is at capacity ({queue_depth} payments already waiting); retry the same payment shortly")]
-pub struct VerifierBusy {
-    pub queue_depth: usize,
-}
-
 impl SignatureVerifier {
     /// `threads == 0` recovers inline on the calling thread; otherwise `threads` threads
     /// share a queue of `queue_depth` waiting payments.
@@ -43,22 +36,22 @@ impl SignatureVerifier {
         Ok(Self { queue: Some(queue), queue_depth })
     }
 
-    /// Recovers the payment's signer; `Err(VerifierBusy)` when the queue is full.
-    pub async fn recover_signer(&self, check: PaymentCheck) -> Result<Result<SignedPayment, PaymentRejection>, VerifierBusy> {
-        let Some(queue) = &self.queue else { return Ok(check.recover_signer()) };
+    /// Recovers the payment's signer; [`PaymentRejection::AtCapacity`] when the queue is full.
+    pub async fn recover_signer(&self, check: PaymentCheck) -> Result<SignedPayment, PaymentRejection> {
+        let Some(queue) = &self.queue else { return check.recover_signer() };
         let (reply_to, reply) = oneshot::channel();
         let job: Job = Box::new(move || {
             // The request may have gone away meanwhile; nobody is left to tell.
             let _ = reply_to.send(check.recover_signer());
         });
         self.try_run(queue, job)?;
-        reply.await.map_err(|_| VerifierBusy { queue_depth: self.queue_depth })
+        reply.await.unwrap_or(Err(PaymentRejection::AtCapacity { queue_depth: self.queue_depth }))
     }
 
-    fn try_run(&self, queue: &SyncSender<Job>, job: Job) -> Result<(), VerifierBusy> {
+    fn try_run(&self, queue: &SyncSender<Job>, job: Job) -> Result<(), PaymentRejection> {
         match queue.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(VerifierBusy { queue_depth: self.queue_depth }),
+            Err(TrySendError::Full(_)) => Err(PaymentRejection::AtCapacity { queue_depth: self.queue_depth }),
             // Only if every thread died, which a bug would take: run it here rather than
             // refuse every payment from now on.
             Err(TrySendError::Disconnected(job)) => {
@@ -102,7 +95,7 @@ mod tests {
         let queued: Job = Box::new(move || ran_tx.send(()).unwrap());
         verifier.try_run(&queue, queued).unwrap();
         let refused = verifier.try_run(&queue, Box::new(|| {}));
-        assert!(matches!(refused, Err(VerifierBusy { queue_depth: 1 })));
+        assert!(matches!(refused, Err(PaymentRejection::AtCapacity { queue_depth: 1 })));
         release_tx.send(()).unwrap();
         ran.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
     }
