@@ -90,20 +90,6 @@ pub struct PaymentGuards<'a> {
     pub balances: Option<&'a Arc<BalanceCache>>,
 }
 
-/// Decodes, verifies, reserves a payment for a priced route and counts it as unsettled, all
-/// on the caller's thread: [`check_payment`], [`PaymentCheck::recover_signer`], [`hold_payment`].
-pub fn accept_payment(
-    header: PaymentHeader<'_>,
-    route: &Route,
-    policy: &VerifyPolicy,
-    max_header_bytes: usize,
-    guards: &PaymentGuards<'_>,
-    now: u64,
-) -> Result<AcceptedPayment, PaymentRejection> {
-    let signed = check_payment(header, route, policy, max_header_bytes, now)?.recover_signer()?;
-    hold_payment(signed, route, guards, now)
-}
-
 /// A payment that passed every check but its signature's recovery. It owns what it holds,
 /// so recovery can run on another thread.
 #[derive(Debug)]
@@ -251,7 +237,7 @@ impl DecodedPayment {
     }
 }
 
-/// Undoes what [`accept_payment`] held for a payment nobody was charged for. `journaled`:
+/// Undoes what [`hold_payment`] held for a payment nobody was charged for. `journaled`:
 /// the journal already holds this authorization, so its replay reservation must stay.
 pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, journaled: bool) {
     guards.exposure.remove(&payment.payer, route, payment.usd_micros);
