@@ -25,6 +25,11 @@ const FIXED = { warmup: QUICK ? 0.5 : 1, duration: QUICK ? 2 : 10 };
 const CONNECTIONS = 32;
 // Free requests per second sent while a flood runs: light, so their latency shows the queue.
 const FLOOD_PROBE_RATE = 1000;
+// Floods run longer than the quick mode's other runs: their verdict compares two latency
+// distributions, and 2 s at 1,000/s leaves too few samples for a steady p90.
+const FLOOD = { warmup: 1, duration: QUICK ? 4 : 10 };
+// How much slower other traffic may get under a bad-signature flood than under a free one.
+const FLOOD_STALL_LIMIT = 1.5;
 // Base's block time: the official flow waits for its settlement transaction's receipt, so the
 // chain's pace is part of what a paid call costs there (and none of what it costs here).
 const BASE_BLOCK_SECONDS = 2;
@@ -318,13 +323,13 @@ async function main() {
  * shipped, and once inline on the worker (`verify_threads: 0`).
  */
 async function floodRuns(startGatewayPinned, port, keys) {
-  const probe = { ...FIXED, rate: FLOOD_PROBE_RATE, connections: 8 };
+  const probe = { ...FLOOD, rate: FLOOD_PROBE_RATE, connections: 8 };
   const free = `http://127.0.0.1:${port}/free/weather`;
   const paid = `http://127.0.0.1:${port}/weather`;
   const floods = [
     ["no flood", null],
-    ["free-request flood", { ...SAT }],
-    ["bad-signature flood", { ...SAT, pay: 1000, keys, badSignature: true }],
+    ["free-request flood", { ...FLOOD }],
+    ["bad-signature flood", { ...FLOOD, pay: 1000, keys, badSignature: true }],
   ];
   const runs = [];
   for (const verifyThreads of [1, 0]) {
@@ -402,7 +407,11 @@ function render(rows, rate, replay, flood) {
     lines.push(`| ${where} | ${f.flood} | ${f.probe.p50_us} | ${f.probe.p90_us} | ${f.probe.p99_us} | ${f.probe.p999_us} | ${f.flooding ? Math.round(f.flooding.rps) : "—"} | ${f.flooding ? f.flooding.non2xx : "—"} |`);
   }
   const floodOf = (threads, name) => flood.find((f) => f.verifyThreads === threads && f.flood === name).probe;
-  const stall = (threads) => floodOf(threads, "bad-signature flood").p99_us / floodOf(threads, "free-request flood").p99_us;
+  // The verdict is on p50 and p90: a stalled event loop delays every request, so it shows
+  // there, while a p99 from a few thousand samples swings with the control's own outliers
+  // (0.7-1.7x between runs of the same build). The p99s are printed beside it.
+  const stall = (threads, percentile) => floodOf(threads, "bad-signature flood")[percentile] / floodOf(threads, "free-request flood")[percentile];
+  const stalls = (threads) => ["p50_us", "p90_us", "p99_us"].map((p) => `${p.slice(0, -3)} ${stall(threads, p).toFixed(2)}×`).join(", ");
   const paid = by(PAID);
   const normal = by(PAID_NORMAL);
   const instant = by(OFFICIAL_INSTANT);
@@ -425,8 +434,9 @@ function render(rows, rate, replay, flood) {
       `${faster(base).toFixed(0)}×: ${base.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / base.saturation.rps).toFixed(0)}×`],
     [`for reference, not a target: against ${OFFICIAL_INSTANT} (a block mined at once, the official flow's best case)`, null,
       `${faster(instant).toFixed(0)}×: ${instant.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / instant.saturation.rps).toFixed(0)}×`],
-    ["signature recovery does not stall the event loop: under a bad-signature flood, free p99 ≤ 1.5× its p99 under a free-request flood", stall(1) <= 1.5,
-      `${stall(1).toFixed(2)}×: ${floodOf(1, "bad-signature flood").p99_us} µs against ${floodOf(1, "free-request flood").p99_us} µs; with recovery inline on the worker ${stall(0).toFixed(2)}×`],
+    [`signature recovery does not stall the event loop: under a bad-signature flood, free p50 and p90 ≤ ${FLOOD_STALL_LIMIT}× theirs under a free-request flood`,
+      stall(1, "p50_us") <= FLOOD_STALL_LIMIT && stall(1, "p90_us") <= FLOOD_STALL_LIMIT,
+      `${stalls(1)}; with recovery inline on the worker ${stalls(0)}`],
     ["the official flow served every paid request (so its figures are of work done)", allServed(base) && allServed(instant),
       `${[instant, base].map((r) => `${r.saturation.non2xx + r.fixedResult.non2xx} non-2xx, ${r.saturation.errors + r.fixedResult.errors} errors`).join("; ")}`],
   ];
