@@ -4,6 +4,7 @@
 //!   - in memory: a mutex-guarded map insert (the journal before it was durable);
 //!   - SQLite, one transaction (one fsync) per payment;
 //!   - SQLite with group commit: concurrent payments share a transaction and its fsync.
+//!
 //! Run: `cargo bench -p x402-gateway-benches --bench journal_latency` (`-- --quick` for a
 //! short run). The journal file goes in the system temp folder, so this measures that disk.
 

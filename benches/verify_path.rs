@@ -153,7 +153,8 @@ fn verifier_hop(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let mut group = c.benchmark_group("verifier");
     for (name, threads) in [("check + recover, inline (verify_threads: 0)", 0), ("check + recover on a verify thread", 1)] {
-        let verifier = SignatureVerifier::start(threads, 256).expect("verifier");
+        let waiting = prometheus::IntGauge::new("verify_queue_depth", "bench").expect("gauge");
+        let verifier = SignatureVerifier::start(threads, 256, waiting).expect("verifier");
         group.bench_function(name, |b| {
             b.iter(|| {
                 let check = check_payment(PaymentHeader::V2(header.as_bytes()), route, &config.verify_policy, 8192, fixture.now).expect("checks pass");

@@ -50,6 +50,13 @@ function sample(text, name, labels) {
   return line ? Number(line.split(" ").pop()) : 0;
 }
 
+/** `x402_verify_queue_depth`; fails when the gauge is not exported at all. */
+function queueDepth(text) {
+  const line = text.split("\n").find((l) => l.startsWith("x402_verify_queue_depth "));
+  assert.ok(line, "x402_verify_queue_depth is exported");
+  return Number(line.split(" ").pop());
+}
+
 test("a flood of bad signatures gets 402 or 503-retry; valid payments caught in it are charged once when resent", async () => {
   const payTo = freshAddress();
   const gateway = await start({ payTo, admin: true, server: { verify_threads: 1, verify_queue: 1 } });
@@ -58,7 +65,16 @@ test("a flood of bad signatures gets 402 or 503-retry; valid payments caught in 
   const forged = await signPayment(devPrivateKey(3), accepts, { domain: { chainId: 8453 } });
   const valid = await Promise.all(Array.from({ length: 20 }, () => signPayment(devPrivateKey(3), accepts)));
   const burst = Array.from({ length: 400 }, (_, i) => (i % 20 === 10 ? valid[i / 20 - 0.5] : forged));
+  // The queue-depth gauge, read while the burst runs: never above the queue's size.
+  const depths = [];
+  let bursting = true;
+  const watching = (async () => {
+    while (bursting) depths.push(queueDepth(await (await gateway.admin("/metrics")).text()));
+  })();
   const answers = await Promise.all(burst.map((payment) => pay(gateway, payment)));
+  bursting = false;
+  await watching;
+  assert.ok(depths.every((d) => d === 0 || d === 1), `x402_verify_queue_depth stays within verify_queue: ${depths}`);
 
   const refused = answers.filter((a, i) => burst[i] === forged && a.status === 402);
   const busy = answers.filter((a) => a.status === 503);
@@ -86,6 +102,7 @@ test("a flood of bad signatures gets 402 or 503-retry; valid payments caught in 
 
   const text = await (await gateway.admin("/metrics")).text();
   assert.equal(sample(text, "x402_payments_rejected_total", { route: "weather", reason: "unexpected_verify_error" }), busy.length);
+  assert.equal(queueDepth(text), 0, "nothing waits for a verify thread once the burst is answered");
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 20n * 1000n, 30_000, "20 payments settled");
 });
 

@@ -2,7 +2,9 @@
 //!
 //! Counters and histograms are updated on the request path (lock-free atomics inside the
 //! `prometheus` crate); gauges that describe state (queue depth, exposure, config) are
-//! read when Prometheus scrapes, so the request path never pays for them.
+//! read when Prometheus scrapes, so the request path never pays for them. The one
+//! exception, the verify queue's depth, is an atomic counted by the verifier itself: it
+//! changes too fast to be read from anywhere else.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub struct Metrics {
     pub last_reload_success: IntGauge,
     pub config_info: IntGaugeVec,
     pub verify_seconds: Histogram,
+    pub verify_queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -61,6 +64,10 @@ impl Metrics {
                 HistogramOpts::new("x402_payment_verify_seconds", "Time to decode, verify and reserve a payment, waiting for a verify thread included")
                     .buckets(vec![0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005]),
             )?,
+            verify_queue_depth: IntGauge::new(
+                "x402_verify_queue_depth",
+                "Payments waiting for a verify thread; at server.verify_queue new payments get 503",
+            )?,
         };
         metrics.register_all()?;
         Ok(metrics)
@@ -71,7 +78,7 @@ impl Metrics {
         for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads] {
             registry.register(Box::new(metric.clone()))?;
         }
-        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.last_reload_success] {
+        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.last_reload_success, &self.verify_queue_depth] {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(self.exposure_route.clone()))?;

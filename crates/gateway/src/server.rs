@@ -103,7 +103,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         settle_before_timeout,
         metrics: metrics.clone(),
         request_ids: RequestIds::new(),
-        verifier: SignatureVerifier::start(verify_threads, verify_queue).context("starting the signature verifier threads")?,
+        verifier: SignatureVerifier::start(verify_threads, verify_queue, metrics.verify_queue_depth.clone())
+            .context("starting the signature verifier threads")?,
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());

@@ -8,6 +8,7 @@
 //! the workers keep their pace whatever the flood.
 
 use crate::payment::{PaymentCheck, PaymentRejection, SignedPayment};
+use prometheus::IntGauge;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -18,22 +19,24 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct SignatureVerifier {
     queue: Option<SyncSender<Job>>,
     queue_depth: usize,
+    /// Payments queued and not yet taken by a thread: how close the next 503 is.
+    waiting: IntGauge,
 }
 
 impl SignatureVerifier {
     /// `threads == 0` recovers inline on the calling thread; otherwise `threads` threads
-    /// share a queue of `queue_depth` waiting payments.
-    pub fn start(threads: usize, queue_depth: usize) -> std::io::Result<Self> {
+    /// share a queue of `queue_depth` waiting payments, counted in `waiting`.
+    pub fn start(threads: usize, queue_depth: usize, waiting: IntGauge) -> std::io::Result<Self> {
         if threads == 0 {
-            return Ok(Self { queue: None, queue_depth });
+            return Ok(Self { queue: None, queue_depth, waiting });
         }
         let (queue, jobs) = mpsc::sync_channel::<Job>(queue_depth);
         let jobs = Arc::new(Mutex::new(jobs));
         for index in 0..threads {
-            let jobs = Arc::clone(&jobs);
-            std::thread::Builder::new().name(format!("x402-verify-{index}")).spawn(move || run_until_closed(&jobs))?;
+            let (jobs, waiting) = (Arc::clone(&jobs), waiting.clone());
+            std::thread::Builder::new().name(format!("x402-verify-{index}")).spawn(move || run_until_closed(&jobs, &waiting))?;
         }
-        Ok(Self { queue: Some(queue), queue_depth })
+        Ok(Self { queue: Some(queue), queue_depth, waiting })
     }
 
     /// Recovers the payment's signer; [`PaymentRejection::AtCapacity`] when the queue is full.
@@ -49,12 +52,18 @@ impl SignatureVerifier {
     }
 
     fn try_run(&self, queue: &SyncSender<Job>, job: Job) -> Result<(), PaymentRejection> {
+        // Counted before it is sent, so a thread taking it at once never counts below zero.
+        self.waiting.inc();
         match queue.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PaymentRejection::AtCapacity { queue_depth: self.queue_depth }),
+            Err(TrySendError::Full(_)) => {
+                self.waiting.dec();
+                Err(PaymentRejection::AtCapacity { queue_depth: self.queue_depth })
+            }
             // Only if every thread died, which a bug would take: run it here rather than
             // refuse every payment from now on.
             Err(TrySendError::Disconnected(job)) => {
+                self.waiting.dec();
                 job();
                 Ok(())
             }
@@ -62,7 +71,7 @@ impl SignatureVerifier {
     }
 }
 
-fn run_until_closed(jobs: &Mutex<Receiver<Job>>) {
+fn run_until_closed(jobs: &Mutex<Receiver<Job>>, waiting: &IntGauge) {
     loop {
         // One thread waits in `recv` holding the lock and the others wait for the lock, so
         // each job goes to exactly one thread.
@@ -71,6 +80,7 @@ fn run_until_closed(jobs: &Mutex<Receiver<Job>>) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
+        waiting.dec();
         job();
     }
 }
@@ -81,7 +91,8 @@ mod tests {
 
     #[test]
     fn a_full_queue_is_refused_at_once_and_frees_up_again() {
-        let verifier = SignatureVerifier::start(1, 1).unwrap();
+        let waiting = IntGauge::new("waiting", "test").unwrap();
+        let verifier = SignatureVerifier::start(1, 1, waiting.clone()).unwrap();
         let queue = verifier.queue.clone().unwrap();
         let (started_tx, started) = mpsc::channel();
         let (release_tx, release) = mpsc::channel::<()>();
@@ -94,9 +105,12 @@ mod tests {
         let (ran_tx, ran) = mpsc::channel();
         let queued: Job = Box::new(move || ran_tx.send(()).unwrap());
         verifier.try_run(&queue, queued).unwrap();
+        assert_eq!(waiting.get(), 1, "the queued job waits while the blocker runs");
         let refused = verifier.try_run(&queue, Box::new(|| {}));
         assert!(matches!(refused, Err(PaymentRejection::AtCapacity { queue_depth: 1 })));
+        assert_eq!(waiting.get(), 1, "a refused job is not counted");
         release_tx.send(()).unwrap();
         ran.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(waiting.get(), 0);
     }
 }
