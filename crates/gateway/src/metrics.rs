@@ -105,10 +105,27 @@ impl Metrics {
     }
 
     pub fn count_request(&self, route: &str, status: u16) {
-        self.requests.with_label_values(&[route, status.to_string().as_str()]).inc();
+        // `StatusCode::as_str` is a static string: no allocation per request. 0: no response.
+        let status = http::StatusCode::from_u16(status);
+        self.requests.with_label_values(&[route, status.as_ref().map_or("0", http::StatusCode::as_str)]).inc();
     }
 
     pub fn count_accepted(&self, route: &str, network: &str, asset: &str, amount: u64) {
         self.value_accepted.with_label_values(&[route, network, asset]).inc_by(amount);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_numeric_status_and_zero_when_nothing_was_sent() {
+        let metrics = Metrics::new().unwrap();
+        metrics.count_request("weather", 402);
+        metrics.count_request("weather", 402);
+        metrics.count_request("weather", 0);
+        assert_eq!(metrics.requests.with_label_values(&["weather", "402"]).get(), 2);
+        assert_eq!(metrics.requests.with_label_values(&["weather", "0"]).get(), 1);
     }
 }

@@ -135,12 +135,12 @@ impl PaywallProxy {
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
-        let resource_url = resource_url(req, host);
+        // The resource URL goes only into answers: a payment that is accepted never builds it.
         let Some(header) = payment::find_payment_header(&req.headers) else {
             let browser = challenge::is_browser(header_str(req, "accept"), header_str(req, "user-agent"));
             ctx.outcome = PaymentOutcome::Challenged;
             self.metrics.challenges.with_label_values(&[route.name.as_str()]).inc();
-            return Admission::Answer(challenge::payment_required(route, pricing, &resource_url, None, browser));
+            return Admission::Answer(challenge::payment_required(route, pricing, &resource_url(req, host), None, browser));
         };
         let started = Instant::now();
         let checked = payment::check_payment(header, route, &config.verify_policy, config.server.max_payment_header_bytes, x402_store::unix_now());
@@ -148,7 +148,7 @@ impl PaywallProxy {
             Ok(check) => Admission::Recover { check, started },
             Err(rejection) => {
                 self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
-                Admission::Answer(self.refuse(route, pricing, &resource_url, rejection, ctx))
+                Admission::Answer(self.refuse(route, pricing, &resource_url(req, host), rejection, ctx))
             }
         }
     }
@@ -382,11 +382,10 @@ impl ProxyHttp for PaywallProxy {
             };
             upstream_request.insert_header("X-Forwarded-For", forwarded)?;
         }
-        let via = match upstream_request.headers.get("via").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, 1.1 x402-gateway"),
-            None => "1.1 x402-gateway".to_owned(),
-        };
-        upstream_request.insert_header("Via", via)?;
+        match upstream_request.headers.get("via").and_then(|v| v.to_str().ok()) {
+            Some(previous) => upstream_request.insert_header("Via", format!("{previous}, {VIA}"))?,
+            None => upstream_request.insert_header("Via", http::HeaderValue::from_static(VIA))?,
+        }
         Ok(())
     }
 
@@ -477,6 +476,9 @@ async fn write_local_response(session: &mut Session, response: LocalResponse) ->
 const REQUEST_ID: &str = "X-Request-Id";
 /// The `route` label of requests no route matched.
 const UNMATCHED: &str = "(unmatched)";
+
+/// What this hop adds to `Via` (RFC 9110 §7.6.3).
+const VIA: &str = "1.1 x402-gateway";
 
 /// Request ids: the client's own when it is a sane token, otherwise a fresh one that is
 /// unique in this process and unlikely to repeat across processes.

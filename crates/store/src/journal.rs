@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, LazyLock, Mutex};
+use std::sync::{mpsc, Arc, LazyLock, Mutex};
 use tokio::sync::{oneshot, Notify};
 use crate::exposure::PayerBlock;
 use x402::{ExactEvmAuthorization, ExactEvmPayload};
@@ -195,8 +195,12 @@ type Operation = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 /// Most writes one transaction carries, so one slow group cannot grow without bound.
 const MAX_GROUP: usize = 1024;
 
-/// How often the checkpointer copies the log into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the checkpointer copies the log into the database file, when anything was
+/// committed since its last copy. Short, because what stalls commits is the size of each
+/// copy and its fsync: at 3,300 paid requests/s with `journal_sync: normal`, p99 latency
+/// was 10-16 ms checkpointing every 200 ms, 32-37 ms every 1 s or more, and 3-5 ms every
+/// 25 ms, for about 3% more CPU per payment. With `full` it matters less (4-5 ms either way).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// The log size (pages of 4 KiB) at which the writer checkpoints itself. Under sustained
 /// writes the background checkpoints never quite catch up with the log's end, and only a
@@ -214,12 +218,19 @@ struct Checkpointer {
 
 impl Checkpointer {
     /// `connection`: its own, with the writer's `synchronous` setting (checkpoints sync by it).
-    fn start(connection: Connection) -> Result<Self, JournalError> {
+    /// `commits`: the writer's count of commits, so an idle journal is left alone.
+    fn start(connection: Connection, commits: Arc<AtomicU64>) -> Result<Self, JournalError> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || {
+                let mut copied = 0;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    let committed = commits.load(Ordering::Relaxed);
+                    if committed == copied {
+                        continue;
+                    }
+                    copied = committed;
                     if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                         tracing::warn!(%error, "journal checkpoint failed; the writer's own checkpoints still bound the log");
                     }
@@ -330,13 +341,15 @@ impl Journal {
         let reader = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
         let (sender, receiver) = mpsc::channel();
         let group = if options.group_commit { MAX_GROUP } else { 1 };
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = Arc::clone(&commits);
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || run_writer(writer_connection, receiver, group))
+            .spawn(move || run_writer(writer_connection, receiver, group, &writer_commits))
             .map_err(|e| JournalError::Commit(format!("cannot start the writer thread: {e}")))?;
         let checkpoint_connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
         checkpoint_connection.execute_batch(options.sync.pragma()).map_err(open_error)?;
-        let checkpointer = Checkpointer::start(checkpoint_connection)?;
+        let checkpointer = Checkpointer::start(checkpoint_connection, commits)?;
         Ok(Self {
             path: path.to_owned(),
             operations: Mutex::new(Some(sender)),
@@ -616,7 +629,7 @@ fn limit_param(limit: usize) -> i64 {
     }
 }
 
-fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, group: usize) {
+fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, group: usize, commits: &AtomicU64) {
     while let Ok(first) = operations.recv() {
         let mut batch = vec![first];
         while batch.len() < group {
@@ -626,6 +639,7 @@ fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, gro
             }
         }
         commit_group(&connection, batch);
+        commits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
