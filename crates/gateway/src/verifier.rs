@@ -52,7 +52,8 @@ impl SignatureVerifier {
     }
 
     fn try_run(&self, queue: &SyncSender<Job>, job: Job) -> Result<(), PaymentRejection> {
-        // Counted before it is sent, so a thread taking it at once never counts below zero.
+        // Counted before it is sent, so the thread that takes it can never count it out
+        // first; a refused one is counted for the instant until its refusal.
         self.waiting.inc();
         match queue.try_send(job) {
             Ok(()) => Ok(()),
