@@ -22,6 +22,8 @@ before(async () => {
     // Batches wait for the drain (or a minute): the queue is there to be seen.
     settlement: { max_wait_ms: 60_000 },
     gatewayEnv: { X402_LOG_FORMAT: "json" },
+    // Off, so an unfunded payer gets as far as a failed settlement and earns a block to list.
+    extraYaml: "exposure: { balance_check: false }\n",
     extraRoutes: `
   - name: premium
     methods: [GET]

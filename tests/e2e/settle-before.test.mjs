@@ -21,6 +21,8 @@ before(async () => {
     payTo,
     // A batch window longer than the test: only settle-before can put these on-chain.
     settlement: { max_wait_ms: 600_000 },
+    // Off, so an unfunded payer's payment gets as far as settlement and fails there.
+    extraYaml: "exposure: { balance_check: false }\n",
     extraRoutes: `
   - name: premium
     methods: [GET]

@@ -9,8 +9,9 @@
 //! | `POST /reload` | reload `gateway.yaml` now: 200 with the outcome, 422 with the error (the old config keeps serving) |
 //! | `GET /routes` | the route table, with current prices and quotes still honoured |
 //! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment |
-//! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers |
+//! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers, the loss budget |
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
+//! | `POST /exposure/losses/reset` | empty the loss budget, so priced routes take payments again |
 //! | `POST /drain` | stop being ready and settle everything queued now, before a shutdown |
 //!
 //! Everything but `/health` and `/ready` needs `Authorization: Bearer <token>`, the token
@@ -91,6 +92,7 @@ impl AdminApi {
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure(),
             (&Method::POST, "/drain") => self.drain(),
+            (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
             _ => (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {method} {path}")})),
         }
@@ -146,6 +148,13 @@ impl AdminApi {
                 "perPayer": snapshot.limits.per_payer,
                 "perRoute": snapshot.limits.per_route,
                 "total": snapshot.limits.total,
+                "lossesPerDay": snapshot.limits.losses_per_day,
+            },
+            "lossBudget": {
+                "usedUsdMicros": snapshot.losses,
+                "perDayUsdMicros": snapshot.limits.losses_per_day,
+                "spent": snapshot.limits.losses_per_day.is_some_and(|limit| snapshot.losses >= limit),
+                "lostSinceStartUsdMicros": snapshot.lost_total,
             },
             "totalUsdMicros": snapshot.total,
             "payersWithUnsettled": snapshot.payer_count,
@@ -154,6 +163,12 @@ impl AdminApi {
             "blocked": snapshot.blocked.iter().map(|b| serde_json::json!({"payer": b.payer, "until": b.until, "reason": b.reason})).collect::<Vec<_>>(),
         });
         (StatusCode::OK, body)
+    }
+
+    fn reset_losses(&self) -> Answer {
+        let cleared = self.exposure.reset_losses(unix_now());
+        tracing::warn!(cleared_usd_micros = cleared, "loss budget reset through the admin API");
+        (StatusCode::OK, serde_json::json!({"clearedUsdMicros": cleared}))
     }
 
     /// The journal holds blocks (the CLI edits them too); the ledger follows at once.
@@ -194,6 +209,8 @@ impl AdminApi {
         }
         let snapshot = self.exposure.snapshot(0, unix_now());
         metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
+        metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));
+        metrics.losses_total.set(i64::try_from(snapshot.lost_total).unwrap_or(i64::MAX));
         metrics.exposure_route.reset();
         for route in self.config.load().routes.iter().filter(|r| r.pricing.is_some()) {
             let micros = snapshot.routes.iter().find(|(name, _)| *name == route.name).map_or(0, |(_, v)| *v);

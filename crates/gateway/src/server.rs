@@ -224,6 +224,11 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
         exposure.restore(&record.payer, &record.route, record.usd_micros);
     }
     exposure.replace_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
+    // A day back is as far as the loss budget remembers: it drains a full budget a day.
+    let day_ago_ms = x402_store::unix_now_ms().saturating_sub(86_400_000);
+    for (usd_micros, failed_at_ms) in journal.failures_since(day_ago_ms).context("cannot read the journal")? {
+        exposure.record_loss(usd_micros, failed_at_ms / 1000);
+    }
     Ok(Arc::new(exposure))
 }
 
@@ -262,11 +267,16 @@ fn build_settler(config: &Config, key: &PrivateKeySigner, journal: Arc<Journal>)
     Ok(Settler::new(journal, networks, config.settlement.policy.clone()))
 }
 
-/// Token balances for the optional balance check, read through the networks' RPC URLs.
+/// Token balances for the balance check, read through the networks' RPC URLs.
 fn build_balance_cache(config: &Config, key: Option<&PrivateKeySigner>) -> anyhow::Result<Option<Arc<BalanceCache>>> {
-    let (true, Some(key)) = (config.exposure.balance_check, key) else { return Ok(None) };
-    let chains = config.networks.iter().map(|n| n.chain_id).zip(chain_clients(config, key)?).collect();
-    Ok(Some(Arc::new(BalanceCache::new(chains, config.exposure.balance_cache))))
+    if !config.exposure.balance_check {
+        return Ok(None);
+    }
+    // Balance reads sign nothing; without a settlement key a fixed throwaway key builds the
+    // clients, so the check is never skipped for want of one.
+    let read_only = PrivateKeySigner::from_bytes(&alloy_primitives::B256::repeat_byte(1)).context("read-only RPC client key")?;
+    let chains = config.networks.iter().map(|n| n.chain_id).zip(chain_clients(config, key.unwrap_or(&read_only))?).collect();
+    Ok(Some(Arc::new(BalanceCache::new(chains, config.exposure.balance_cache, config.exposure.balance_timeout))))
 }
 
 /// SIGTERM and SIGINT both stop gracefully (Pingora's default treats SIGINT as a fast

@@ -537,6 +537,10 @@ impl Settler {
         let credit = self.credit.as_ref()?;
         let payer = record.payer.as_str();
         credit.exposure.remove(payer, &record.route, record.usd_micros);
+        if failure.is_some() {
+            // Served and never paid, whoever's fault: it counts against the loss budget.
+            credit.exposure.record_loss(record.usd_micros, unix_now());
+        }
         let reason = failure.filter(|reason| payer_at_fault(reason))?;
         let until = unix_now() + credit.block_payer_for_secs;
         tracing::warn!(payer, until, reason, "payer refused until then");

@@ -530,6 +530,15 @@ impl Journal {
         Ok(lock(&self.reader).prepare_cached(&OLDEST_UNSETTLED)?.query_row([], |row| row.get(0))?)
     }
 
+    /// (usd_micros, failed at in Unix ms) of every payment that failed since `since_ms`,
+    /// oldest first: the loss budget is rebuilt from these at start (a scan, once).
+    pub fn failures_since(&self, since_ms: u64) -> Result<Vec<(u64, u64)>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement = reader.prepare("SELECT usd_micros, updated_at_ms FROM payments WHERE state = 'failed' AND updated_at_ms >= ?1 ORDER BY updated_at_ms")?;
+        let rows = statement.query_map(params![since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {
         let sql = format!("SELECT {COLUMNS} FROM payments WHERE id = ?1");
         Ok(query_payments(&lock(&self.reader), &sql, params![id])?.pop())

@@ -140,10 +140,12 @@ fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, Str
             per_payer: micros("max_unsettled_per_payer", &raw.max_unsettled_per_payer)?,
             per_route: micros("max_unsettled_per_route", &raw.max_unsettled_per_route)?,
             total: micros("max_unsettled_total", &raw.max_unsettled_total)?,
+            losses_per_day: micros("max_losses_per_day", &raw.max_losses_per_day)?,
         },
         block_failed_payers_seconds: raw.block_failed_payers_seconds,
         balance_check: raw.balance_check,
         balance_cache: Duration::from_secs(raw.balance_cache_seconds.max(1)),
+        balance_timeout: Duration::from_millis(raw.balance_timeout_ms.clamp(1, 60_000)),
     })
 }
 

@@ -2,7 +2,7 @@
 //! [`RawConfig`](super::raw::RawConfig) or not at all.
 
 use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
-use super::raw::{self, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction};
+use super::raw::{self, ChargeOn, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction, UpgradePolicy};
 use crate::routing::PathPattern;
 use alloy_primitives::{Address, U256};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -86,6 +86,7 @@ pub struct ExposureSettings {
     pub block_failed_payers_seconds: u64,
     pub balance_check: bool,
     pub balance_cache: Duration,
+    pub balance_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -139,6 +140,8 @@ pub struct Pricing {
     pub mime_type: String,
     pub billable: Vec<StatusClass>,
     pub settle: SettleMode,
+    pub charge_on: ChargeOn,
+    pub upgrades: UpgradePolicy,
     pub max_timeout_seconds: u64,
 }
 
@@ -270,6 +273,9 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
             cx.settle_margin_seconds
         ));
     }
+    if raw.charge_on == ChargeOn::Forward && raw.settle == SettleMode::Before {
+        return Err("`charge_on: forward` and `settle: before` together: `settle: before` already charges (on-chain) before forwarding; drop `charge_on`".into());
+    }
     let offers = offers_raw.iter().map(|o| build_offer(o, cx)).collect::<Result<Vec<_>, _>>()?;
     let wire: Vec<v2::PaymentRequirements> = offers
         .iter()
@@ -307,6 +313,8 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
         mime_type: raw.mime_type.clone().unwrap_or_default(),
         billable: raw.billable_statuses.clone().unwrap_or_else(|| cx.billable.clone()),
         settle: raw.settle,
+        charge_on: raw.charge_on,
+        upgrades: raw.upgrades,
         max_timeout_seconds,
     })
 }
