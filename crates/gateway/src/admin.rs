@@ -3,12 +3,12 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /health` | 200 while the process serves (liveness); no token |
-//! | `GET /ready` | 200 when it should get traffic, 503 while draining or if the journal is unreadable; no token |
+//! | `GET /ready` | 200 when it should get traffic, 503 while draining, while settlement is stalled, or if the journal is unreadable; no token |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /config` | the serving config's hash, when it was loaded, the last reload attempt, fields waiting for a restart |
 //! | `POST /reload` | reload `gateway.yaml` now: 200 with the outcome, 422 with the error (the old config keeps serving) |
 //! | `GET /routes` | the route table, with current prices and quotes still honoured |
-//! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment |
+//! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment, a stall and its cause |
 //! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers, the loss budget |
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
 //! | `POST /exposure/losses/reset` | empty the loss budget, so priced routes take payments again |
@@ -37,6 +37,7 @@ pub struct AdminApi {
     pub reloader: Arc<Reloader>,
     pub journal: Arc<Journal>,
     pub exposure: Arc<Exposure>,
+    pub health: Arc<x402_settle::stall::SettlementHealth>,
     pub metrics: Arc<Metrics>,
     /// Set by `POST /drain`: readiness fails so load balancers move traffic away.
     pub draining: Arc<AtomicBool>,
@@ -102,6 +103,11 @@ impl AdminApi {
         if self.draining.load(Ordering::Relaxed) {
             return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": "draining"}));
         }
+        // A stalled replica should lose traffic to one that settles; free routes still answer.
+        if let Some(stall) = self.health.stall() {
+            let reason = format!("settlement_stalled: {}", stall.message);
+            return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": reason, "cause": stall.cause}));
+        }
         match self.journal.unsettled_count() {
             Ok(_) => (StatusCode::OK, serde_json::json!({"ready": true})),
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": format!("journal: {error}")})),
@@ -130,6 +136,7 @@ impl AdminApi {
                 "unsettled": self.journal.unsettled_count()?,
                 "oldestUnsettledAgeSeconds": oldest.map(|ms| unix_now_ms().saturating_sub(ms) / 1000),
                 "flushing": self.settle_flush.load(Ordering::Relaxed),
+                "stalled": self.health.stall().map(|stall| serde_json::json!({"cause": stall.cause, "message": stall.message})),
             }))
         };
         match read() {
@@ -209,6 +216,10 @@ impl AdminApi {
         }
         let snapshot = self.exposure.snapshot(0, unix_now());
         metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
+        metrics.settlement_stalled.reset();
+        if let Some(stall) = self.health.stall() {
+            metrics.settlement_stalled.with_label_values(&[stall.cause]).set(1);
+        }
         metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));
         metrics.losses_total.set(i64::try_from(snapshot.lost_total).unwrap_or(i64::MAX));
         metrics.exposure_route.reset();

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub exposure_route: IntGaugeVec,
     pub exposure_total: IntGauge,
     pub losses_budget_used: IntGauge,
+    pub settlement_stalled: IntGaugeVec,
     pub losses_total: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
@@ -59,6 +60,7 @@ impl Metrics {
             oldest_unsettled_age: IntGauge::new("x402_settlement_oldest_unsettled_age_seconds", "Age of the oldest unsettled payment (0: none)")?,
             exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
             exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
+            settlement_stalled: IntGaugeVec::new(Opts::new("x402_settlement_stalled", "1 while settlement is stalled and priced routes refuse payments, labelled with the cause"), &["cause"])?,
             losses_budget_used: IntGauge::new("x402_loss_budget_used_usd_micros", "Served-but-unpaid value still counting against the loss budget, in micro-USD")?,
             losses_total: IntGauge::new("x402_losses_usd_micros", "Served-but-unpaid value since the process started (failed or expired settlements), in micro-USD")?,
             reloads: counter("x402_config_reloads_total", "Config reloads by outcome (success, failure)", &["outcome"])?,
@@ -86,6 +88,7 @@ impl Metrics {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(self.exposure_route.clone()))?;
+        registry.register(Box::new(self.settlement_stalled.clone()))?;
         registry.register(Box::new(self.config_info.clone()))?;
         registry.register(Box::new(self.upstream_latency.clone()))?;
         registry.register(Box::new(self.verify_seconds.clone()))?;

@@ -37,6 +37,8 @@ pub struct PaywallProxy {
     pub exposure: Arc<Exposure>,
     pub balances: Option<Arc<crate::balance::BalanceCache>>,
     pub journal: Arc<Journal>,
+    /// Whether settlement keeps up; priced routes take no payment while it does not.
+    pub health: Arc<x402_settle::stall::SettlementHealth>,
     /// The settler's queue for `settle: before` payments, and how long a request waits.
     pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
     pub settle_before_timeout: Duration,
@@ -155,6 +157,10 @@ impl PaywallProxy {
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
+        if let Some(stall) = self.health.stall() {
+            let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
+            return Admission::Answer(challenge::retry_later("settlement_stalled", x402::ReasonCode::UnexpectedSettleError, &message));
+        }
         if pricing.upgrades == UpgradePolicy::Refuse && req.headers.contains_key(http::header::UPGRADE) {
             return Admission::Answer(challenge::upgrade_refused(&route.name));
         }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
+use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
 use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
 
@@ -71,6 +72,10 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     };
     let balances = build_balance_cache(&config, key.as_ref())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let health = Arc::new(SettlementHealth::default());
+    if let Some(key) = &key {
+        spawn_stall_guard(&config, key, journal.clone(), health.clone(), shutdown_rx.clone())?;
+    }
     let drain_timeout = config.settlement.drain_timeout;
     let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
     let settle_now = settler.is_some().then_some(settle_now_tx);
@@ -98,6 +103,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         exposure: exposure.clone(),
         balances,
         journal: journal.clone(),
+        health: health.clone(),
         settle_now,
         // A settle-before request may wait for the batch in flight and then its own receipt.
         settle_before_timeout,
@@ -121,6 +127,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             reloader,
             journal: journal.clone(),
             exposure,
+            health,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             settle_flush,
@@ -265,6 +272,31 @@ fn build_settler(config: &Config, key: &PrivateKeySigner, journal: Arc<Journal>)
         .collect::<Vec<_>>();
     tracing::info!(settler = %key.address(), networks = networks.len(), "settlement key loaded");
     Ok(Settler::new(journal, networks, config.settlement.policy.clone()))
+}
+
+/// Starts the stall guard on a thread of its own: it probes the RPC nodes and reads the
+/// journal every second, and must not wait behind the settler or the workers.
+fn spawn_stall_guard(
+    config: &Config,
+    key: &PrivateKeySigner,
+    journal: Arc<Journal>,
+    health: Arc<SettlementHealth>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let networks = config.networks.iter().map(|n| n.name.clone()).zip(chain_clients(config, key)?).collect();
+    let policy = StallPolicy {
+        stall_after: config.settlement.stall_after,
+        batch_window: config.settlement.policy.max_wait,
+        expiry_guard: Duration::from_secs(config.verify_policy.settle_margin_secs / 2),
+    };
+    let guard = StallGuard { journal, networks, policy, health };
+    std::thread::Builder::new().name("stall-guard".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(guard.run(shutdown)),
+            Err(error) => tracing::error!(%error, "the stall guard could not start"),
+        }
+    })?;
+    Ok(())
 }
 
 /// Token balances for the balance check, read through the networks' RPC URLs.

@@ -205,6 +205,11 @@ impl ChainClient {
         IEip3009::balanceOfCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
+    /// The latest block number: a cheap sign that some RPC node of this chain answers.
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.first_answer(|p| async move { p.get_block_number().await }).await
+    }
+
     /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` on `token`, if any
     /// within the last `lookback` blocks.
     pub async fn find_authorization_used(

@@ -9,6 +9,7 @@
 mod chain;
 mod metrics;
 mod settler;
+pub mod stall;
 
 pub use chain::{ChainClient, ChainError};
 pub use metrics::SettlementMetrics;

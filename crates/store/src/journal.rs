@@ -314,6 +314,7 @@ static SUBMITTED_IN: LazyLock<String> =
 static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE {UNSETTLED} ORDER BY +id"));
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
 static OLDEST_UNSETTLED: LazyLock<String> = LazyLock::new(|| format!("SELECT min(accepted_at_ms) FROM payments WHERE {UNSETTLED}"));
+static EARLIEST_DEADLINE: LazyLock<String> = LazyLock::new(|| format!("SELECT min(valid_before) FROM payments WHERE {UNSETTLED}"));
 
 /// The durable journal. Reads run on their own connection beside the writer (WAL lets
 /// readers and the writer proceed together).
@@ -537,6 +538,11 @@ impl Journal {
         let mut statement = reader.prepare("SELECT usd_micros, updated_at_ms FROM payments WHERE state = 'failed' AND updated_at_ms >= ?1 ORDER BY updated_at_ms")?;
         let rows = statement.query_map(params![since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The earliest `validBefore` (Unix seconds) of a payment still unsettled.
+    pub fn earliest_unsettled_deadline(&self) -> Result<Option<u64>, JournalError> {
+        Ok(lock(&self.reader).prepare_cached(&EARLIEST_DEADLINE)?.query_row([], |row| row.get(0))?)
     }
 
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {

@@ -104,6 +104,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
                 raw::RawJournalSync::Normal => x402_store::JournalSync::Normal,
             },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
+            stall_after: Duration::from_secs(settlement.stall_after_seconds.max(1)),
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {

@@ -77,6 +77,7 @@ pub struct SettlementSettings {
     pub group_commit: bool,
     pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -208,6 +208,9 @@ pub struct RawSettlement {
     pub max_fee_per_gas_gwei: Option<u64>,
     /// Most gas per settlement transaction (the chain's cap or lower); bigger batches split.
     pub max_gas_per_transaction: u64,
+    /// How long an RPC outage, or a payment waiting beyond its batch window, is tolerated
+    /// before priced routes stop taking payments (503 `settlement_stalled`).
+    pub stall_after_seconds: u64,
 }
 
 impl Default for RawSettlement {
@@ -223,6 +226,7 @@ impl Default for RawSettlement {
             journal_sync: RawJournalSync::Full,
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
+            stall_after_seconds: 30,
         }
     }
 }

@@ -166,6 +166,7 @@ fn frequent_queries_use_the_partial_indexes() {
         (&*UNSETTLED_ROWS, "payments_unsettled"),
         (&*UNSETTLED_COUNT, "payments_unsettled"),
         (&*OLDEST_UNSETTLED, "payments_unsettled"),
+        (&*EARLIEST_DEADLINE, "payments_unsettled"),
         (&*SUBMITTED_IN, "payments_in_flight"),
     ] {
         let mut explain = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
