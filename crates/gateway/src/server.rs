@@ -13,7 +13,7 @@
 //! short. Here the proxy stops first, then the settler settles what it holds, then the
 //! process exits.
 
-use crate::admin::AdminApi;
+use crate::admin::{AdminApi, AdminToken};
 use crate::balance::BalanceCache;
 use crate::config::{parse_config, Config};
 use crate::metrics::Metrics;
@@ -47,6 +47,7 @@ pub struct RunOptions {
 pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_config(&text, config_path)?;
+    let admin_token = admin_token(&config)?;
     if !options.upgrade {
         ensure_listen_addresses_free(&config)?;
     }
@@ -110,12 +111,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     service.add_tcp(&listen.to_string());
     server.add_service(service);
     if let Some(admin_listen) = admin_settings.listen {
-        let token = std::env::var(&admin_settings.token_env).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-        if token.is_none() {
+        if admin_token.is_none() {
             tracing::warn!(env = %admin_settings.token_env, "no admin token: the admin API answers /health and /ready only");
         }
         let admin = AdminApi {
-            token,
+            token: admin_token,
             token_env: admin_settings.token_env.clone(),
             config: live,
             reloader,
@@ -147,6 +147,16 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!(?counts, "x402-gateway stopped");
     Ok(())
+}
+
+/// The admin API's bearer token, checked before anything starts: a guessable one refuses
+/// to start rather than guard the admin API badly.
+fn admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
+    if config.admin.listen.is_none() {
+        return Ok(None);
+    }
+    let env = &config.admin.token_env;
+    Ok(AdminToken::from_env_value(env, std::env::var(env).ok().as_deref())?)
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
