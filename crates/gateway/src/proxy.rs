@@ -43,6 +43,8 @@ pub struct PaywallProxy {
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
     pub verifier: crate::verifier::SignatureVerifier,
+    /// Open during a graceful upgrade: fresh nonces are looked up in the journal too.
+    pub upgrade_window: Arc<crate::upgrade::UpgradeWindow>,
 }
 
 /// What one request carries from phase to phase.
@@ -161,7 +163,11 @@ impl PaywallProxy {
             return Some(error_response(&Error::explain(ErrorType::InternalError, "no priced route for a payment")));
         };
         let signed = self.verifier.recover_signer(check).await;
-        let accepted = signed.and_then(|signed| payment::hold_payment(signed, route, &self.guards(), x402_store::unix_now()));
+        let now = x402_store::unix_now();
+        // During an upgrade the other process may have charged this payment since we started.
+        let shared_journal = self.upgrade_window.is_open(now).then_some(&*self.journal);
+        let guards = payment::PaymentGuards { shared_journal, ..self.guards() };
+        let accepted = signed.and_then(|signed| payment::hold_payment(signed, route, &guards, now));
         self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
         match accepted {
             Ok(accepted) => {
@@ -184,8 +190,8 @@ impl PaywallProxy {
                 tracing::info!(route = %route.name, %error, "malformed payment header");
                 return challenge::malformed_payment(&error.to_string());
             }
-            PaymentRejection::AtCapacity { .. } => {
-                tracing::info!(route = %route.name, error = %rejection, "payment verification at capacity");
+            PaymentRejection::AtCapacity { .. } | PaymentRejection::JournalUnreadable(_) => {
+                tracing::info!(route = %route.name, error = %rejection, "payment cannot be checked now");
                 return challenge::verification_at_capacity(&rejection.to_string());
             }
             _ => {}
@@ -290,7 +296,7 @@ impl PaywallProxy {
     }
 
     fn guards(&self) -> payment::PaymentGuards<'_> {
-        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, balances: self.balances.as_ref() }
+        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, balances: self.balances.as_ref(), shared_journal: None }
     }
 
     /// Releases what a payment nobody was charged for held, so the client may use it again.
