@@ -89,6 +89,24 @@ test("probes answer without a token; everything else needs the bearer token", as
   assert.equal((await adminJson("/nope")).status, 404);
 });
 
+test("a short or placeholder admin token refuses to start, naming the setting", async () => {
+  const refusals = [
+    ["short-admin-token", /X402_ADMIN_TOKEN \(admin\.token_env\) is 17 bytes; use at least 32/],
+    ["replace-with-a-long-random-token", /X402_ADMIN_TOKEN \(admin\.token_env\) is the example value shipped/],
+  ];
+  for (const [token, message] of refusals) {
+    await assert.rejects(
+      startTestGateway(env, { payTo: freshAddress(), admin: true, gatewayEnv: { X402_ADMIN_TOKEN: token } }),
+      (error) => {
+        assert.match(error.message, /gateway exited early \(1\)/, "it exits with an error, it does not serve");
+        assert.match(error.message, message);
+        return true;
+      },
+      `token ${JSON.stringify(token)} is refused`,
+    );
+  }
+});
+
 test("without a token in the environment the admin API is locked (fails closed)", async () => {
   const locked = await startTestGateway(env, { payTo, admin: true, gatewayEnv: { X402_ADMIN_TOKEN: "" } });
   try {

@@ -100,8 +100,8 @@ export function freshAddress() {
   return privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
 }
 
-/** The bearer token test gateways with an admin listener get. */
-export const ADMIN_TOKEN = "test-admin-token";
+/** The bearer token test gateways with an admin listener get (at least 32 bytes, or the gateway refuses it). */
+export const ADMIN_TOKEN = "test-admin-token-0123456789abcdef";
 
 /**
  * Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`.

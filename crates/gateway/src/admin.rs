@@ -16,11 +16,13 @@
 //!
 //! Everything but `/health` and `/ready` needs `Authorization: Bearer <token>`, the token
 //! being the value of the environment variable `admin.token_env` names. Without that
-//! variable those endpoints answer 403: the admin API fails closed.
+//! variable those endpoints answer 403: the admin API fails closed. A token shorter than
+//! [`MIN_TOKEN_BYTES`] or one of the placeholders this project ships refuses to start.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
+use alloy_primitives::keccak256;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use x402_store::{unix_now, unix_now_ms, Exposure, Journal};
 
 pub struct AdminApi {
-    pub token: Option<String>,
+    pub token: Option<AdminToken>,
     pub token_env: String,
     pub config: Arc<ArcSwap<Config>>,
     pub reloader: Arc<Reloader>,
@@ -63,6 +65,8 @@ impl ServeHttp for AdminApi {
             (&Method::GET, "/health") => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => self.readiness(),
             _ => match self.authorize(authorization.as_deref()) {
+                // Reading, parsing and resolving the file blocks: not on this event loop.
+                Ok(()) if method == Method::POST && path == "/reload" => self.reload().await,
                 Ok(()) => self.protected(&method, &path),
                 Err(denied) => denied,
             },
@@ -78,7 +82,7 @@ impl AdminApi {
             return Err((StatusCode::FORBIDDEN, serde_json::json!({"error": "admin_token_unset", "message": message})));
         };
         let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if token.admits(given) {
             Ok(())
         } else {
             Err((StatusCode::UNAUTHORIZED, serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer <admin token>"})))
@@ -88,7 +92,6 @@ impl AdminApi {
     fn protected(&self, method: &Method, path: &str) -> Answer {
         match (method, path) {
             (&Method::GET, "/config") => (StatusCode::OK, serde_json::to_value(self.reloader.status()).unwrap_or_default()),
-            (&Method::POST, "/reload") => self.reload(),
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure(),
@@ -114,8 +117,17 @@ impl AdminApi {
         }
     }
 
-    fn reload(&self) -> Answer {
-        match self.reloader.reload("admin") {
+    async fn reload(&self) -> Answer {
+        let reloader = self.reloader.clone();
+        let outcome = match tokio::task::spawn_blocking(move || reloader.reload("admin")).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(%error, "the admin reload task failed");
+                let message = format!("the reload did not complete ({error}); the previous config keeps serving");
+                return (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "reload_failed", "message": message}));
+            }
+        };
+        match outcome {
             Ok(outcome) => (StatusCode::OK, serde_json::to_value(outcome).unwrap_or_default()),
             Err(error) => {
                 let code = match error {
@@ -251,20 +263,88 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<V
     response
 }
 
-/// Token comparison whose time does not depend on where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The shortest admin token accepted: 32 bytes, 256 bits if random.
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+/// Tokens this project ships as examples: anyone who read them could use them.
+const PLACEHOLDER_TOKENS: &[&str] = &["replace-with-a-long-random-token"];
+
+/// Why the admin token from the environment is refused at start.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("the admin token in {env} (admin.token_env) is {length} bytes; use at least {MIN_TOKEN_BYTES} random bytes, e.g. `openssl rand -hex 32`")]
+    TooShort { env: String, length: usize },
+    #[error("the admin token in {env} (admin.token_env) is the example value shipped with x402-gateway; set a random one, e.g. `openssl rand -hex 32`")]
+    Placeholder { env: String },
+}
+
+/// The admin bearer token, kept only as its digest: a request's token is hashed and the two
+/// fixed-size digests compared in constant time, so neither where they first differ nor the
+/// token's length shows in the time an answer takes.
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    /// The token from the value of the environment variable `env`. `Ok(None)`: unset or
+    /// blank, and the admin API stays locked.
+    pub fn from_env_value(env: &str, value: Option<&str>) -> Result<Option<Self>, AdminTokenError> {
+        let Some(token) = value.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(None) };
+        if PLACEHOLDER_TOKENS.contains(&token) {
+            return Err(AdminTokenError::Placeholder { env: env.to_owned() });
+        }
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(AdminTokenError::TooShort { env: env.to_owned(), length: token.len() });
+        }
+        Ok(Some(Self { digest: keccak256(token.as_bytes()).0 }))
+    }
+
+    /// Whether `given` is the token.
+    pub fn admits(&self, given: &str) -> bool {
+        let given = keccak256(given.as_bytes()).0;
+        given.iter().zip(&self.digest).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn token(value: &str) -> Result<Option<AdminToken>, AdminTokenError> {
+        AdminToken::from_env_value("X402_ADMIN_TOKEN", Some(value))
+    }
 
     #[test]
-    fn token_comparison_needs_every_byte() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-        assert!(!constant_time_eq(b"", b"x"));
+    fn the_token_admits_itself_only() {
+        let admin = token(TOKEN).unwrap().unwrap();
+        assert!(admin.admits(TOKEN));
+        assert!(!admin.admits("0123456789abcdef0123456789abcdeF"), "one byte differs");
+        assert!(!admin.admits(&TOKEN[..31]), "a prefix");
+        assert!(!admin.admits(&format!("{TOKEN}x")), "an extension");
+        assert!(!admin.admits(""));
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_not_part_of_the_token() {
+        assert!(token(&format!(" {TOKEN}\n")).unwrap().unwrap().admits(TOKEN));
+    }
+
+    #[test]
+    fn short_and_placeholder_tokens_are_refused_naming_the_setting() {
+        let short = token("test-admin-token").err().unwrap();
+        assert_eq!(short, AdminTokenError::TooShort { env: "X402_ADMIN_TOKEN".into(), length: 16 });
+        assert!(short.to_string().contains("X402_ADMIN_TOKEN (admin.token_env) is 16 bytes"), "{short}");
+        assert_eq!(token(&TOKEN[..31]).err(), Some(AdminTokenError::TooShort { env: "X402_ADMIN_TOKEN".into(), length: 31 }));
+        let placeholder = token("replace-with-a-long-random-token").err().unwrap();
+        assert_eq!(placeholder, AdminTokenError::Placeholder { env: "X402_ADMIN_TOKEN".into() });
+        assert!(placeholder.to_string().contains("X402_ADMIN_TOKEN (admin.token_env) is the example value"), "{placeholder}");
+    }
+
+    #[test]
+    fn an_unset_or_blank_token_locks_the_admin_api() {
+        assert!(AdminToken::from_env_value("X402_ADMIN_TOKEN", None).unwrap().is_none());
+        assert!(token("  ").unwrap().is_none());
     }
 }

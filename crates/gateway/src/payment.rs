@@ -6,7 +6,7 @@ use crate::config::{Pricing, Route};
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifiedPayment, VerifyError, VerifyPolicy};
-use x402_store::{Exposure, ExposureRefusal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
+use x402_store::{Exposure, ExposureRefusal, Journal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
 
 /// The payment header a request carries. Header names match case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,10 @@ pub enum PaymentRejection {
     /// Every verify thread is busy and the queue is full: 503, the payment is not used up.
     #[error("payment verification is at capacity ({queue_depth} payments already waiting); retry the same payment shortly")]
     AtCapacity { queue_depth: usize },
+    /// During an upgrade the journal could not say whether the payment was charged: 503,
+    /// the payment is not used up.
+    #[error("the payment journal cannot be read right now ({0}); retry the same payment shortly")]
+    JournalUnreadable(x402_store::JournalError),
 }
 
 impl PaymentRejection {
@@ -69,7 +73,7 @@ impl PaymentRejection {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
-            Self::AtCapacity { .. } | Self::BalanceUnavailable(_) => x402::ReasonCode::UnexpectedVerifyError,
+            Self::AtCapacity { .. } | Self::BalanceUnavailable(_) | Self::JournalUnreadable(_) => x402::ReasonCode::UnexpectedVerifyError,
             Self::OverExposure(ExposureRefusal::Uncovered { .. }) => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
             Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
                 x402::ReasonCode::InvalidExactEvmInsufficientBalance
@@ -87,6 +91,7 @@ impl PaymentRejection {
         match self {
             Self::AtCapacity { .. } => Some("verification_at_capacity"),
             Self::BalanceUnavailable(_) => Some("balance_unavailable"),
+            Self::JournalUnreadable(_) => Some("journal_unavailable"),
             Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => Some("loss_budget_exhausted"),
             _ => None,
         }
@@ -97,6 +102,9 @@ impl PaymentRejection {
 pub struct PaymentGuards<'a> {
     pub replay: &'a dyn ReplayStore,
     pub exposure: &'a Exposure,
+    /// While an upgrade window is open: the journal another process charges into too,
+    /// asked about each nonce the replay store had not seen (see [`crate::upgrade`]).
+    pub shared_journal: Option<&'a Journal>,
 }
 
 /// A payment that passed every check but its signature's recovery. It owns what it holds,
@@ -189,6 +197,18 @@ pub fn hold_payment(
         return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
     }
     let payer = authorization.from.to_checksum(None);
+    if let Some(journal) = guards.shared_journal {
+        let asset = requirement.domain.verifying_contract.to_checksum(None);
+        match journal.holds_authorization(key.chain_id, &asset, &payer, &authorization.nonce.to_string()) {
+            Ok(false) => {}
+            // Charged by the other process: the reservation stays, as for any charged payment.
+            Ok(true) => return Err(PaymentRejection::Replayed(authorization.nonce.to_string())),
+            Err(error) => {
+                guards.replay.release(&key);
+                return Err(PaymentRejection::JournalUnreadable(error));
+            }
+        }
+    }
     let decimals = pricing.offers[verified.requirement_index].asset.decimals;
     let usd_micros = usd_micros(authorization.value, decimals);
     // Rounded down, unlike a price: a balance must never look larger than it is.

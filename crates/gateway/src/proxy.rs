@@ -45,6 +45,8 @@ pub struct PaywallProxy {
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
     pub verifier: crate::verifier::SignatureVerifier,
+    /// Open during a graceful upgrade: fresh nonces are looked up in the journal too.
+    pub upgrade_window: Arc<crate::upgrade::UpgradeWindow>,
 }
 
 /// What one request carries from phase to phase.
@@ -213,11 +215,16 @@ impl PaywallProxy {
             (Some(balances), Some((chain_id, token, owner))) => Some(balances.balance(chain_id, token, owner).await?),
             _ => None,
         };
-        payment::hold_payment(signed, route, &self.guards(), x402_store::unix_now(), balance)
+        let now = x402_store::unix_now();
+        // During an upgrade the other process may have charged this payment since we started.
+        let shared_journal = self.upgrade_window.is_open(now).then_some(&*self.journal);
+        let guards = payment::PaymentGuards { shared_journal, ..self.guards() };
+        payment::hold_payment(signed, route, &guards, now, balance)
     }
 
     /// The answer to a refused payment: 400 for a header that cannot be read, 503 when the
-    /// gateway cannot take it now (verify threads full, balance unknown, loss budget spent),
+    /// gateway cannot take it now (verify threads full, balance or journal unreadable, loss
+    /// budget spent),
     /// otherwise 402 with a fresh challenge naming the reason.
     fn refuse(&self, route: &Route, pricing: &Pricing, resource_url: &str, rejection: PaymentRejection, ctx: &mut RequestContext) -> LocalResponse {
         self.count_rejection(&route.name, &rejection);
@@ -350,7 +357,7 @@ impl PaywallProxy {
     }
 
     fn guards(&self) -> payment::PaymentGuards<'_> {
-        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure }
+        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, shared_journal: None }
     }
 
     /// Releases what a payment nobody was charged for held. Its authorization is freed for

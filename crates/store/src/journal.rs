@@ -315,6 +315,8 @@ static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLU
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
 static OLDEST_UNSETTLED: LazyLock<String> = LazyLock::new(|| format!("SELECT min(accepted_at_ms) FROM payments WHERE {UNSETTLED}"));
 static EARLIEST_DEADLINE: LazyLock<String> = LazyLock::new(|| format!("SELECT min(valid_before) FROM payments WHERE {UNSETTLED}"));
+/// One seek in the `UNIQUE (chain_id, asset, payer, nonce)` index.
+const HOLDS_AUTHORIZATION: &str = "SELECT 1 FROM payments WHERE chain_id = ?1 AND asset = ?2 AND payer = ?3 AND nonce = ?4";
 
 /// The durable journal. Reads run on their own connection beside the writer (WAL lets
 /// readers and the writer proceed together).
@@ -324,6 +326,7 @@ pub struct Journal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     reader: Mutex<Connection>,
+    lookups: Lookups,
     changed: Notify,
     recorded: AtomicU64,
 }
@@ -340,6 +343,7 @@ impl Journal {
         writer_connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(open_error)?;
         writer_connection.execute_batch(SCHEMA).map_err(open_error)?;
         let reader = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
+        let lookups = Lookups::open(path).map_err(open_error)?;
         let (sender, receiver) = mpsc::channel();
         let group = if options.group_commit { MAX_GROUP } else { 1 };
         let commits = Arc::new(AtomicU64::new(0));
@@ -357,6 +361,7 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             reader: Mutex::new(reader),
+            lookups,
             changed: Notify::new(),
             recorded: AtomicU64::new(0),
         })
@@ -554,6 +559,17 @@ impl Journal {
         by_receipt(&lock(&self.reader), receipt_id)
     }
 
+    /// Whether the journal holds the authorization `(chain_id, asset, payer, nonce)`
+    /// (`asset` and `payer` checksummed, `nonce` lower-case 0x-hex, as [`NewPayment`] has
+    /// them): charged already, by this process or another one sharing the file. One index
+    /// seek on a connection of its own, so a proxy worker never waits behind the writer or
+    /// the settler's reads.
+    pub fn holds_authorization(&self, chain_id: u64, asset: &str, payer: &str, nonce: &str) -> Result<bool, JournalError> {
+        let connection = self.lookups.take();
+        let mut statement = connection.prepare_cached(HOLDS_AUTHORIZATION)?;
+        Ok(statement.exists(params![chain_id, asset, payer, nonce])?)
+    }
+
     /// Counts by state name.
     pub fn counts(&self) -> Result<BTreeMap<String, u64>, JournalError> {
         counts(&lock(&self.reader))
@@ -622,6 +638,34 @@ fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, Jo
     let mut statement = connection.prepare_cached("SELECT payer, until, reason FROM payer_blocks WHERE until > ?1 ORDER BY payer")?;
     let rows = statement.query_map(params![now], |row| Ok(PayerBlock { payer: row.get(0)?, until: row.get(1)?, reason: row.get(2)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Read-only connections for [`Journal::holds_authorization`], one per core: a caller takes
+/// a free one and waits only when every one is busy.
+struct Lookups {
+    connections: Box<[Mutex<Connection>]>,
+    next: AtomicU64,
+}
+
+impl Lookups {
+    fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+        let connections = (0..count)
+            .map(|_| open_reader(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { connections, next: AtomicU64::new(0) })
+    }
+
+    fn take(&self) -> std::sync::MutexGuard<'_, Connection> {
+        let count = self.connections.len();
+        let start = usize::try_from(self.next.fetch_add(1, Ordering::Relaxed)).unwrap_or_default() % count;
+        for offset in 0..count {
+            if let Ok(connection) = self.connections[(start + offset) % count].try_lock() {
+                return connection;
+            }
+        }
+        lock(&self.connections[start])
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

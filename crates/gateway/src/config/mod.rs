@@ -55,6 +55,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         .collect::<Result<Vec<_>, _>>()?;
     let unmatched = model::build_unmatched(&raw.unmatched, &context.upstream_names).map_err(|e| format!("unmatched: {e}"))?;
     let routes: Vec<Route> = raw.routes.into_iter().map(|r| r.0).collect();
+    refuse_duplicate_route_names(&routes)?;
     if routes.iter().any(|r| r.pricing.is_some()) && raw.settlement.private_key_env.is_empty() {
         return Err("settlement.private_key_env: name the environment variable that holds the settlement key".into());
     }
@@ -120,6 +121,20 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             watch_config: raw.admin.watch_config,
         },
     })
+}
+
+/// Metrics, logs, exposure limits and the journal key on a route's name: two routes with
+/// one name would share them.
+fn refuse_duplicate_route_names(routes: &[Route]) -> Result<(), String> {
+    for (index, route) in routes.iter().enumerate() {
+        if let Some(first) = routes[..index].iter().position(|earlier| earlier.name == route.name) {
+            return Err(format!(
+                "routes[{index}].name: {:?} is already the name of routes[{first}]; route names must be unique",
+                route.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `file` taken from the config file's folder when it is relative.

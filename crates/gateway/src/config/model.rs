@@ -177,6 +177,22 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Whether `other` matches exactly the requests this route matches, taken alone: the
+    /// same methods, host and path pattern. Every field [`Route::matches`] reads belongs
+    /// here, so a quote honoured across a reload never reaches a path it was not given for.
+    pub fn same_match(&self, other: &Route) -> bool {
+        fn methods(route: &Route) -> Vec<&str> {
+            let mut methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
+            methods.sort_unstable();
+            methods.dedup();
+            methods
+        }
+        let host = |route: &Route| route.host.as_deref().map(str::to_ascii_lowercase);
+        self.path == other.path && host(self) == host(other) && methods(self) == methods(other)
+    }
+}
+
 impl Config {
     /// The first route that matches, in file order.
     pub fn match_route(&self, method: &http::Method, host: Option<&str>, path: &str) -> Option<usize> {

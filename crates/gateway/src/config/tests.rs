@@ -95,3 +95,14 @@ routes:
     let ambiguous = text.replace("      - { network: base-sepolia, price: \"$0.01\" }\n", "      - { price: \"$0.01\" }\n");
     assert!(parse(&ambiguous).unwrap_err().contains("several networks"));
 }
+
+#[test]
+fn duplicate_route_names_are_refused_with_the_field_named() {
+    let text = BASE.replace("  - name: health", "  - name: weather");
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("routes[1].name: \"weather\" is already the name of routes[0]"), "{error}");
+    // An explicit name that collides with an unnamed route's generated one is refused too.
+    let text = BASE.replace("  - name: health\n    path", "  - path").replace("  - name: weather", "  - name: route-1");
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("routes[1].name: \"route-1\""), "{error}");
+}

@@ -213,3 +213,33 @@ fn the_checkpointer_copies_the_log_into_the_database_off_the_writer() {
     assert!(size() > before, "the database file is still {before} bytes: nothing was checkpointed");
     journal.close();
 }
+
+#[test]
+fn an_authorization_is_found_by_its_key_only_once_journaled() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let entry = payment(7, "eip155:84532", 300);
+    let (asset, payer, nonce) = (entry.item.asset.clone(), entry.payer.clone(), entry.nonce.clone());
+    assert!(!journal.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    block_on(journal.record(entry)).unwrap();
+    assert!(journal.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    // Another process's journal handle sees it too: what an upgrade's two processes share.
+    let other = Journal::open(&dir.path().join("journal.db"), JournalOptions::default()).unwrap();
+    assert!(other.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    let plan: Vec<String> = Connection::open(dir.path().join("journal.db"))
+        .unwrap()
+        .prepare(&format!("EXPLAIN QUERY PLAN {HOLDS_AUTHORIZATION}"))
+        .unwrap()
+        .query_map(params![84532, asset, payer, nonce], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(plan.iter().any(|step| step.starts_with("SEARCH payments USING COVERING INDEX sqlite_autoindex_payments")), "one index seek, not a scan: {plan:?}");
+    for (chain, asset, payer, nonce) in [
+        (1, asset.as_str(), payer.as_str(), nonce.as_str()),
+        (84532, "0x0000000000000000000000000000000000000001", payer.as_str(), nonce.as_str()),
+        (84532, asset.as_str(), "0x00000000000000000000000000000000000000A2", nonce.as_str()),
+        (84532, asset.as_str(), payer.as_str(), "0x01"),
+    ] {
+        assert!(!journal.holds_authorization(chain, asset, payer, nonce).unwrap(), "{chain} {asset} {payer} {nonce}");
+    }
+}
