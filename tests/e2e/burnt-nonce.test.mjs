@@ -10,11 +10,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeFunctionData } from "viem";
-import { devPrivateKey, devAccount, rpc, USDC_ADDRESS, TEST_USDC_ABI } from "../../deploy/devnet/devnet.mjs";
+import { devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
 import { hits } from "../../deploy/devnet/sample-upstream.mjs";
-import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, authorizationState, eventually, runCli, b64, unb64 } from "./harness.mjs";
-import { signPayment, TRANSFER_WITH_AUTHORIZATION } from "./payments.mjs";
+import { startChainAndUpstream, startTestGateway, settleBeforeRoute, freshAddress, balanceOf, authorizationState, eventually, runCli, b64, unb64 } from "./harness.mjs";
+import { signPayment, burnNonce } from "./payments.mjs";
 
 let env;
 let gateway;
@@ -28,14 +27,7 @@ before(async () => {
   gateway = await startTestGateway(env, {
     payTo,
     settlement: { journal_path: journalPath, max_wait_ms: 200 },
-    extraRoutes: `
-  - name: premium
-    methods: [GET]
-    path: ${BEFORE}
-    upstream: sample
-    price: "$0.01"
-    settle: before
-`,
+    extraRoutes: settleBeforeRoute(BEFORE),
   });
 });
 
@@ -64,27 +56,6 @@ async function send(path, payment) {
   };
 }
 
-/**
- * The attacker's move: a second authorization with the payment's nonce, from the payer to
- * itself for 0, submitted by the payer (an unlocked dev account). Returns the transaction hash.
- */
-async function burnNonce(payerIndex, nonce) {
-  const account = devAccount(payerIndex);
-  const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600);
-  const signature = await account.signTypedData({
-    domain: { name: "USDC", version: "2", chainId: 84532, verifyingContract: USDC_ADDRESS },
-    types: { TransferWithAuthorization: TRANSFER_WITH_AUTHORIZATION },
-    primaryType: "TransferWithAuthorization",
-    message: { from: account.address, to: account.address, value: 0n, validAfter: 0n, validBefore, nonce },
-  });
-  const data = encodeFunctionData({
-    abi: TEST_USDC_ABI,
-    functionName: "transferWithAuthorization",
-    args: [account.address, account.address, 0n, 0n, validBefore, nonce, signature],
-  });
-  return rpc(env.devnet.url, "eth_sendTransaction", [{ from: account.address, to: USDC_ADDRESS, data }]);
-}
-
 /** The settler's transaction waiting in the (non-mining) pool, once it is there. */
 async function settlementInPool() {
   return eventually(async () => {
@@ -103,7 +74,7 @@ async function frontRunSettlement(payerIndex, nonce) {
   const settlement = await settlementInPool();
   const raw = await rpc(env.devnet.url, "eth_getRawTransactionByHash", [settlement]);
   await rpc(env.devnet.url, "anvil_dropTransaction", [settlement]);
-  const burn = await burnNonce(payerIndex, nonce);
+  const burn = await burnNonce(env.devnet.url, devAccount(payerIndex), nonce);
   await rpc(env.devnet.url, "anvil_mine", ["0x1"]);
   await rpc(env.devnet.url, "eth_sendRawTransaction", [raw]);
   await rpc(env.devnet.url, "anvil_mine", ["0x1"]);
@@ -147,7 +118,7 @@ test("batched route, nonce burnt before the request: never settled, the payer is
   const payerIndex = 2;
   const payment = await signPayment(devPrivateKey(payerIndex), await offer(BATCHED));
   const nonce = payment.payload.authorization.nonce;
-  await burnNonce(payerIndex, nonce);
+  await burnNonce(env.devnet.url, devAccount(payerIndex), nonce);
   assert.equal(await authorizationState(env.devnet.url, devAccount(payerIndex).address, nonce), true);
 
   const res = await send(BATCHED, payment);
@@ -183,7 +154,7 @@ test("settle-before route, nonce burnt before the request: refused before anythi
   const payerIndex = 4;
   const payer = devAccount(payerIndex).address;
   const payment = await signPayment(devPrivateKey(payerIndex), await offer(BEFORE));
-  await burnNonce(payerIndex, payment.payload.authorization.nonce);
+  await burnNonce(env.devnet.url, devAccount(payerIndex), payment.payload.authorization.nonce);
   const hitsBefore = hits.get(BEFORE) ?? 0;
 
   const res = await send(BEFORE, payment);

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
 import { hits } from "../../deploy/devnet/sample-upstream.mjs";
 import { payingFetch } from "../../deploy/devnet/pay.mjs";
-import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, b64, unb64 } from "./harness.mjs";
+import { startChainAndUpstream, startTestGateway, settleBeforeRoute, freshAddress, balanceOf, b64, unb64 } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
 
 let env;
@@ -21,14 +21,7 @@ before(async () => {
     payTo,
     // A batch window longer than the test: only settle-before can put these on-chain.
     settlement: { max_wait_ms: 600_000 },
-    extraRoutes: `
-  - name: premium
-    methods: [GET]
-    path: ${PATH}
-    upstream: sample
-    price: "$0.01"
-    settle: before
-`,
+    extraRoutes: settleBeforeRoute(PATH),
   });
 });
 

@@ -72,12 +72,18 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let balances = build_balance_cache(&config, key.as_ref())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let drain_timeout = config.settlement.drain_timeout;
-    let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
-    let settle_now = settler.is_some().then_some(settle_now_tx);
+    let settler = settler.map(Arc::new);
+    let (settle_before, settle_now_rx) = match &settler {
+        Some(settler) => {
+            let (queue, requests) = settler.settle_before(config.settlement.settle_before_queue);
+            (Some(queue), Some(requests))
+        }
+        None => (None, None),
+    };
     let settler_lock = settler_lock_path(&config.settlement.journal_path);
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let Some(settler) = settler else { return anyhow::Ok(()) };
+        let (Some(settler), Some(settle_now_rx)) = (settler, settle_now_rx) else { return anyhow::Ok(()) };
         let Some(_lock) = runtime.block_on(take_settler_lock(&settler_lock, shutdown_rx.clone()))? else { return Ok(()) };
         runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
         Ok(())
@@ -98,7 +104,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         exposure: exposure.clone(),
         balances,
         journal: journal.clone(),
-        settle_now,
+        settle_before,
         // A settle-before request may wait for the batch in flight and then its own receipt.
         settle_before_timeout,
         metrics: metrics.clone(),

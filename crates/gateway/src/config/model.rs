@@ -77,6 +77,8 @@ pub struct SettlementSettings {
     pub group_commit: bool,
     pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
+    /// `settle: before` payments that may wait for the settler before 503.
+    pub settle_before_queue: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -208,6 +208,8 @@ pub struct RawSettlement {
     pub max_fee_per_gas_gwei: Option<u64>,
     /// Most gas per settlement transaction (the chain's cap or lower); bigger batches split.
     pub max_gas_per_transaction: u64,
+    /// `settle: before` payments that may wait for the settler; beyond it they get 503.
+    pub settle_before_queue: usize,
 }
 
 impl Default for RawSettlement {
@@ -223,6 +225,7 @@ impl Default for RawSettlement {
             journal_sync: RawJournalSync::Full,
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
+            settle_before_queue: 64,
         }
     }
 }
