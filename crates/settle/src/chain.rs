@@ -276,3 +276,55 @@ impl ChainClient {
         Ok(Some(NonceEnd::Used(mined)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::address;
+
+    fn log(token: Address, event: &impl SolEvent) -> alloy::rpc::types::Log {
+        alloy::rpc::types::Log { inner: alloy_primitives::Log { address: token, data: event.encode_log_data() }, ..Default::default() }
+    }
+
+    fn mined(logs: &[alloy::rpc::types::Log]) -> Mined {
+        Mined { transaction: B256::ZERO, success: true, gas_used: 0, used: used_authorizations(logs) }
+    }
+
+    const TOKEN: Address = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+    const OTHER_TOKEN: Address = address!("00000000000000000000000000000000000000ee");
+    const PAYER: Address = address!("00000000000000000000000000000000000000a1");
+    const PAY_TO: Address = address!("00000000000000000000000000000000000000b2");
+
+    fn used(nonce: B256) -> IEip3009::AuthorizationUsed {
+        IEip3009::AuthorizationUsed { authorizer: PAYER, nonce }
+    }
+
+    fn transfer(from: Address, to: Address, value: u64) -> IEip3009::Transfer {
+        IEip3009::Transfer { from, to, value: U256::from(value) }
+    }
+
+    #[test]
+    fn a_payment_is_proven_only_by_its_transfer_right_after_its_authorization() {
+        let nonce = B256::repeat_byte(7);
+        let paid = mined(&[log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAYER, PAY_TO, 1000))]);
+        assert!(paid.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+        assert!(!paid.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(999)), "another value");
+        assert!(!paid.paid(TOKEN, PAYER, B256::repeat_byte(8), PAY_TO, U256::from(1000)), "another nonce");
+
+        // The burnt-nonce attack: the same nonce, used to pay the payer itself nothing.
+        let burnt = mined(&[log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAYER, PAYER, 0))]);
+        assert!(burnt.used(TOKEN, PAYER, nonce).is_some());
+        assert!(!burnt.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+
+        // A transfer that is not the authorization's own: another token's, another payer's,
+        // or not the very next log.
+        for logs in [
+            vec![log(TOKEN, &used(nonce)), log(OTHER_TOKEN, &transfer(PAYER, PAY_TO, 1000))],
+            vec![log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAY_TO, PAY_TO, 1000))],
+            vec![log(TOKEN, &used(nonce)), log(TOKEN, &used(B256::repeat_byte(9))), log(TOKEN, &transfer(PAYER, PAY_TO, 1000))],
+            vec![log(TOKEN, &transfer(PAYER, PAY_TO, 1000)), log(TOKEN, &used(nonce))],
+        ] {
+            assert!(!mined(&logs).paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+        }
+    }
+}

@@ -95,3 +95,12 @@ routes:
     let ambiguous = text.replace("      - { network: base-sepolia, price: \"$0.01\" }\n", "      - { price: \"$0.01\" }\n");
     assert!(parse(&ambiguous).unwrap_err().contains("several networks"));
 }
+
+#[test]
+fn the_settle_before_queue_has_a_default_and_refuses_zero() {
+    assert_eq!(parse(BASE).unwrap().settlement.settle_before_queue, 64);
+    let sized = parse(&format!("{BASE}settlement:\n  settle_before_queue: 8\n")).unwrap();
+    assert_eq!(sized.settlement.settle_before_queue, 8);
+    let err = parse(&format!("{BASE}settlement:\n  settle_before_queue: 0\n")).unwrap_err();
+    assert!(err.contains("settlement.settle_before_queue: must be at least 1"), "{err}");
+}
