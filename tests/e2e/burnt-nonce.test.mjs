@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
 import { hits } from "../../deploy/devnet/sample-upstream.mjs";
 import { startChainAndUpstream, startTestGateway, settleBeforeRoute, freshAddress, balanceOf, authorizationState, eventually, runCli, b64, unb64 } from "./harness.mjs";
-import { signPayment, burnNonce } from "./payments.mjs";
+import { signPayment, burnNonce, cancelAuthorization } from "./payments.mjs";
 
 let env;
 let gateway;
@@ -67,14 +67,15 @@ async function settlementInPool() {
 
 /**
  * Front-runs the gateway's settlement transaction: takes it out of the pool, mines the
- * payer's burn of `nonce` first, then puts the gateway's exact bytes back and mines them.
- * Returns both receipts, so the test can show the order really was burn first.
+ * payer's move on `nonce` first (`burnNonce` unless told otherwise), then puts the gateway's
+ * exact bytes back and mines them. Returns both receipts, so the test can show the order
+ * really was the payer's move first.
  */
-async function frontRunSettlement(payerIndex, nonce) {
+async function frontRunSettlement(payerIndex, nonce, move = burnNonce) {
   const settlement = await settlementInPool();
   const raw = await rpc(env.devnet.url, "eth_getRawTransactionByHash", [settlement]);
   await rpc(env.devnet.url, "anvil_dropTransaction", [settlement]);
-  const burn = await burnNonce(env.devnet.url, devAccount(payerIndex), nonce);
+  const burn = await move(env.devnet.url, devAccount(payerIndex), nonce);
   await rpc(env.devnet.url, "anvil_mine", ["0x1"]);
   await rpc(env.devnet.url, "eth_sendRawTransaction", [raw]);
   await rpc(env.devnet.url, "anvil_mine", ["0x1"]);
@@ -82,6 +83,20 @@ async function frontRunSettlement(payerIndex, nonce) {
   const burnt = await rpc(env.devnet.url, "eth_getTransactionReceipt", [burn]);
   const settled = await rpc(env.devnet.url, "eth_getTransactionReceipt", [settlement]);
   return { burnt, settled };
+}
+
+/**
+ * A batched route serves `payerIndex`'s payment, then the payer's `move` on its nonce lands
+ * before the gateway's settlement transaction (checked, so the test cannot pass by accident).
+ */
+async function servedThenFrontRun(payerIndex, move) {
+  await rpc(env.devnet.url, "evm_setAutomine", [false]);
+  const payment = await signPayment(devPrivateKey(payerIndex), await offer(BATCHED));
+  const res = await send(BATCHED, payment);
+  assert.equal(res.status, 200, "a batched route serves before it settles");
+  const { burnt, settled } = await frontRunSettlement(payerIndex, payment.payload.authorization.nonce, move);
+  assert.ok(BigInt(burnt.blockNumber) < BigInt(settled.blockNumber), "the payer's move landed before the settlement");
+  return { res, burnt };
 }
 
 function journaled(payer) {
@@ -136,13 +151,7 @@ test("batched route, nonce burnt before the request: never settled, the payer is
 
 test("batched route, nonce burnt while the settlement is on its way: never settled, the payer is blocked", async () => {
   const payerIndex = 3;
-  await rpc(env.devnet.url, "evm_setAutomine", [false]);
-  const payment = await signPayment(devPrivateKey(payerIndex), await offer(BATCHED));
-  const res = await send(BATCHED, payment);
-  assert.equal(res.status, 200, "a batched route serves before it settles");
-
-  const { burnt, settled } = await frontRunSettlement(payerIndex, payment.payload.authorization.nonce);
-  assert.ok(BigInt(burnt.blockNumber) < BigInt(settled.blockNumber), "the burn landed before the settlement");
+  const { res } = await servedThenFrontRun(payerIndex, burnNonce);
   const final = await finalState(res.receipt);
   assert.equal(final.state, "failed", `front-run and journaled as ${JSON.stringify(final)}`);
   assert.match(final.reason, /without paying|burnt|not pay/);
@@ -180,6 +189,17 @@ test("settle-before route, nonce burnt while its settlement is on its way: refus
   assert.equal(hits.get(BEFORE) ?? 0, hitsBefore, "the upstream never saw the request");
   const [record] = journaled(devAccount(payerIndex).address);
   assert.equal(record.state, "failed");
+  await assertBlocked(payerIndex);
+  await assertLedger();
+});
+
+test("batched route, authorization cancelled while the settlement is on its way: failed as cancelled, the payer is blocked", async () => {
+  const payerIndex = 6;
+  const { res, burnt: cancelled } = await servedThenFrontRun(payerIndex, cancelAuthorization);
+  const final = await finalState(res.receipt);
+  assert.equal(final.state, "failed");
+  // Recognised by its AuthorizationCanceled event, in the payer's own transaction.
+  assert.match(final.reason, new RegExp(`cancelled by the payer \\(AuthorizationCanceled in ${cancelled.transactionHash}\\)`));
   await assertBlocked(payerIndex);
   await assertLedger();
 });
