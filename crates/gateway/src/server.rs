@@ -105,7 +105,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         balances,
         journal: journal.clone(),
         settle_before,
-        // A settle-before request may wait for the batch in flight and then its own receipt.
+        // A settle-before request waits for its own transaction: simulation, then its receipt.
         settle_before_timeout,
         metrics: metrics.clone(),
         request_ids: RequestIds::new(),

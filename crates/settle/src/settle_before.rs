@@ -142,3 +142,51 @@ impl SettleBefore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_keeps_the_batch_loop_away_until_it_is_dropped() {
+        let claims = Claims::default();
+        let claim = claims.claim("receipt-1");
+        assert!(claims.holds("receipt-1"));
+        assert!(!claims.holds("receipt-2"));
+        drop(claim);
+        assert!(!claims.holds("receipt-1"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_refuses_before_any_check_and_a_refusal_gives_its_place_back() {
+        let (settle_before, _requests) = SettleBefore::new(1, Vec::new(), Claims::default());
+        let place = settle_before.queue.clone().try_reserve_owned().expect("room for one");
+        let item = SettlementItem {
+            network: "eip155:84532".into(),
+            chain_id: 84532,
+            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+            payload: x402::ExactEvmPayload {
+                signature: "0x".into(),
+                authorization: x402::ExactEvmAuthorization {
+                    from: "0x00000000000000000000000000000000000000a1".into(),
+                    to: "0x00000000000000000000000000000000000000b2".into(),
+                    value: "1000".into(),
+                    valid_after: "0".into(),
+                    valid_before: "300".into(),
+                    nonce: format!("0x{}", "07".repeat(32)),
+                },
+            },
+            valid_before: 300,
+        };
+        let full = settle_before.admit(&item, "receipt-1").await;
+        assert!(matches!(full, Err(SettleBeforeRefusal::QueueFull { capacity: 1 })));
+        assert!(!settle_before.claims.holds("receipt-1"), "a refused payment holds nothing");
+        drop(place);
+        // Room again; with no chain configured for the network the payment is refused, and
+        // the place and claim it took are given back.
+        let unconfigured = settle_before.admit(&item, "receipt-1").await;
+        assert!(matches!(unconfigured, Err(SettleBeforeRefusal::Unsettleable(_))));
+        assert!(!settle_before.claims.holds("receipt-1"));
+        assert!(settle_before.queue.clone().try_reserve_owned().is_ok());
+    }
+}

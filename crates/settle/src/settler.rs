@@ -8,14 +8,19 @@
 //! or an open batch, which the next round resolves from chain state: the receipt if it was
 //! mined, otherwise the same signed bytes are sent again (same hash, same account nonce:
 //! they can land at most once), and whatever did not land is decided per payment by
-//! `authorizationState` and `AuthorizationUsed`, never by signing blindly again.
+//! `authorizationState` and receipts, never by signing blindly again. A payment is `settled`
+//! only on proof of its transfer to payTo (see [`Mined::paid`]); a used nonce alone is not.
+//!
+//! `settle: before` payments are settled beside the batch loop, several at once, each in a
+//! transaction of its own; signing is serialised so no two transactions take one account
+//! nonce.
 
 use crate::chain::{ChainClient, ChainError, Mined, NonceEnd};
 use crate::metrics::SettlementMetrics;
+use crate::settle_before::{Claims, SettleBefore, SettleNow, SettleNowOutcome};
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::settle_before::{Claims, SettleBefore, SettleNow, SettleNowOutcome};
 use tokio::sync::{mpsc, watch, Semaphore};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
@@ -105,7 +110,8 @@ pub struct CreditControl {
     pub block_payer_for_secs: u64,
 }
 
-/// Failures the payer caused: spent its balance elsewhere, or cancelled the authorization.
+/// Failures the payer caused: spent its balance elsewhere, cancelled the authorization, or
+/// burnt its nonce with another authorization.
 fn payer_at_fault(reason: &str) -> bool {
     reason.contains("exceeds balance") || reason.contains("cancelled") || reason.contains(BURNT)
 }
@@ -255,8 +261,8 @@ impl Settler {
         }
     }
 
-    /// Waits until a round is worth running: a tick, a full batch's worth of new payments, a
-    /// settle-before request or shutdown. A round per recorded payment would read the queue
+    /// Waits until a round is worth running: a tick, a full batch's worth of new payments or
+    /// shutdown. A round per recorded payment would read the queue
     /// from the journal once per paid request, on the request path's core.
     async fn wait_for_work(&self, tick: Duration, shutdown: &mut watch::Receiver<bool>) {
         let seen = self.journal.recorded();
