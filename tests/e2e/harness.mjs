@@ -95,6 +95,18 @@ ${extraRoutes}
 `;
 }
 
+/** A `settle: before` route named premium, priced $0.01, for `extraRoutes`. */
+export function settleBeforeRoute(path) {
+  return `
+  - name: premium
+    methods: [GET]
+    path: ${path}
+    upstream: sample
+    price: "$0.01"
+    settle: before
+`;
+}
+
 /** A payTo address no other test or account touches, so its balance is the test's to read. */
 export function freshAddress() {
   return privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;

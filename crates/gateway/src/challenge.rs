@@ -131,6 +131,15 @@ pub fn upgrade_refused(route: &str) -> LocalResponse {
     json_response(403, &body)
 }
 
+/// 503 for a `settle: before` payment refused before it was journaled (queue full, chain
+/// unreadable): nobody was charged, so the client may send the same payment again.
+pub fn settlement_unavailable(message: &str) -> LocalResponse {
+    let body = serde_json::json!({ "x402Version": v2::X402_VERSION, "error": ReasonCode::UnexpectedSettleError.as_str(), "message": message });
+    let mut response = json_response(503, &body);
+    response.headers.push(("Retry-After", "1".into()));
+    response
+}
+
 /// A small JSON answer (404 for unmatched paths, 400 for ambiguous ones).
 pub fn json_response(status: u16, body: &serde_json::Value) -> LocalResponse {
     LocalResponse {

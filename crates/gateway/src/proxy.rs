@@ -26,8 +26,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
-use x402_settle::{SettleNow, SettleNowOutcome};
+use x402_settle::{SettleBefore, SettleBeforeRefusal, SettleNowOutcome};
 use x402_store::{Exposure, Journal, JournalError, ReplayStore};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
@@ -39,8 +38,9 @@ pub struct PaywallProxy {
     pub journal: Arc<Journal>,
     /// Whether settlement keeps up; priced routes take no payment while it does not.
     pub health: Arc<x402_settle::stall::SettlementHealth>,
-    /// The settler's queue for `settle: before` payments, and how long a request waits.
-    pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
+    /// The settler's bounded queue for `settle: before` payments (with the chain checks they
+    /// pass first), and how long a request waits.
+    pub settle_before: Option<SettleBefore>,
     pub settle_before_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
@@ -271,22 +271,46 @@ impl PaywallProxy {
         }
     }
 
-    /// `settle: before`: journals the payment, has the settler land it on-chain, and lets the
-    /// request through only once it has. `Some(response)` answers the request here and the
-    /// upstream is never called.
+    /// `settle: before`: checks the payment on-chain (nonce unused, balance enough) and takes
+    /// a place in the settler's bounded queue, then journals it, has the settler land it
+    /// on-chain, and lets the request through only once it has. `Some(response)` answers the
+    /// request here and the upstream is never called; a refusal before journaling charges
+    /// nobody.
     async fn settle_before(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
         let (route, pricing) = Self::route(config, ctx)?;
         let route_name = route.name.clone();
+        let refuse = |code: x402::ReasonCode, message: &str| {
+            let refusal = Refusal { reason: code, message };
+            Some(challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(refusal), false))
+        };
+        let Some(queue) = self.settle_before.as_ref() else {
+            return Some(challenge::settlement_unavailable("the settler is not running; nothing was charged"));
+        };
+        let Some(payment) = ctx.payment.as_ref() else {
+            return Some(challenge::settlement_unavailable("no verified payment to settle; nothing was charged"));
+        };
+        let ticket = match queue.admit(&payment.item, &payment::receipt_id(&payment.key)).await {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                tracing::info!(route = %route_name, payer = %payment.payer, %refusal, "settle-before payment refused before journaling");
+                let message = format!("{refusal}; the request was not forwarded and nothing was charged");
+                return match refusal {
+                    SettleBeforeRefusal::NonceUsed => refuse(x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed, &message),
+                    SettleBeforeRefusal::InsufficientBalance { .. } => refuse(x402::ReasonCode::InvalidExactEvmInsufficientBalance, &message),
+                    SettleBeforeRefusal::Unsettleable(_) => refuse(x402::ReasonCode::InvalidExactEvmTransactionFailed, &message),
+                    SettleBeforeRefusal::QueueFull { .. } | SettleBeforeRefusal::ChainUnavailable(_) => {
+                        Some(challenge::settlement_unavailable(&message))
+                    }
+                };
+            }
+        };
         let (payment_id, receipt_id) = match self.record_payment(&route_name, ctx).await {
             Ok(recorded) => recorded,
             Err(error) => return Some(error_response(&error)),
         };
-        let (reply_to, reply) = oneshot::channel();
-        let queued = self.settle_now.as_ref().is_some_and(|queue| queue.send(SettleNow { payment_id, reply: reply_to }).is_ok());
-        let outcome = match (queued, tokio::time::timeout(self.settle_before_timeout, reply).await) {
-            (true, Ok(Ok(outcome))) => outcome,
-            (true, _) => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
-            (false, _) => SettleNowOutcome::Pending("the settler is not running".into()),
+        let outcome = match tokio::time::timeout(self.settle_before_timeout, ticket.send(payment_id)).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
         };
         match outcome {
             SettleNowOutcome::Settled(transaction) => {
@@ -296,12 +320,12 @@ impl PaywallProxy {
             SettleNowOutcome::Failed(reason) => {
                 let code = if reason.contains("exceeds balance") {
                     x402::ReasonCode::InvalidExactEvmInsufficientBalance
+                } else if reason.contains("authorization burnt") || reason.contains("cancelled") {
+                    x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed
                 } else {
                     x402::ReasonCode::InvalidExactEvmTransactionFailed
                 };
-                let message = format!("the payment did not settle, so the request was not forwarded: {reason}");
-                let refusal = Refusal { reason: code, message: &message };
-                Some(challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(refusal), false))
+                refuse(code, &format!("the payment did not settle, so the request was not forwarded: {reason}"))
             }
             SettleNowOutcome::Pending(why) => {
                 tracing::warn!(route = %route_name, receipt = %receipt_id, why, "settle-before payment not confirmed in time");

@@ -79,8 +79,14 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         spawn_stall_guard(&config, key, journal.clone(), health.clone(), shutdown_rx.clone())?;
     }
     let drain_timeout = config.settlement.drain_timeout;
-    let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
-    let settle_now = settler.is_some().then_some(settle_now_tx);
+    let settler = settler.map(Arc::new);
+    let (settle_before, settle_now_rx) = match &settler {
+        Some(settler) => {
+            let (queue, requests) = settler.settle_before(config.settlement.settle_before_queue);
+            (Some(queue), Some(requests))
+        }
+        None => (None, None),
+    };
     let settler_lock = settler_lock_path(&config.settlement.journal_path);
     let upgrade_window = Arc::new(UpgradeWindow::default());
     if options.upgrade {
@@ -89,7 +95,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let (window, window_journal, longest_quote) = (upgrade_window.clone(), journal.clone(), longest_quote_seconds(&config));
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let Some(settler) = settler else { return anyhow::Ok(()) };
+        let (Some(settler), Some(settle_now_rx)) = (settler, settle_now_rx) else { return anyhow::Ok(()) };
         let Some(_lock) = runtime.block_on(take_settler_lock(&settler_lock, shutdown_rx.clone()))? else { return Ok(()) };
         if options.upgrade {
             close_upgrade_window(&window, &window_journal, longest_quote);
@@ -114,8 +120,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         balances,
         journal: journal.clone(),
         health: health.clone(),
-        settle_now,
-        // A settle-before request may wait for the batch in flight and then its own receipt.
+        settle_before,
+        // A settle-before request waits for its own transaction: simulation, then its receipt.
         settle_before_timeout,
         metrics: metrics.clone(),
         request_ids: RequestIds::new(),

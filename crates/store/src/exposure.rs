@@ -184,6 +184,13 @@ impl Exposure {
         ledger.losses.add(per_day, value, now);
     }
 
+    /// A payment counted as lost was paid after all (its transaction landed late).
+    pub fn forgive_loss(&self, value: u64) {
+        let mut ledger = lock(&self.ledger);
+        ledger.losses.level = ledger.losses.level.saturating_sub(value);
+        ledger.losses.lost_total = ledger.losses.lost_total.saturating_sub(value);
+    }
+
     /// An operator's reset: the losses so far no longer count against the budget.
     pub fn reset_losses(&self, now: u64) -> u64 {
         let mut ledger = lock(&self.ledger);

@@ -279,6 +279,8 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE INDEX IF NOT EXISTS payments_unsettled ON payments (network, state, valid_before)
     WHERE state IN ('accepted', 'submitted');
 CREATE INDEX IF NOT EXISTS payments_in_flight ON payments (transaction_hash) WHERE state = 'submitted';
+-- Payments the settler gave up on, while a transaction of theirs may still land.
+CREATE INDEX IF NOT EXISTS payments_given_up ON payments (network, valid_before) WHERE state = 'failed' AND failure LIKE '%gave up after%';
 -- Earlier journals indexed every row three more times; each paid request paid for it.
 DROP INDEX IF EXISTS payments_by_state;
 DROP INDEX IF EXISTS payments_by_payer;
@@ -287,6 +289,13 @@ CREATE TABLE IF NOT EXISTS payer_blocks (
     payer TEXT PRIMARY KEY COLLATE NOCASE,
     until INTEGER NOT NULL,
     reason TEXT NOT NULL
+);
+-- Every settlement transaction a payment was sent in, so reconciliation can read their
+-- receipts before it searches anyone else's logs.
+CREATE TABLE IF NOT EXISTS payment_transactions (
+    payment_id INTEGER NOT NULL,
+    transaction_hash TEXT NOT NULL,
+    PRIMARY KEY (payment_id, transaction_hash)
 );
 CREATE TABLE IF NOT EXISTS batches (
     transaction_hash TEXT PRIMARY KEY,
@@ -310,6 +319,9 @@ static ACCEPTED: LazyLock<String> = LazyLock::new(|| {
 });
 static SUBMITTED_IN: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE state = 'submitted' AND transaction_hash = ?1 ORDER BY id"));
+static GIVEN_UP: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {COLUMNS} FROM payments WHERE state = 'failed' AND failure LIKE '%gave up after%' AND network = ?1 AND valid_before > ?2 ORDER BY valid_before")
+});
 // `+id`: ordering by the bare rowid would make the planner walk the whole table to skip a sort.
 static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE {UNSETTLED} ORDER BY +id"));
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
@@ -396,7 +408,7 @@ impl Journal {
         let (reply_to, reply) = oneshot::channel();
         let operation: Operation = Box::new(move |connection| {
             let result = match connection {
-                Some(connection) => write(connection),
+                Some(connection) => all_or_nothing(connection, write),
                 None => Err(JournalError::Closed),
             };
             Box::new(move |committed: Result<(), JournalError>| {
@@ -435,8 +447,11 @@ impl Journal {
                 "UPDATE payments SET state = 'submitted', transaction_hash = ?2, attempts = attempts + 1, updated_at_ms = ?3
                  WHERE id = ?1 RETURNING attempts",
             )?;
+            let mut remember = connection
+                .prepare_cached("INSERT OR IGNORE INTO payment_transactions (payment_id, transaction_hash) VALUES (?1, ?2)")?;
             for id in ids {
                 attempts.push(submit.query_row(params![id, batch.transaction, crate::unix_now_ms()], |row| row.get(0))?);
+                remember.execute(params![id, batch.transaction])?;
             }
             Ok(attempts)
         })
@@ -511,8 +526,23 @@ impl Journal {
     }
 
     /// Payments marked as sent in `transaction` and not yet resolved.
+    /// Payments on `network` the settler gave up on whose `validBefore` is after `since`: a
+    /// transaction of theirs may still land until then, and the journal must follow it.
+    pub fn given_up(&self, network: &str, since: u64) -> Result<Vec<PaymentRecord>, JournalError> {
+        query_payments(&lock(&self.reader), &GIVEN_UP, params![network, since])
+    }
+
     pub fn submitted_in(&self, transaction: &str) -> Result<Vec<PaymentRecord>, JournalError> {
         query_payments(&lock(&self.reader), &SUBMITTED_IN, params![transaction])
+    }
+
+    /// Every settlement transaction payment `id` was sent in, the latest first.
+    pub fn transactions_of(&self, id: u64) -> Result<Vec<String>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement =
+            reader.prepare_cached("SELECT transaction_hash FROM payment_transactions WHERE payment_id = ?1 ORDER BY rowid DESC")?;
+        let rows = statement.query_map(params![id], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every payment whose authorization can still be used on-chain (`validBefore` after
@@ -703,12 +733,23 @@ fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, gro
 }
 
 /// Runs a group of operations in one transaction and tells each caller how the commit went.
-/// Nothing runs outside a transaction: if none can be opened, every caller hears why.
+/// Nothing runs outside a transaction: if none can be opened, or SQLite rolled it back by
+/// itself part way (disk full, I/O error), every caller in the group hears that it failed,
+/// and no later operation runs in autocommit mode, where it would commit while its caller is
+/// told otherwise. The next group begins a transaction of its own.
 fn commit_group(connection: &Connection, batch: Vec<Operation>) {
-    let began = connection.execute_batch("BEGIN IMMEDIATE");
-    let inside = began.is_ok().then_some(connection);
-    let replies: Vec<Reply> = batch.into_iter().map(|operation| operation(inside)).collect();
-    let committed = began.and_then(|()| connection.execute_batch("COMMIT")).map_err(|e| e.to_string());
+    let mut lost = connection.execute_batch("BEGIN IMMEDIATE").err().map(|e| e.to_string());
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    for operation in batch {
+        replies.push(operation(lost.is_none().then_some(connection)));
+        if lost.is_none() && connection.is_autocommit() {
+            lost = Some("SQLite rolled the transaction back (disk full or I/O error); nothing in it was written".into());
+        }
+    }
+    let committed = match lost {
+        Some(error) => Err(error),
+        None => connection.execute_batch("COMMIT").map_err(|e| e.to_string()),
+    };
     if let Err(error) = &committed {
         tracing::error!(%error, writes = replies.len(), "journal commit failed");
         if !connection.is_autocommit() {
@@ -718,6 +759,26 @@ fn commit_group(connection: &Connection, batch: Vec<Operation>) {
     for reply in replies {
         reply(committed.clone().map_err(JournalError::Commit));
     }
+}
+
+/// Runs one write inside a savepoint of the group's transaction, so a write that fails part
+/// way leaves none of its statements behind for the group to commit.
+fn all_or_nothing<R>(connection: &Connection, write: impl FnOnce(&Connection) -> Result<R, JournalError>) -> Result<R, JournalError> {
+    connection.prepare_cached("SAVEPOINT one_write")?.execute([])?;
+    let result = write(connection);
+    if connection.is_autocommit() {
+        // SQLite dropped the whole transaction, savepoint and all: the group fails.
+        return result;
+    }
+    let closed = match &result {
+        Ok(_) => connection.prepare_cached("RELEASE one_write").and_then(|mut release| release.execute([])),
+        Err(_) => connection
+            .prepare_cached("ROLLBACK TO one_write")
+            .and_then(|mut undo| undo.execute([]))
+            .and_then(|_| connection.prepare_cached("RELEASE one_write")?.execute([])),
+    };
+    closed?;
+    result
 }
 
 fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, JournalError> {

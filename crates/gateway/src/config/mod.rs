@@ -70,6 +70,9 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     if settlement.max_batch == 0 {
         return Err("settlement.max_batch: must be at least 1".into());
     }
+    if settlement.settle_before_queue == 0 {
+        return Err("settlement.settle_before_queue: must be at least 1".into());
+    }
     if settlement.max_gas_per_transaction < 100_000 {
         return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
     }
@@ -106,6 +109,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
             stall_after: Duration::from_secs(settlement.stall_after_seconds.max(1)),
+            settle_before_queue: settlement.settle_before_queue,
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {

@@ -78,6 +78,8 @@ pub struct SettlementSettings {
     pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
     pub stall_after: Duration,
+    /// `settle: before` payments that may wait for the settler before 503.
+    pub settle_before_queue: usize,
 }
 
 #[derive(Debug, Clone)]

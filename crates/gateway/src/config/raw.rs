@@ -211,6 +211,8 @@ pub struct RawSettlement {
     /// How long an RPC outage, or a payment waiting beyond its batch window, is tolerated
     /// before priced routes stop taking payments (503 `settlement_stalled`).
     pub stall_after_seconds: u64,
+    /// `settle: before` payments that may wait for the settler; beyond it they get 503.
+    pub settle_before_queue: usize,
 }
 
 impl Default for RawSettlement {
@@ -227,6 +229,7 @@ impl Default for RawSettlement {
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
             stall_after_seconds: 30,
+            settle_before_queue: 64,
         }
     }
 }
