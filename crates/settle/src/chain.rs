@@ -242,7 +242,9 @@ impl ChainClient {
     /// `authorizationState(authorizer, nonce)` on `token`: true once used or cancelled.
     pub async fn authorization_state(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool, ChainError> {
         let request = TransactionRequest::default().with_to(token).with_input(calldata::authorization_state(authorizer, nonce));
-        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).await } }).await?;
+        // Mined state only: a transaction still in the pool has settled nothing (some nodes
+        // answer a call without a block from their pending state).
+        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).block(alloy::eips::BlockId::latest()).await } }).await?;
         IEip3009::authorizationStateCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
