@@ -38,6 +38,8 @@ routes:
   - { name: timeout, methods: [POST], path: /slow, upstream: impatient, price: "$0.003" }
   - { name: forward, methods: [POST], path: "/status/{code}", upstream: sample, price: "$0.004", charge_on: forward }
   - { name: status, methods: [GET], path: "/status/{code}", upstream: sample, price: "$0.001" }
+  - { name: dead-forward, methods: [POST], path: /dead, upstream: dead, price: "$0.001", charge_on: forward }
+  - { name: slow-forward, methods: [PUT], path: /slow, upstream: impatient, price: "$0.003", charge_on: forward }
   - { name: dead, path: /dead, upstream: dead, price: "$0.001" }
   - { name: health, path: /health, upstream: sample, free: true }
 `;
@@ -69,9 +71,15 @@ function rawExchange(head, { hangUpWhen } = {}) {
     let poll;
     const finish = (value) => {
       clearInterval(poll);
+      clearTimeout(limit);
       resolve({ head: value, socket });
     };
     socket.on("error", reject);
+    const limit = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no response head in 20 s to: ${head.split("\r\n")[0]}`));
+    }, 20_000);
+    socket.on("close", () => clearTimeout(limit));
     socket.on("data", (chunk) => {
       text += chunk.toString("latin1");
       const end = text.indexOf("\r\n\r\n");
@@ -132,16 +140,23 @@ test("upgrades: charge journals the payment before the 101; the same payment ope
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - before === 2000n, 30_000, "the tunnel's payment settled");
 });
 
+const spentLines = () => (gateway.logs().match(/payment="?spent/g) ?? []).length;
+
 test("a client that hangs up after its request reached the upstream cannot buy the work again with the same payment", async () => {
   const payment = await signPayment(payer, await requirementsFor("/slow"));
   const start = hitsOf("/slow");
   for (let i = 0; i < 3; i++) {
     const seen = hitsOf("/slow");
+    const spent = spentLines();
     // Hang up as soon as the upstream has the request, or read the answer if one comes first.
     const { head, socket } = await rawExchange(paidGet("/slow?ms=800", payment), { hangUpWhen: () => hitsOf("/slow") > seen });
     socket.destroy();
-    if (i === 0) assert.equal(head, null, "the first attempt reached the upstream and was abandoned");
-    else {
+    if (i === 0) {
+      assert.equal(head, null, "the first attempt reached the upstream and was abandoned");
+      // Resend only once the gateway has finished with it: a reservation still in flight
+      // would refuse the resend whatever the rule.
+      await eventually(() => spentLines() > spent, 15_000, "the abandoned request logged as spent");
+    } else {
       assert.equal(head?.status, 402, `attempt ${i + 1} is refused: ${head?.text}`);
       assert.equal(reasonIn(head), "invalid_exact_evm_nonce_already_used");
     }
@@ -149,6 +164,33 @@ test("a client that hangs up after its request reached the upstream cannot buy t
   assert.equal(hitsOf("/slow") - start, 1, "the upstream was called once");
   const res = await fetch(gateway.base + "/slow?ms=1", { headers: { "PAYMENT-SIGNATURE": b64(payment) } });
   assert.equal(res.status, 402, "still used up afterwards");
+});
+
+test("a 100 Continue is not the upstream's answer: hanging up after it does not free the payment", async () => {
+  const payment = await signPayment(payer, await requirementsFor("/slow"));
+  const seen = hitsOf("/slow");
+  const spent = spentLines();
+  const head = `GET /slow?ms=800 HTTP/1.1\r\nHost: gateway\r\nExpect: 100-continue\r\nPAYMENT-SIGNATURE: ${b64(payment)}\r\n\r\n`;
+  const first = await rawExchange(head, { hangUpWhen: () => hitsOf("/slow") > seen });
+  first.socket.destroy();
+  await eventually(() => spentLines() > spent, 15_000, "the abandoned request logged as spent");
+  const again = await rawExchange(paidGet("/slow?ms=1", payment));
+  again.socket.destroy();
+  assert.equal(again.head.status, 402, again.head.text);
+  assert.equal(reasonIn(again.head), "invalid_exact_evm_nonce_already_used");
+  assert.equal(hitsOf("/slow") - seen, 1, "the upstream was called once");
+});
+
+test("upgrades: charge takes a WebSocket only: an h2c upgrade is refused before anything is charged", async () => {
+  const payment = await signPayment(payer, await requirementsFor("/ws/charged"));
+  const request = upgradeRequest("/ws/charged", payment).replace("Upgrade: websocket", "Upgrade: h2c");
+  const { head, socket } = await rawExchange(request);
+  socket.destroy();
+  assert.equal(head.status, 403, head.text);
+  assert.match(head.rest, /upgrade_not_allowed/);
+  const websocket = await rawExchange(upgradeRequest("/ws/charged", payment));
+  websocket.socket.destroy();
+  assert.equal(websocket.head.status, 101, "the same payment still opens a WebSocket: nothing was used up");
 });
 
 test("after an upstream timeout the same payment is refused, not sent upstream again", async () => {
@@ -201,4 +243,22 @@ test("charge_on: forward charges before the upstream is called, whatever it answ
   assert.equal(again.status, 402, "the charged payment is not reusable");
   assert.equal(unb64(again.headers.get("payment-required")).error, "invalid_exact_evm_nonce_already_used");
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - before === 4000n, 30_000, "the forward-charged payment settled");
+});
+
+test("charge_on: forward charges once connected: a refused connection costs nothing, a timeout carries the receipt", async () => {
+  const before = await balanceOf(env.devnet.url, payTo);
+  const challenge = await fetch(gateway.base + "/dead", { method: "POST" });
+  assert.equal(challenge.status, 402);
+  const payment = await signPayment(payer, unb64(challenge.headers.get("payment-required")).accepts[0]);
+  const refused = await fetch(gateway.base + "/dead", { method: "POST", headers: { "PAYMENT-SIGNATURE": b64(payment) } });
+  assert.equal(refused.status, 502);
+  assert.equal(refused.headers.get("payment-response"), null, "not charged");
+  assert.match((await refused.json()).message, /not charged\./);
+
+  const slow = await signPayment(payer, unb64((await fetch(gateway.base + "/slow", { method: "PUT" })).headers.get("payment-required")).accepts[0]);
+  const timedOut = await fetch(gateway.base + "/slow?ms=1500", { method: "PUT", headers: { "PAYMENT-SIGNATURE": b64(slow) } });
+  assert.equal(timedOut.status, 504);
+  assert.equal(unb64(timedOut.headers.get("payment-response")).success, true, "the charged payment's receipt comes with the error");
+  assert.match((await timedOut.json()).message, /charged when the request was forwarded/);
+  await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - before === 3000n, 30_000, "only the forwarded one settled");
 });

@@ -172,7 +172,7 @@ impl AdminApi {
             "lossBudget": {
                 "usedUsdMicros": snapshot.losses,
                 "perDayUsdMicros": snapshot.limits.losses_per_day,
-                "spent": snapshot.limits.losses_per_day.is_some_and(|limit| snapshot.losses >= limit),
+                "spent": snapshot.losses_spent,
                 "lostSinceStartUsdMicros": snapshot.lost_total,
             },
             "totalUsdMicros": snapshot.total,

@@ -9,6 +9,7 @@
 
 use alloy_primitives::{Address, U256};
 use moka::future::Cache;
+use std::sync::Arc;
 use std::time::Duration;
 use x402_settle::ChainClient;
 
@@ -28,6 +29,8 @@ pub enum BalanceUnavailable {
     TimedOut(Duration),
     #[error("the payer's balance could not be read: {0}")]
     ReadFailed(String),
+    #[error("{0} balance reads are already in flight")]
+    Busy(usize),
 }
 
 /// Token balances read through the networks' RPC URLs, cached and shared by concurrent payments.
@@ -35,11 +38,32 @@ pub struct BalanceCache {
     balances: Cache<BalanceKey, U256>,
     chains: Vec<(u64, ChainClient)>,
     timeout: Duration,
+    /// Reads in flight: a flood of fresh payer addresses gets 503s, not an RPC node (which
+    /// settlement needs too) buried in calls.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Most balance reads in flight at once.
+const MAX_READS_IN_FLIGHT: usize = 32;
 
 impl BalanceCache {
     pub fn new(chains: Vec<(u64, ChainClient)>, ttl: Duration, timeout: Duration) -> Self {
-        Self { balances: Cache::builder().time_to_live(ttl).max_capacity(1_000_000).build(), chains, timeout }
+        Self {
+            balances: Cache::builder().time_to_live(ttl).max_capacity(1_000_000).build(),
+            chains,
+            timeout,
+            reads: tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT),
+        }
+    }
+
+    /// A payment of this payer settled: its balance dropped, so the next payment reads it
+    /// again rather than spend what is already gone.
+    pub fn forget_paid(self: &Arc<Self>, record: &x402_store::PaymentRecord) {
+        let (Ok(token), Ok(owner)) = (record.item.asset.parse::<Address>(), record.payer.parse::<Address>()) else { return };
+        let key = BalanceKey { chain_id: record.item.chain_id, token, owner };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let cache = Arc::clone(self);
+        runtime.spawn(async move { cache.balances.invalidate(&key).await });
     }
 
     /// The payer's balance: cached, or read now (once for all who ask at the same time).
@@ -47,6 +71,7 @@ impl BalanceCache {
         let key = BalanceKey { chain_id, token, owner };
         let client = self.chains.iter().find(|(id, _)| *id == chain_id).map(|(_, c)| c).ok_or(BalanceUnavailable::UnknownChain(chain_id))?;
         let read = async {
+            let Ok(_permit) = self.reads.try_acquire() else { return Err(BalanceUnavailable::Busy(MAX_READS_IN_FLIGHT)) };
             match tokio::time::timeout(self.timeout, client.balance_of(token, owner)).await {
                 Ok(Ok(balance)) => Ok(balance),
                 Ok(Err(error)) => Err(BalanceUnavailable::ReadFailed(error.to_string())),

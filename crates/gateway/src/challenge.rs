@@ -126,7 +126,7 @@ pub fn retry_later(code: &str, reason: ReasonCode, message: &str) -> LocalRespon
 pub fn upgrade_refused(route: &str) -> LocalResponse {
     let body = serde_json::json!({
         "error": "upgrade_not_allowed",
-        "message": format!("route {route:?} is priced per response and does not allow protocol upgrades (WebSocket); nothing was charged"),
+        "message": format!("route {route:?} is priced per response and does not allow this protocol upgrade (only a WebSocket, on a route with upgrades: charge); nothing was charged"),
     });
     json_response(403, &body)
 }

@@ -68,6 +68,8 @@ pub struct RequestContext {
     upstream_status: Option<u16>,
     /// `charge_on: forward`: journaled before forwarding, with this receipt id.
     charged_up_front: Option<String>,
+    /// A journal write of the payment was started, with this receipt id.
+    charge_pending: Option<String>,
     started: Instant,
     /// From the client's `X-Request-Id` when it is usable, otherwise generated.
     request_id: String,
@@ -163,8 +165,12 @@ impl PaywallProxy {
             let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
             return Admission::Answer(challenge::retry_later("settlement_stalled", x402::ReasonCode::UnexpectedSettleError, &message));
         }
-        if pricing.upgrades == UpgradePolicy::Refuse && req.headers.contains_key(http::header::UPGRADE) {
-            return Admission::Answer(challenge::upgrade_refused(&route.name));
+        if let Some(upgrade) = req.headers.get(http::header::UPGRADE) {
+            // Only a WebSocket can be charged: an h2c upgrade would open a connection that
+            // carries any number of requests to any path, past route matching and pricing.
+            if pricing.upgrades == UpgradePolicy::Refuse || !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+                return Admission::Answer(challenge::upgrade_refused(&route.name));
+            }
         }
         // The resource URL goes only into answers: a payment that is accepted never builds it.
         let Some(header) = payment::find_payment_header(&req.headers) else {
@@ -212,7 +218,11 @@ impl PaywallProxy {
     /// first payment of a payer waits for one read, later ones use the cached value.
     async fn hold_covered(&self, signed: payment::SignedPayment, route: &Route) -> Result<AcceptedPayment, PaymentRejection> {
         let balance = match (&self.balances, signed.balance_key(route)) {
-            (Some(balances), Some((chain_id, token, owner))) => Some(balances.balance(chain_id, token, owner).await?),
+            (Some(balances), Some((chain_id, token, owner))) => {
+                // What needs no balance is refused before one is read: no RPC call for it.
+                self.exposure.precheck(&owner.to_checksum(None), x402_store::unix_now())?;
+                Some(balances.balance(chain_id, token, owner).await?)
+            }
             _ => None,
         };
         let now = x402_store::unix_now();
@@ -339,17 +349,18 @@ impl PaywallProxy {
         }
     }
 
-    /// `charge_on: forward`: journals the payment before the upstream is called, so what the
-    /// upstream does (or whether the client stays) no longer decides whether it is paid.
-    async fn charge_before_forwarding(&self, config: &Config, ctx: &mut RequestContext) -> Option<LocalResponse> {
-        let (route, _) = Self::route(config, ctx)?;
-        match self.record_payment(&route.name, ctx).await {
-            Ok((_, receipt_id)) => {
-                ctx.charged_up_front = Some(receipt_id);
-                None
-            }
-            Err(error) => Some(error_response(&error)),
+    /// `charge_on: forward`: journals the payment once a connection to the upstream is made
+    /// and before the request goes out on it, so what the upstream does (or whether the
+    /// client stays) no longer decides whether it is paid, and a refused connection costs nothing.
+    async fn charge_before_forwarding(&self, ctx: &mut RequestContext) -> Result<()> {
+        let config = ctx.config.clone();
+        let Some((route, pricing)) = config.as_deref().and_then(|c| Self::route(c, ctx)) else { return Ok(()) };
+        if pricing.charge_on != ChargeOn::Forward || ctx.payment.is_none() || ctx.charged || ctx.settled_before.is_some() {
+            return Ok(());
         }
+        let (_, receipt_id) = self.record_payment(&route.name, ctx).await?;
+        ctx.charged_up_front = Some(receipt_id);
+        Ok(())
     }
 
     /// Journals a billable payment and waits until it is durable: the response is not
@@ -358,6 +369,9 @@ impl PaywallProxy {
         let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
+        // If this future is dropped mid-write (Pingora gives up on the request), the write may
+        // still commit: what is released later must ask the journal, not assume.
+        ctx.charge_pending = Some(receipt_id.clone());
         match self.journal.record(entry).await {
             Ok(id) => {
                 if let Some(payment) = ctx.payment.as_ref() {
@@ -384,6 +398,19 @@ impl PaywallProxy {
         payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, shared_journal: None }
     }
 
+    /// Whether a journal write whose caller went away committed anyway: the payment is then
+    /// charged and unsettled, and nothing of it may be released. Unknown counts as charged.
+    fn journaled_after_all(&self, ctx: &mut RequestContext) -> bool {
+        let Some(receipt_id) = ctx.charge_pending.as_deref() else { return false };
+        let journaled = self.journal.by_receipt(receipt_id).map_or(true, |record| record.is_some());
+        if journaled {
+            tracing::warn!(receipt = receipt_id, "a payment was journaled while its request failed; it stays charged");
+            ctx.charged = true;
+            ctx.outcome = PaymentOutcome::Charged;
+        }
+        journaled
+    }
+
     /// Releases what a payment nobody was charged for held. Its authorization is freed for
     /// reuse only when the upstream did no billable work for it: the connection was refused,
     /// or the upstream itself answered with a status that is not billable. A client that hangs
@@ -391,7 +418,7 @@ impl PaywallProxy {
     /// signature cannot make the upstream work again and again.
     fn release_uncharged(&self, ctx: &mut RequestContext) {
         let Some(payment) = ctx.payment.take() else { return };
-        if ctx.charged {
+        if ctx.charged || self.journaled_after_all(ctx) {
             return;
         }
         let spent = ctx.journaled_before || ctx.upstream_did_work();
@@ -420,6 +447,7 @@ impl ProxyHttp for PaywallProxy {
             reached_upstream: false,
             upstream_status: None,
             charged_up_front: None,
+            charge_pending: None,
             started: Instant::now(),
             request_id: String::new(),
             outcome: PaymentOutcome::None,
@@ -438,9 +466,6 @@ impl ProxyHttp for PaywallProxy {
         ctx.config = Some(config.clone());
         if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {
             answer = self.settle_before(&config, session.req_header(), ctx).await;
-        }
-        if answer.is_none() && ctx.payment.is_some() && Self::route(&config, ctx).is_some_and(|(_, p)| p.charge_on == ChargeOn::Forward) {
-            answer = self.charge_before_forwarding(&config, ctx).await;
         }
         match answer {
             Some(mut response) => {
@@ -486,8 +511,21 @@ impl ProxyHttp for PaywallProxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        self.charge_before_forwarding(ctx).await?;
         ctx.reached_upstream = true;
         Ok(())
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestContext, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A paid request the upstream may already have worked on is never sent again: one
+        // payment, one upstream call.
+        if ctx.payment.is_some() || !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestContext) -> Result<()> {
@@ -510,7 +548,12 @@ impl ProxyHttp for PaywallProxy {
     }
 
     async fn upstream_response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
-        ctx.upstream_status = Some(response.status.as_u16());
+        // A 100 Continue or 103 Early Hints is not the upstream's answer: it has not declined
+        // the request, and may be working on it still.
+        let status = response.status.as_u16();
+        if status >= 200 || status == 101 {
+            ctx.upstream_status = Some(status);
+        }
         Ok(())
     }
 
@@ -523,6 +566,9 @@ impl ProxyHttp for PaywallProxy {
         }
         let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
         let status = response.status.as_u16();
+        if response.status.is_informational() && status != 101 {
+            return Ok(());
+        }
         let (receipt_id, transaction) = match (ctx.settled_before.clone(), ctx.charged_up_front.clone()) {
             // Paid on-chain before the upstream was called, whatever it answered.
             (Some((receipt_id, transaction)), _) => (receipt_id, Some(transaction)),
@@ -530,7 +576,7 @@ impl ProxyHttp for PaywallProxy {
             (None, Some(receipt_id)) => (receipt_id, None),
             // A switch to another protocol is charged before the 101 leaves: the tunnel it
             // opens is what was paid for.
-            (None, None) if ctx.payment.is_some() && (pricing.is_billable(status) || (status == 101 && pricing.upgrades == UpgradePolicy::Charge)) => {
+            (None, None) if !ctx.charged && ctx.payment.is_some() && (pricing.is_billable(status) || (status == 101 && pricing.upgrades == UpgradePolicy::Charge)) => {
                 (self.record_payment(&route.name, ctx).await?.1, None)
             }
             (None, None) => return Ok(()),
@@ -545,6 +591,9 @@ impl ProxyHttp for PaywallProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestContext) -> FailToProxy {
         let (status, reason, message) = failure_answer(e);
+        if ctx.payment.is_some() && !ctx.charged {
+            self.journaled_after_all(ctx);
+        }
         if status > 0 {
             let paid = match (&ctx.payment, ctx.charged) {
                 (Some(_), false) if ctx.upstream_did_work() => {
@@ -552,11 +601,15 @@ impl ProxyHttp for PaywallProxy {
                 }
                 (Some(_), false) => " Your payment was not charged.",
                 (Some(_), true) if ctx.settled_before.is_some() => " Your payment was settled before the request was forwarded.",
+                (Some(_), true) => " Your payment was charged when the request was forwarded (the route charges on forward); its receipt is in PAYMENT-RESPONSE.",
                 _ => "",
             };
             let body = serde_json::json!({"error": reason, "message": format!("{message}.{paid}")});
             let mut response = challenge::json_response(status, &body);
             response.headers.push((REQUEST_ID, ctx.request_id.clone()));
+            if let (Some(receipt_id), Some(payment)) = (ctx.charged_up_front.as_deref(), ctx.payment.as_ref()) {
+                response.headers.push(payment::receipt_header(payment, receipt_id, None));
+            }
             if let Err(error) = write_local_response(session, response).await {
                 tracing::debug!(%error, "could not send the error response");
             }

@@ -61,8 +61,10 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     );
     let replay = rebuild_replay_store(&journal)?;
     let exposure = rebuild_exposure(&config, &journal)?;
-    let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds };
     let key = settlement_key(&config)?;
+    let balances = build_balance_cache(&config, key.as_ref())?;
+    let payer_paid = balances.clone().map(|balances| -> x402_settle::PayerPaid { Box::new(move |record| balances.forget_paid(record)) });
+    let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds, payer_paid };
     let settler = match &key {
         Some(key) => Some(
             build_settler(&config, key, journal.clone())?
@@ -72,7 +74,6 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let balances = build_balance_cache(&config, key.as_ref())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let health = Arc::new(SettlementHealth::default());
     if let Some(key) = &key {

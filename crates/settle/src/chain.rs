@@ -113,6 +113,9 @@ pub struct SignedTransaction {
     pub raw: Vec<u8>,
 }
 
+/// How long one RPC URL gets to answer one call before the next URL is asked.
+const RPC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn rpc_error(error: RpcError<TransportErrorKind>) -> ChainError {
     match error {
         RpcError::ErrorResp(payload) => ChainError::Rejected(payload.message.to_string()),
@@ -152,7 +155,12 @@ impl ChainClient {
     {
         let mut last = ChainError::Rpc("no RPC URL configured".into());
         for (url, provider) in &self.providers {
-            match call(provider.clone()).await.map_err(rpc_error) {
+            // A node that takes the connection and never answers must not hold up the others.
+            let answer = match tokio::time::timeout(RPC_CALL_TIMEOUT, call(provider.clone())).await {
+                Ok(answer) => answer.map_err(rpc_error),
+                Err(_) => Err(ChainError::Rpc(format!("no answer in {} s", RPC_CALL_TIMEOUT.as_secs()))),
+            };
+            match answer {
                 Err(ChainError::Rpc(error)) => {
                     tracing::debug!(rpc = %url, %error, "RPC unreachable; trying the next URL");
                     last = ChainError::Rpc(format!("{url}: {error}"));

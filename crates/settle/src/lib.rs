@@ -17,4 +17,4 @@ pub mod stall;
 pub use chain::{ChainClient, ChainError};
 pub use metrics::SettlementMetrics;
 pub use settle_before::{SettleBefore, SettleBeforeRefusal, SettleNow, SettleNowOutcome, SettleTicket};
-pub use settler::{BatchPolicy, CreditControl, NetworkSettlement, SettleError, Settler};
+pub use settler::{BatchPolicy, CreditControl, PayerPaid, NetworkSettlement, SettleError, Settler};

@@ -108,7 +108,13 @@ pub struct Settler {
 pub struct CreditControl {
     pub exposure: Arc<Exposure>,
     pub block_payer_for_secs: u64,
+    /// Told of each payment that settled: the payer's token balance dropped by its value
+    /// (a cached balance read before it must not be counted again).
+    pub payer_paid: Option<PayerPaid>,
 }
+
+/// See [`CreditControl::payer_paid`].
+pub type PayerPaid = Box<dyn Fn(&PaymentRecord) + Send + Sync>;
 
 /// Failures the payer caused: spent its balance elsewhere, cancelled the authorization, or
 /// burnt its nonce with another authorization.
@@ -637,9 +643,15 @@ impl Settler {
         let credit = self.credit.as_ref()?;
         let payer = record.payer.as_str();
         credit.exposure.remove(payer, &record.route, record.usd_micros);
-        if failure.is_some() {
-            // Served and never paid, whoever's fault: it counts against the loss budget.
+        // Served and never paid, whoever's fault: it counts against the loss budget. A
+        // `settle: before` payment being settled now was not served: its failure loses nothing.
+        if failure.is_some() && !self.claims.holds(&record.receipt_id) {
             credit.exposure.record_loss(record.usd_micros, unix_now());
+        }
+        if failure.is_none() {
+            if let Some(paid) = &credit.payer_paid {
+                paid(record);
+            }
         }
         let reason = failure.filter(|reason| payer_at_fault(reason))?;
         let until = unix_now() + credit.block_payer_for_secs;

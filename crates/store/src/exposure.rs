@@ -8,7 +8,9 @@
 //!
 //! Refusing a payer protects nothing against the next fresh address, so value that was
 //! served and never paid also counts against a loss budget shared by every payer: a bucket
-//! that drains at `losses_per_day` per day. While it is full, every new payment is refused.
+//! of `losses_per_day` that drains at that rate per day. Once it is full, every new payment
+//! is refused until it has drained to half (at most half a day): the bucket holds no more
+//! than its size, so a burst of losses cannot lock honest payers out for longer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,7 +49,7 @@ pub enum ExposureRefusal {
     /// The payer's token balance, less what it owes unsettled, does not cover the payment.
     #[error("the payer's token balance ({balance} micro-USD) does not cover {owed} micro-USD unsettled plus this payment")]
     Uncovered { balance: u64, owed: u64 },
-    #[error("the gateway has lost {lost} micro-USD to payments that never settled, its loss budget ({limit} micro-USD a day): new payments are refused until it drains or an operator resets it")]
+    #[error("the gateway has lost {lost} micro-USD to payments that never settled, against its loss budget of {limit} micro-USD a day: new payments are refused until it has drained to half or an operator resets it")]
     LossBudgetSpent { lost: u64, limit: u64 },
 }
 
@@ -68,6 +70,11 @@ struct LossBucket {
     level: u64,
     /// Unix seconds of the last drain.
     drained_at: u64,
+    /// What a drain could not yet take off (micro-USD × seconds, below a day's worth), so a
+    /// small budget drained every second still drains.
+    carry: u128,
+    /// Full, and not yet drained back to half.
+    spent: bool,
     /// Everything lost since the process started, for metrics.
     lost_total: u64,
 }
@@ -78,15 +85,36 @@ impl LossBucket {
         if elapsed == 0 {
             return;
         }
-        let drained = per_day.map_or(self.level, |rate| u64::try_from(u128::from(rate) * u128::from(elapsed) / u128::from(SECONDS_PER_DAY)).unwrap_or(u64::MAX));
-        self.level = self.level.saturating_sub(drained);
         self.drained_at = now;
+        let Some(rate) = per_day else {
+            self.level = 0;
+            return;
+        };
+        let owed = u128::from(rate) * u128::from(elapsed) + self.carry;
+        let day = u128::from(SECONDS_PER_DAY);
+        self.carry = owed % day;
+        self.level = self.level.saturating_sub(u64::try_from(owed / day).unwrap_or(u64::MAX));
+        if self.level == 0 {
+            self.carry = 0;
+        }
     }
 
     fn add(&mut self, per_day: Option<u64>, value: u64, now: u64) {
         self.drain(per_day, now);
-        self.level = self.level.saturating_add(value);
+        let cap = per_day.unwrap_or(u64::MAX);
+        self.level = self.level.saturating_add(value).min(cap);
         self.lost_total = self.lost_total.saturating_add(value);
+    }
+
+    /// Whether new payments are refused: from full until drained back to half.
+    fn refuses(&mut self, per_day: Option<u64>) -> bool {
+        let Some(limit) = per_day else { return false };
+        if self.level >= limit {
+            self.spent = true;
+        } else if self.level <= limit / 2 {
+            self.spent = false;
+        }
+        self.spent
     }
 }
 
@@ -130,7 +158,7 @@ impl Exposure {
         let ledger = &mut *guard;
         let limits = ledger.limits;
         ledger.losses.drain(limits.losses_per_day, now);
-        if let Some(limit) = limits.losses_per_day.filter(|&limit| ledger.losses.level >= limit) {
+        if let Some(limit) = limits.losses_per_day.filter(|_| ledger.losses.refuses(limits.losses_per_day)) {
             return Err(ExposureRefusal::LossBudgetSpent { lost: ledger.losses.level, limit });
         }
         if let Some((until, reason)) = ledger.blocked.get(payer) {
@@ -177,6 +205,22 @@ impl Exposure {
         ledger.total = ledger.total.saturating_sub(value);
     }
 
+    /// Refusals that need no balance: a spent loss budget, a blocked payer. Checked before a
+    /// payer's balance is read, so refused payments cost no RPC call.
+    pub fn precheck(&self, payer: &str, now: u64) -> Result<(), ExposureRefusal> {
+        let mut guard = lock(&self.ledger);
+        let ledger = &mut *guard;
+        let per_day = ledger.limits.losses_per_day;
+        ledger.losses.drain(per_day, now);
+        if let Some(limit) = per_day.filter(|_| ledger.losses.refuses(per_day)) {
+            return Err(ExposureRefusal::LossBudgetSpent { lost: ledger.losses.level, limit });
+        }
+        match ledger.blocked.get(payer) {
+            Some((until, reason)) if *until > now => Err(ExposureRefusal::Blocked { reason: reason.clone(), until: *until }),
+            _ => Ok(()),
+        }
+    }
+
     /// Value served and never paid (settlement failed or expired) goes into the loss budget.
     pub fn record_loss(&self, value: u64, now: u64) {
         let mut ledger = lock(&self.ledger);
@@ -196,6 +240,7 @@ impl Exposure {
         let mut ledger = lock(&self.ledger);
         let cleared = ledger.losses.level;
         ledger.losses.level = 0;
+        ledger.losses.spent = false;
         ledger.losses.drained_at = now;
         cleared
     }
@@ -252,6 +297,7 @@ impl Exposure {
             payers,
             blocked,
             losses: ledger.losses.level,
+            losses_spent: ledger.losses.refuses(per_day),
             lost_total: ledger.losses.lost_total,
         }
     }
@@ -270,6 +316,8 @@ pub struct ExposureSnapshot {
     pub blocked: Vec<PayerBlock>,
     /// Lost value still counting against the loss budget (micro-USD).
     pub losses: u64,
+    /// The budget is spent: priced routes refuse new payments.
+    pub losses_spent: bool,
     /// Everything lost since the process started (micro-USD).
     pub lost_total: u64,
 }
@@ -332,20 +380,33 @@ mod tests {
     }
 
     #[test]
-    fn a_spent_loss_budget_refuses_everyone_until_it_drains_or_is_reset() {
+    fn a_spent_loss_budget_refuses_everyone_until_it_drains_to_half_or_is_reset() {
         let day = SECONDS_PER_DAY;
         let exposure = Exposure::new(ExposureLimits { losses_per_day: Some(1000), ..ExposureLimits::default() });
         exposure.record_loss(600, 0);
         exposure.try_add("fresh-1", "a", 1, 0, None).unwrap();
-        exposure.record_loss(400, 0);
+        exposure.record_loss(5000, 0);
+        assert_eq!(exposure.snapshot(0, 0).losses, 1000, "the bucket holds no more than its size");
+        assert_eq!(exposure.snapshot(0, 0).lost_total, 5600);
         assert_eq!(exposure.try_add("fresh-2", "a", 1, 0, None), Err(ExposureRefusal::LossBudgetSpent { lost: 1000, limit: 1000 }));
-        // A tenth of a day drains a tenth of the daily budget.
-        assert!(exposure.try_add("fresh-3", "a", 1, day / 10, None).is_ok());
+        // A tenth of a day drains a tenth of the daily budget, which is not yet back to half.
+        assert!(exposure.try_add("fresh-3", "a", 1, day / 10, None).is_err());
         assert_eq!(exposure.snapshot(0, day / 10).losses, 900);
-        exposure.record_loss(5000, day / 10);
-        assert!(exposure.try_add("fresh-4", "a", 1, day / 5, None).is_err());
-        assert_eq!(exposure.reset_losses(day / 5), 5800);
-        exposure.try_add("fresh-4", "a", 1, day / 5, None).unwrap();
-        assert_eq!(exposure.snapshot(0, day / 5).lost_total, 6000);
+        assert!(exposure.try_add("fresh-4", "a", 1, day / 2, None).is_ok(), "half a day drains it to half");
+        exposure.record_loss(700, day / 2);
+        assert!(exposure.try_add("fresh-5", "a", 1, day / 2, None).is_err());
+        assert_eq!(exposure.reset_losses(day / 2), 1000);
+        exposure.try_add("fresh-5", "a", 1, day / 2, None).unwrap();
+    }
+
+    #[test]
+    fn a_small_budget_drained_every_second_still_drains() {
+        let exposure = Exposure::new(ExposureLimits { losses_per_day: Some(8640), ..ExposureLimits::default() });
+        exposure.record_loss(8640, 0);
+        for second in 1..=8640 {
+            let _ = exposure.try_add("p", "a", 0, second, None);
+        }
+        // 8,640 micro-USD a day is 0.1 a second: 864 in 8,640 seconds.
+        assert_eq!(exposure.snapshot(0, 8640).losses, 8640 - 864);
     }
 }

@@ -70,6 +70,9 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     if settlement.max_batch == 0 {
         return Err("settlement.max_batch: must be at least 1".into());
     }
+    if !(1..=86_400).contains(&settlement.stall_after_seconds) {
+        return Err("settlement.stall_after_seconds: must be between 1 and 86400".into());
+    }
     if settlement.settle_before_queue == 0 {
         return Err("settlement.settle_before_queue: must be at least 1".into());
     }
@@ -108,7 +111,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
                 raw::RawJournalSync::Normal => x402_store::JournalSync::Normal,
             },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
-            stall_after: Duration::from_secs(settlement.stall_after_seconds.max(1)),
+            stall_after: Duration::from_secs(settlement.stall_after_seconds),
             settle_before_queue: settlement.settle_before_queue,
         },
         exposure: build_exposure(&raw.exposure)?,
@@ -160,7 +163,10 @@ fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, Str
             per_payer: micros("max_unsettled_per_payer", &raw.max_unsettled_per_payer)?,
             per_route: micros("max_unsettled_per_route", &raw.max_unsettled_per_route)?,
             total: micros("max_unsettled_total", &raw.max_unsettled_total)?,
-            losses_per_day: micros("max_losses_per_day", &raw.max_losses_per_day)?,
+            losses_per_day: match micros("max_losses_per_day", &raw.max_losses_per_day)? {
+                Some(0) => return Err("exposure.max_losses_per_day: a budget of $0 would refuse every payment; give an amount, or null for none".into()),
+                other => other,
+            },
         },
         block_failed_payers_seconds: raw.block_failed_payers_seconds,
         balance_check: raw.balance_check,

@@ -526,13 +526,15 @@ impl<'de> Deserialize<'de> for StatusClass {
             Code(u16),
             Text(String),
         }
-        let bad = |what: &str| de::Error::custom(format!("{what:?} is not a status code (100-599) or class (\"2xx\")"));
+        // A 1xx is never a response to charge for: informational answers precede the real one,
+        // and a protocol switch is charged through a route's `upgrades: charge`.
+        let bad = |what: &str| de::Error::custom(format!("{what:?} is not a final status code (200-599) or class (\"2xx\" to \"5xx\")"));
         match Either::deserialize(d)? {
-            Either::Code(code) if (100..600).contains(&code) => Ok(Self::Code(code)),
+            Either::Code(code) if (200..600).contains(&code) => Ok(Self::Code(code)),
             Either::Code(code) => Err(bad(&code.to_string())),
             Either::Text(text) => match text.as_bytes() {
-                [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(Self::Class(u16::from(c - b'0'))),
-                _ => text.parse::<u16>().ok().filter(|c| (100..600).contains(c)).map(Self::Code).ok_or_else(|| bad(&text)),
+                [c @ b'2'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(Self::Class(u16::from(c - b'0'))),
+                _ => text.parse::<u16>().ok().filter(|c| (200..600).contains(c)).map(Self::Code).ok_or_else(|| bad(&text)),
             },
         }
     }
