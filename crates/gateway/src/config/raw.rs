@@ -101,6 +101,28 @@ pub struct RawConfig {
     pub unmatched: RawUnmatched,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub requests: RawRequests,
+}
+
+/// How request targets and headers are made safe before matching and forwarding.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRequests {
+    /// `refuse` (default) answers 400 to a path with `;` parameters; `strip` drops them
+    /// from every segment before matching and forwarding.
+    pub path_params: RawPathParams,
+    /// Headers removed before forwarding, on top of the method-override and URL-rewrite
+    /// headers that are always removed.
+    pub strip_headers: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPathParams {
+    #[default]
+    Refuse,
+    Strip,
 }
 
 /// The admin listener: health, readiness, metrics, reload, state. Not for the public.
@@ -315,6 +337,12 @@ pub struct RawRoute {
     pub methods: Vec<HttpMethod>,
     pub host: Option<String>,
     pub path: Pattern,
+    /// Letters in the path must match exactly (default: case-insensitive).
+    #[serde(default)]
+    pub case_sensitive: bool,
+    /// `optional` (default): `/a/` is `/a`; `strict`: it is not.
+    #[serde(default)]
+    pub trailing_slash: TrailingSlash,
     pub upstream: UpstreamRef,
     #[serde(default)]
     pub free: bool,
@@ -336,6 +364,14 @@ pub struct RawRoute {
     /// first, and call the upstream only once the payment landed.
     #[serde(default)]
     pub settle: SettleMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrailingSlash {
+    #[default]
+    Optional,
+    Strict,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
