@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, connect } from "node:net";
 import { createServer as createHttpServer } from "node:http";
-import { startChainAndUpstream, startGateway, freePort } from "./harness.mjs";
+import { startChainAndUpstream, startGateway, startTestGateway, freePort, freshAddress, runCli } from "./harness.mjs";
 
 let env;
 const upstreams = {};
@@ -242,6 +242,36 @@ test("with requests.path_params: strip, ;params are dropped before matching and 
     assert.equal((await rawStatus(listenPort, get("/free/..;/weather"))).status, 400);
     assert.equal((await rawStatus(listenPort, get("/health;v=2?a=;b"))).status, 200);
     assert.deepEqual(upstream.seen.slice(before).map((r) => r.url), ["/health?a=;b"]);
+  } finally {
+    await gateway.stop();
+  }
+});
+
+test("operators can ask why: routes --explain, GET /routes?explain= and validate's overlap warning", async () => {
+  const gateway = await startTestGateway(env, { payTo: freshAddress(), admin: true });
+  try {
+    const cli = runCli(["routes", "--config", gateway.configPath, "--explain", "head", "/W%65ather/?x=1"]);
+    assert.equal(cli.status, 0, cli.stderr);
+    assert.match(cli.stdout, /canonical target: \/Weather\/\?x=1/);
+    assert.match(cli.stdout, /route: weather \(\/weather\)/);
+    assert.match(cli.stdout, /answer: 402/);
+    const refused = runCli(["routes", "--config", gateway.configPath, "--explain", "GET", "/free/..;/weather"]);
+    assert.match(refused.stdout, /refused: 400 ambiguous_path/);
+
+    const res = await gateway.admin("/routes?explain=" + encodeURIComponent("/%57EATHER") + "&method=GET");
+    assert.equal(res.status, 200);
+    const explained = await res.json();
+    assert.equal(explained.canonical, "/WEATHER");
+    assert.equal(explained.route.name, "weather");
+    assert.equal(explained.status, 402);
+    const free = await (await gateway.admin("/routes?explain=" + encodeURIComponent("/something/else"))).json();
+    assert.equal(free.route.name, "free");
+    assert.equal(free.status, 200);
+    assert.equal((await gateway.admin("/routes?explain=/x&method=" + encodeURIComponent("BAD METHOD"))).status, 400);
+
+    const validate = runCli(["validate", "--config", gateway.configPath]);
+    assert.equal(validate.status, 0, validate.stderr);
+    assert.match(validate.stdout, /warning: free route "free" \(\/\*\) overlaps priced route "weather"/);
   } finally {
     await gateway.stop();
   }

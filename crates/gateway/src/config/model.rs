@@ -319,11 +319,20 @@ pub fn build_route(index: usize, raw: &RawRoute, cx: &RouteContext) -> Result<Ro
         methods: raw.methods.iter().map(|m| m.0.clone()).collect(),
         host: raw.host.clone(),
         path: raw.path.0.clone(),
-        rules: MatchRules { case_sensitive: raw.case_sensitive, strict_trailing_slash: raw.trailing_slash == raw::TrailingSlash::Strict },
+        rules: match_rules(raw, pricing.is_none()),
         upstream,
         pricing,
         honoured: Vec::new(),
     })
+}
+
+/// Priced routes match leniently unless made strict; free routes match as written unless
+/// loosened, as they always have (the priced guard does not depend on them).
+fn match_rules(raw: &RawRoute, free: bool) -> MatchRules {
+    MatchRules {
+        case_sensitive: raw.case_sensitive.unwrap_or(free),
+        strict_trailing_slash: raw.trailing_slash.map_or(free, |slash| slash == raw::TrailingSlash::Strict),
+    }
 }
 
 fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> Result<Pricing, String> {

@@ -337,12 +337,12 @@ pub struct RawRoute {
     pub methods: Vec<HttpMethod>,
     pub host: Option<String>,
     pub path: Pattern,
-    /// Letters in the path must match exactly (default: case-insensitive).
-    #[serde(default)]
-    pub case_sensitive: bool,
-    /// `optional` (default): `/a/` is `/a`; `strict`: it is not.
-    #[serde(default)]
-    pub trailing_slash: TrailingSlash,
+    /// Letters in the path must match exactly (default: false for a priced route, true
+    /// for a free one, which matches as written).
+    pub case_sensitive: Option<bool>,
+    /// `optional`: `/a/` is `/a`; `strict`: it is not (default: optional for a priced
+    /// route, strict for a free one).
+    pub trailing_slash: Option<TrailingSlash>,
     pub upstream: UpstreamRef,
     #[serde(default)]
     pub free: bool,
@@ -366,10 +366,9 @@ pub struct RawRoute {
     pub settle: SettleMode,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrailingSlash {
-    #[default]
     Optional,
     Strict,
 }
