@@ -2,6 +2,8 @@
 //! usual upstream normalisation of the forwarded path (Express: case and trailing slash;
 //! a decoding router: percent-decoding, `;params`, dot segments, empty segments) turns it
 //! into a priced resource. Priced matches are challenged and forward the canonical path.
+//! The config puts a lenient free route in front of a strict priced one, so the priced
+//! guard is exercised, not only the priced routes' own lenient matching.
 
 use proptest::prelude::*;
 use std::path::Path;
@@ -14,7 +16,8 @@ payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
 upstreams: { app: { addresses: ["127.0.0.1:8080"] } }
 routes:
   - { name: health, path: /health, upstream: app, free: true }
-  - { name: weather, methods: [GET], path: /weather, upstream: app, price: "$0.001" }
+  - { name: pages, path: "/{page}", upstream: app, free: true, case_sensitive: false, trailing_slash: optional }
+  - { name: weather, methods: [GET], path: /weather, upstream: app, price: "$0.001", case_sensitive: true, trailing_slash: strict }
   - { name: reports, path: /api/reports/*, upstream: app, price: "$0.001" }
   - { name: everything, path: /*, upstream: app, free: true }
 "#;
