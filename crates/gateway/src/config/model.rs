@@ -3,14 +3,15 @@
 
 use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
 use super::raw::{self, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction};
-use crate::canonical::PathParams;
-use crate::routing::{MatchRules, PathPattern};
+use crate::routing::PathPattern;
 use alloy_primitives::{Address, U256};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use crate::canonical::PathParams;
+use crate::routing::MatchRules;
 use x402::v2;
 use x402_evm::calldata::MULTICALL3_ADDRESS;
 use x402_evm::{ExactEvmRequirement, TokenDomain, VerifyPolicy};
