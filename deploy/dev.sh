@@ -36,17 +36,17 @@ done
 
 # Anvil's well-known account 0: a dev-chain key, never a real one.
 export X402_SETTLEMENT_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-# The admin API's bearer token, for this dev setup only.
-export X402_ADMIN_TOKEN="${X402_ADMIN_TOKEN:-dev-admin-token}"
+# The admin API's bearer token: random per run (the gateway refuses one under 32 bytes).
+export X402_ADMIN_TOKEN="${X402_ADMIN_TOKEN:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
 
-cat <<'MSG'
+cat <<MSG
 
 x402-gateway is starting on http://127.0.0.1:8402
   free:  curl -i http://127.0.0.1:8402/health
   402:   curl -i http://127.0.0.1:8402/weather
   pay:   node deploy/devnet/pay.mjs http://127.0.0.1:8402/weather
          (the official @x402/fetch client, paying from anvil account 2)
-  admin: curl -H 'Authorization: Bearer dev-admin-token' http://127.0.0.1:9402/metrics
+  admin: curl -H 'Authorization: Bearer $X402_ADMIN_TOKEN' http://127.0.0.1:9402/metrics
          (also /config, /routes, /settlement, /exposure; edit gateway.yaml and it reloads)
 Ctrl-C to stop.
 

@@ -34,7 +34,7 @@ must_fail "$venv/bin/hadolint" "$scratch/Dockerfile"
 
 echo "-- kubernetes-validate"
 manifests=(deploy/kubernetes/configmap.yaml deploy/kubernetes/secret.yaml deploy/kubernetes/pvc.yaml
-  deploy/kubernetes/deployment.yaml deploy/kubernetes/service.yaml)
+  deploy/kubernetes/deployment.yaml deploy/kubernetes/service.yaml deploy/kubernetes/networkpolicy.yaml)
 for version in 1.30.0 1.37.0; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" "${manifests[@]}"
 done

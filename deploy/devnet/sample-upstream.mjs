@@ -7,8 +7,10 @@
 //   GET  /stream?chunks=N  N chunks of text, 20 ms apart (chunked transfer)
 //   GET  /bytes/{n}        n deterministic binary bytes
 //   GET  /slow?ms=N        answers after N milliseconds (timeouts)
+//   GET  /ws[/...]         a WebSocket upgrade (101), then echoes whatever it is sent
 // Usage: node deploy/devnet/sample-upstream.mjs [--port 8080]
 import { createServer } from "node:http";
+import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 
 /** Requests seen per path, for tests that must know whether the upstream was called. */
@@ -69,12 +71,28 @@ async function handle(req, res) {
   return json(res, 404, { error: "not found" });
 }
 
+/** Accepts a WebSocket handshake on /ws[/...] (RFC 6455 §4.2.2) and echoes raw bytes after it. */
+function acceptUpgrade(req, socket) {
+  const url = new URL(req.url, "http://upstream");
+  hits.set(url.pathname, (hits.get(url.pathname) ?? 0) + 1);
+  const key = req.headers["sec-websocket-key"];
+  if (!(url.pathname === "/ws" || url.pathname.startsWith("/ws/")) || !key) {
+    socket.end("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    return;
+  }
+  const accept = createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`);
+  socket.on("error", () => {});
+  socket.pipe(socket);
+}
+
 export function startSampleUpstream({ port = 8080 } = {}) {
   const server = createServer((req, res) => {
     handle(req, res).catch((error) => {
       res.destroy(error);
     });
   });
+  server.on("upgrade", acceptUpgrade);
   server.keepAliveTimeout = 60_000;
   return new Promise((resolve, reject) => {
     server.once("error", reject);

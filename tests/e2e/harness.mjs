@@ -95,13 +95,25 @@ ${extraRoutes}
 `;
 }
 
+/** A `settle: before` route named premium, priced $0.01, for `extraRoutes`. */
+export function settleBeforeRoute(path) {
+  return `
+  - name: premium
+    methods: [GET]
+    path: ${path}
+    upstream: sample
+    price: "$0.01"
+    settle: before
+`;
+}
+
 /** A payTo address no other test or account touches, so its balance is the test's to read. */
 export function freshAddress() {
   return privateKeyToAccount("0x" + randomBytes(32).toString("hex")).address;
 }
 
-/** The bearer token test gateways with an admin listener get. */
-export const ADMIN_TOKEN = "test-admin-token";
+/** The bearer token test gateways with an admin listener get (at least 32 bytes, or the gateway refuses it). */
+export const ADMIN_TOKEN = "test-admin-token-0123456789abcdef";
 
 /**
  * Starts the binary with `testConfig` on fresh ports against `env`, plus `extraYaml`.

@@ -6,9 +6,10 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
-import { startChainAndUpstream, startTestGateway, startGateway, testConfig, freePort, freshAddress, eventually, sleep, b64, unb64 } from "./harness.mjs";
+import { startChainAndUpstream, startTestGateway, startGateway, testConfig, freePort, freshAddress, eventually, sleep, b64, unb64, balanceOf, runCli } from "./harness.mjs";
+import { hits } from "../../deploy/devnet/sample-upstream.mjs";
 import { signPayment } from "./payments.mjs";
 
 let env;
@@ -220,6 +221,61 @@ test("a request in flight finishes on the config it started with", async () => {
     const finished = await inFlight;
     assert.equal(finished.status, 200, "the request that started before the reload completes through the old upstream");
     await finished.arrayBuffer();
+  } finally {
+    await gateway.stop();
+  }
+});
+
+// The attack on quotes honoured across a reload: a payment signed for a cheap route is sent
+// to a path that a reload has made expensive, by a new route placed above the cheap one
+// under the cheap one's old name. Honoured quotes follow a route's match, not its name.
+test("a reload that puts an expensive route above a cheap one: the cheap quote is refused on the expensive path", async () => {
+  const cheap = `
+  - name: reports
+    methods: [GET]
+    path: /echo/reports/*
+    upstream: sample
+    price: "$0.001"
+`;
+  const expensiveAbove = `
+  - name: reports
+    methods: [GET]
+    path: /echo/reports/premium
+    upstream: sample
+    price: "$1"
+  - name: reports-basic
+    methods: [GET]
+    path: /echo/reports/*
+    upstream: sample
+    price: "$0.001"
+`;
+  const payTo = freshAddress();
+  const gateway = await startTestGateway(env, { payTo, admin: true, extraRoutes: cheap, settlement: { max_wait_ms: 100 } });
+  try {
+    const cheapOffer = await offer(gateway, "/echo/reports/premium");
+    assert.equal(cheapOffer.amount, "1000", "before the reload the whole prefix is cheap");
+    const payment = b64(await signPayment(devPrivateKey(3), cheapOffer));
+
+    const hash = await configHash(gateway);
+    replaceFile(gateway.configPath, readFileSync(gateway.configPath, "utf8").replace(cheap, expensiveAbove));
+    await reloadedFrom(gateway, hash);
+    assert.equal((await offer(gateway, "/echo/reports/premium")).amount, "1000000", "the path is expensive now");
+
+    const upstreamCalls = hits.get("/echo/reports/premium") ?? 0;
+    const refused = await fetch(gateway.base + "/echo/reports/premium", { headers: { "PAYMENT-SIGNATURE": payment } });
+    await refused.arrayBuffer();
+    assert.equal(refused.status, 402, "the cheap quote does not buy the expensive path");
+    assert.equal(unb64(refused.headers.get("payment-required")).accepts[0].amount, "1000000");
+    assert.equal(hits.get("/echo/reports/premium") ?? 0, upstreamCalls, "the upstream was not called");
+    const journaled = JSON.parse(runCli(["payments", "--journal", join(dirname(gateway.configPath), "x402-journal.db"), "summary"]).stdout);
+    assert.deepEqual(journaled, {}, "nothing was charged");
+
+    // The same payment is still good where it was quoted, and is charged exactly once there.
+    const served = await fetch(gateway.base + "/echo/reports/basic", { headers: { "PAYMENT-SIGNATURE": payment } });
+    await served.arrayBuffer();
+    assert.equal(served.status, 200, "the cheap route still takes its own price");
+    await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 1000n, 20_000, "the cheap payment to settle");
+    assert.equal(await balanceOf(env.devnet.url, payTo), 1000n, "payTo received the cheap price once, nothing for the refused request");
   } finally {
     await gateway.stop();
   }

@@ -2,7 +2,7 @@
 // `run --upgrade` takes the listening socket over when the old one gets SIGQUIT. Traffic
 // keeps flowing with no refused connection, the old process drains and exits cleanly, the
 // new one settles everything once the old one lets go of the journal, and a payment the
-// old process charged stays refused by the new one.
+// old process charged stays refused by the new one, before its upstream is called.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
 import { startChainAndUpstream, startTestGateway, freshAddress, eventually, runCli, sleep, balanceOf, b64, unb64, GATEWAY_BIN } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
+import { hits } from "../../deploy/devnet/sample-upstream.mjs";
 
 let env;
 let oldGateway;
@@ -92,4 +93,46 @@ test("SIGQUIT hands the socket to a new binary: no request refused, no payment l
   }, 30_000, "every payment settled");
   assert.equal(await balanceOf(env.devnet.url, payTo), BigInt(payments.length) * 1000n);
   assert.match(newGateway.logs, /upgrade=true/);
+});
+
+// The upgrade window: the new process rebuilds its replay store from the journal when it
+// starts, so a payment the old process charges after that is not in it. Sent to the new
+// process, it must be refused before the upstream is called, not found a duplicate in the
+// journal after the upstream answered.
+test("a payment charged by the old process after the new one started is refused by the new one before the upstream", { timeout: 90_000 }, async () => {
+  const payTo = freshAddress();
+  const journal = join(mkdtempSync(join(tmpdir(), "x402-upgrade-window-")), "journal.db");
+  const old = await startTestGateway(env, { payTo, settlement: { journal_path: journal, max_wait_ms: 300 } });
+  let next;
+  try {
+    const accepts = unb64((await fetch(old.base + "/weather")).headers.get("payment-required")).accepts[0];
+    next = startUpgrade(old.configPath);
+    await eventually(() => /replay store rebuilt from the journal/.test(next.logs), 10_000, "the new process to rebuild its replay store");
+
+    // Charged by the old process, which still holds the socket alone.
+    const payment = b64(await signPayment(devPrivateKey(5), accepts));
+    const charged = await fetch(old.base + "/weather", { headers: { "PAYMENT-SIGNATURE": payment, connection: "close" } });
+    await charged.arrayBuffer();
+    assert.equal(charged.status, 200);
+
+    old.child.kill("SIGQUIT");
+    assert.equal((await old.exited).code, 0, `the old process exits cleanly:\n${old.logs()}`);
+    await eventually(() => /x402-gateway listening/.test(next.logs), 10_000, "the new process to serve");
+
+    const upstreamCalls = hits.get("/weather") ?? 0;
+    const replay = await fetch(old.base + "/weather", { headers: { "PAYMENT-SIGNATURE": payment } });
+    await replay.arrayBuffer();
+    assert.equal(replay.status, 402, `the new process refuses it:\n${next.logs}`);
+    assert.equal(hits.get("/weather") ?? 0, upstreamCalls, "the upstream was not called for the replay");
+    assert.equal(unb64(replay.headers.get("payment-required") ?? b64({})).error, "invalid_exact_evm_nonce_already_used");
+
+    // Ledger: one payment journaled, settled once, and payTo holds exactly its price.
+    await eventually(() => JSON.parse(runCli(["payments", "--journal", journal, "summary"]).stdout).settled === 1, 30_000, "the payment settled");
+    assert.deepEqual(JSON.parse(runCli(["payments", "--journal", journal, "summary"]).stdout), { settled: 1 });
+    assert.equal(await balanceOf(env.devnet.url, payTo), 1000n);
+  } finally {
+    await old.stop();
+    next?.child.kill("SIGTERM");
+    await next?.exited;
+  }
 });

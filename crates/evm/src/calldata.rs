@@ -13,6 +13,7 @@ sol! {
         function balanceOf(address account) external view returns (uint256);
         event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
         event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
+        event Transfer(address indexed from, address indexed to, uint256 value);
     }
 
     /// Multicall3's `aggregate3`.

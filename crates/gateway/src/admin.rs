@@ -3,24 +3,27 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /health` | 200 while the process serves (liveness); no token |
-//! | `GET /ready` | 200 when it should get traffic, 503 while draining or if the journal is unreadable; no token |
+//! | `GET /ready` | 200 when it should get traffic, 503 while draining, while settlement is stalled, or if the journal is unreadable; no token |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /config` | the serving config's hash, when it was loaded, the last reload attempt, fields waiting for a restart |
 //! | `POST /reload` | reload `gateway.yaml` now: 200 with the outcome, 422 with the error (the old config keeps serving) |
 //! | `GET /routes` | the route table, with current prices and quotes still honoured |
 //! | `GET /routes?explain=URL&method=GET` | one request's canonical target, the route it matches and why |
-//! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment |
-//! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers |
+//! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment, a stall and its cause |
+//! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers, the loss budget |
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
+//! | `POST /exposure/losses/reset` | empty the loss budget, so priced routes take payments again |
 //! | `POST /drain` | stop being ready and settle everything queued now, before a shutdown |
 //!
 //! Everything but `/health` and `/ready` needs `Authorization: Bearer <token>`, the token
 //! being the value of the environment variable `admin.token_env` names. Without that
-//! variable those endpoints answer 403: the admin API fails closed.
+//! variable those endpoints answer 403: the admin API fails closed. A token shorter than
+//! [`MIN_TOKEN_BYTES`] or one of the placeholders this project ships refuses to start.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
+use alloy_primitives::keccak256;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -31,12 +34,13 @@ use std::sync::Arc;
 use x402_store::{unix_now, unix_now_ms, Exposure, Journal};
 
 pub struct AdminApi {
-    pub token: Option<String>,
+    pub token: Option<AdminToken>,
     pub token_env: String,
     pub config: Arc<ArcSwap<Config>>,
     pub reloader: Arc<Reloader>,
     pub journal: Arc<Journal>,
     pub exposure: Arc<Exposure>,
+    pub health: Arc<x402_settle::stall::SettlementHealth>,
     pub metrics: Arc<Metrics>,
     /// Set by `POST /drain`: readiness fails so load balancers move traffic away.
     pub draining: Arc<AtomicBool>,
@@ -63,6 +67,8 @@ impl ServeHttp for AdminApi {
             (&Method::GET, "/health") => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => self.readiness(),
             _ => match self.authorize(authorization.as_deref()) {
+                // Reading, parsing and resolving the file blocks: not on this event loop.
+                Ok(()) if method == Method::POST && path == "/reload" => self.reload().await,
                 Ok(()) => self.protected(&method, &path, &query),
                 Err(denied) => denied,
             },
@@ -78,7 +84,7 @@ impl AdminApi {
             return Err((StatusCode::FORBIDDEN, serde_json::json!({"error": "admin_token_unset", "message": message})));
         };
         let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if token.admits(given) {
             Ok(())
         } else {
             Err((StatusCode::UNAUTHORIZED, serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer <admin token>"})))
@@ -89,11 +95,11 @@ impl AdminApi {
         match (method, path) {
             (&Method::GET, "/routes") if !query.is_empty() => self.explain(query),
             (&Method::GET, "/config") => (StatusCode::OK, serde_json::to_value(self.reloader.status()).unwrap_or_default()),
-            (&Method::POST, "/reload") => self.reload(),
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure(),
             (&Method::POST, "/drain") => self.drain(),
+            (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
             _ => (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {method} {path}")})),
         }
@@ -124,14 +130,28 @@ impl AdminApi {
         if self.draining.load(Ordering::Relaxed) {
             return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": "draining"}));
         }
+        // A stalled replica should lose traffic to one that settles; free routes still answer.
+        if let Some(stall) = self.health.stall() {
+            let reason = format!("settlement_stalled: {}", stall.message);
+            return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": reason, "cause": stall.cause}));
+        }
         match self.journal.unsettled_count() {
             Ok(_) => (StatusCode::OK, serde_json::json!({"ready": true})),
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": format!("journal: {error}")})),
         }
     }
 
-    fn reload(&self) -> Answer {
-        match self.reloader.reload("admin") {
+    async fn reload(&self) -> Answer {
+        let reloader = self.reloader.clone();
+        let outcome = match tokio::task::spawn_blocking(move || reloader.reload("admin")).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(%error, "the admin reload task failed");
+                let message = format!("the reload did not complete ({error}); the previous config keeps serving");
+                return (StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "reload_failed", "message": message}));
+            }
+        };
+        match outcome {
             Ok(outcome) => (StatusCode::OK, serde_json::to_value(outcome).unwrap_or_default()),
             Err(error) => {
                 let code = match error {
@@ -152,6 +172,7 @@ impl AdminApi {
                 "unsettled": self.journal.unsettled_count()?,
                 "oldestUnsettledAgeSeconds": oldest.map(|ms| unix_now_ms().saturating_sub(ms) / 1000),
                 "flushing": self.settle_flush.load(Ordering::Relaxed),
+                "stalled": self.health.stall().map(|stall| serde_json::json!({"cause": stall.cause, "message": stall.message})),
             }))
         };
         match read() {
@@ -170,6 +191,13 @@ impl AdminApi {
                 "perPayer": snapshot.limits.per_payer,
                 "perRoute": snapshot.limits.per_route,
                 "total": snapshot.limits.total,
+                "lossesPerDay": snapshot.limits.losses_per_day,
+            },
+            "lossBudget": {
+                "usedUsdMicros": snapshot.losses,
+                "perDayUsdMicros": snapshot.limits.losses_per_day,
+                "spent": snapshot.limits.losses_per_day.is_some_and(|limit| snapshot.losses >= limit),
+                "lostSinceStartUsdMicros": snapshot.lost_total,
             },
             "totalUsdMicros": snapshot.total,
             "payersWithUnsettled": snapshot.payer_count,
@@ -178,6 +206,12 @@ impl AdminApi {
             "blocked": snapshot.blocked.iter().map(|b| serde_json::json!({"payer": b.payer, "until": b.until, "reason": b.reason})).collect::<Vec<_>>(),
         });
         (StatusCode::OK, body)
+    }
+
+    fn reset_losses(&self) -> Answer {
+        let cleared = self.exposure.reset_losses(unix_now());
+        tracing::warn!(cleared_usd_micros = cleared, "loss budget reset through the admin API");
+        (StatusCode::OK, serde_json::json!({"clearedUsdMicros": cleared}))
     }
 
     /// The journal holds blocks (the CLI edits them too); the ledger follows at once.
@@ -218,6 +252,12 @@ impl AdminApi {
         }
         let snapshot = self.exposure.snapshot(0, unix_now());
         metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
+        metrics.settlement_stalled.reset();
+        if let Some(stall) = self.health.stall() {
+            metrics.settlement_stalled.with_label_values(&[stall.cause]).set(1);
+        }
+        metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));
+        metrics.losses_total.set(i64::try_from(snapshot.lost_total).unwrap_or(i64::MAX));
         metrics.exposure_route.reset();
         for route in self.config.load().routes.iter().filter(|r| r.pricing.is_some()) {
             let micros = snapshot.routes.iter().find(|(name, _)| *name == route.name).map_or(0, |(_, v)| *v);
@@ -251,20 +291,88 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<V
     response
 }
 
-/// Token comparison whose time does not depend on where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The shortest admin token accepted: 32 bytes, 256 bits if random.
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+/// Tokens this project ships as examples: anyone who read them could use them.
+const PLACEHOLDER_TOKENS: &[&str] = &["replace-with-a-long-random-token"];
+
+/// Why the admin token from the environment is refused at start.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("the admin token in {env} (admin.token_env) is {length} bytes; use at least {MIN_TOKEN_BYTES} random bytes, e.g. `openssl rand -hex 32`")]
+    TooShort { env: String, length: usize },
+    #[error("the admin token in {env} (admin.token_env) is the example value shipped with x402-gateway; set a random one, e.g. `openssl rand -hex 32`")]
+    Placeholder { env: String },
+}
+
+/// The admin bearer token, kept only as its digest: a request's token is hashed and the two
+/// fixed-size digests compared in constant time, so neither where they first differ nor the
+/// token's length shows in the time an answer takes.
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    /// The token from the value of the environment variable `env`. `Ok(None)`: unset or
+    /// blank, and the admin API stays locked.
+    pub fn from_env_value(env: &str, value: Option<&str>) -> Result<Option<Self>, AdminTokenError> {
+        let Some(token) = value.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(None) };
+        if PLACEHOLDER_TOKENS.contains(&token) {
+            return Err(AdminTokenError::Placeholder { env: env.to_owned() });
+        }
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(AdminTokenError::TooShort { env: env.to_owned(), length: token.len() });
+        }
+        Ok(Some(Self { digest: keccak256(token.as_bytes()).0 }))
+    }
+
+    /// Whether `given` is the token.
+    pub fn admits(&self, given: &str) -> bool {
+        let given = keccak256(given.as_bytes()).0;
+        given.iter().zip(&self.digest).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn token(value: &str) -> Result<Option<AdminToken>, AdminTokenError> {
+        AdminToken::from_env_value("X402_ADMIN_TOKEN", Some(value))
+    }
 
     #[test]
-    fn token_comparison_needs_every_byte() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-        assert!(!constant_time_eq(b"", b"x"));
+    fn the_token_admits_itself_only() {
+        let admin = token(TOKEN).unwrap().unwrap();
+        assert!(admin.admits(TOKEN));
+        assert!(!admin.admits("0123456789abcdef0123456789abcdeF"), "one byte differs");
+        assert!(!admin.admits(&TOKEN[..31]), "a prefix");
+        assert!(!admin.admits(&format!("{TOKEN}x")), "an extension");
+        assert!(!admin.admits(""));
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_not_part_of_the_token() {
+        assert!(token(&format!(" {TOKEN}\n")).unwrap().unwrap().admits(TOKEN));
+    }
+
+    #[test]
+    fn short_and_placeholder_tokens_are_refused_naming_the_setting() {
+        let short = token("test-admin-token").err().unwrap();
+        assert_eq!(short, AdminTokenError::TooShort { env: "X402_ADMIN_TOKEN".into(), length: 16 });
+        assert!(short.to_string().contains("X402_ADMIN_TOKEN (admin.token_env) is 16 bytes"), "{short}");
+        assert_eq!(token(&TOKEN[..31]).err(), Some(AdminTokenError::TooShort { env: "X402_ADMIN_TOKEN".into(), length: 31 }));
+        let placeholder = token("replace-with-a-long-random-token").err().unwrap();
+        assert_eq!(placeholder, AdminTokenError::Placeholder { env: "X402_ADMIN_TOKEN".into() });
+        assert!(placeholder.to_string().contains("X402_ADMIN_TOKEN (admin.token_env) is the example value"), "{placeholder}");
+    }
+
+    #[test]
+    fn an_unset_or_blank_token_locks_the_admin_api() {
+        assert!(AdminToken::from_env_value("X402_ADMIN_TOKEN", None).unwrap().is_none());
+        assert!(token("  ").unwrap().is_none());
     }
 }

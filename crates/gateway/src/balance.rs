@@ -1,14 +1,14 @@
-//! The optional balance check (`exposure.balance_check`): a payer's token balance, minus
-//! what it already owes unsettled, must cover a new payment.
+//! The balance check (`exposure.balance_check`, on by default): a payer's token balance,
+//! minus what it already owes unsettled, must cover a new payment.
 //!
-//! Balances are read off the request path: a request whose payer has no cached balance is
-//! let through on the exposure limits alone while a background read fills the cache, and
-//! later requests are judged by it for `balance_cache_seconds`. The per-payer limit is what
-//! bounds the first, unchecked payments.
+//! A payer's first payment waits for one balance read (at most `balance_timeout_ms`; a read
+//! that fails or is late answers 503, never a free pass). Concurrent payments of one payer
+//! share that read, and later ones are judged by it for `balance_cache_seconds`. The check
+//! itself happens under the exposure ledger's lock (see `Exposure::try_add`), so concurrent
+//! payments cannot each spend the same balance.
 
 use alloy_primitives::{Address, U256};
-use moka::sync::Cache;
-use std::sync::Arc;
+use moka::future::Cache;
 use std::time::Duration;
 use x402_settle::ChainClient;
 
@@ -19,40 +19,43 @@ struct BalanceKey {
     owner: Address,
 }
 
-/// Cached token balances with a background reader per chain.
+/// Why no balance is known for a payment: it is refused with 503 and may be sent again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BalanceUnavailable {
+    #[error("no RPC node is configured for chain {0}")]
+    UnknownChain(u64),
+    #[error("the payer's balance could not be read in {0:?}")]
+    TimedOut(Duration),
+    #[error("the payer's balance could not be read: {0}")]
+    ReadFailed(String),
+}
+
+/// Token balances read through the networks' RPC URLs, cached and shared by concurrent payments.
 pub struct BalanceCache {
-    /// `None` while a read is in flight.
-    balances: Cache<BalanceKey, Option<U256>>,
+    balances: Cache<BalanceKey, U256>,
     chains: Vec<(u64, ChainClient)>,
+    timeout: Duration,
 }
 
 impl BalanceCache {
-    pub fn new(chains: Vec<(u64, ChainClient)>, ttl: Duration) -> Self {
-        Self { balances: Cache::builder().time_to_live(ttl).max_capacity(1_000_000).build(), chains }
+    pub fn new(chains: Vec<(u64, ChainClient)>, ttl: Duration, timeout: Duration) -> Self {
+        Self { balances: Cache::builder().time_to_live(ttl).max_capacity(1_000_000).build(), chains, timeout }
     }
 
-    /// The cached balance, if any. A miss starts one background read for the key.
-    pub fn cached(self: &Arc<Self>, chain_id: u64, token: Address, owner: Address) -> Option<U256> {
+    /// The payer's balance: cached, or read now (once for all who ask at the same time).
+    pub async fn balance(&self, chain_id: u64, token: Address, owner: Address) -> Result<U256, BalanceUnavailable> {
         let key = BalanceKey { chain_id, token, owner };
-        let entry = self.balances.entry(key).or_insert_with(|| None);
-        if entry.is_fresh() {
-            self.read_in_background(key);
-        }
-        entry.into_value()
-    }
-
-    fn read_in_background(self: &Arc<Self>, key: BalanceKey) {
-        let Some((_, client)) = self.chains.iter().find(|(id, _)| *id == key.chain_id) else { return };
-        let (client, cache) = (client.clone(), self.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(async move {
-            match client.balance_of(key.token, key.owner).await {
-                Ok(balance) => cache.balances.insert(key, Some(balance)),
-                Err(error) => {
-                    tracing::warn!(owner = %key.owner, %error, "balance read failed");
-                    cache.balances.invalidate(&key);
-                }
+        let client = self.chains.iter().find(|(id, _)| *id == chain_id).map(|(_, c)| c).ok_or(BalanceUnavailable::UnknownChain(chain_id))?;
+        let read = async {
+            match tokio::time::timeout(self.timeout, client.balance_of(token, owner)).await {
+                Ok(Ok(balance)) => Ok(balance),
+                Ok(Err(error)) => Err(BalanceUnavailable::ReadFailed(error.to_string())),
+                Err(_) => Err(BalanceUnavailable::TimedOut(self.timeout)),
             }
-        });
+        };
+        self.balances.try_get_with(key, read).await.map_err(|error| {
+            tracing::warn!(owner = %owner, %error, "balance read failed");
+            (*error).clone()
+        })
     }
 }

@@ -112,6 +112,34 @@ pub fn verification_at_capacity(message: &str) -> LocalResponse {
     response
 }
 
+/// 503 for a payment the gateway cannot take now for a reason of its own (`code`); the
+/// payment was not used up, so the client may send it again after `Retry-After`.
+pub fn retry_later(code: &str, reason: ReasonCode, message: &str) -> LocalResponse {
+    let body = serde_json::json!({ "x402Version": v2::X402_VERSION, "error": code, "reason": reason.as_str(), "message": message });
+    let mut response = json_response(503, &body);
+    response.headers.push(("Retry-After", "2".into()));
+    response
+}
+
+/// 403 for a protocol upgrade (WebSocket) on a priced route that does not charge for one:
+/// a tunnel outlives the response its payment was for, so it is refused outright.
+pub fn upgrade_refused(route: &str) -> LocalResponse {
+    let body = serde_json::json!({
+        "error": "upgrade_not_allowed",
+        "message": format!("route {route:?} is priced per response and does not allow protocol upgrades (WebSocket); nothing was charged"),
+    });
+    json_response(403, &body)
+}
+
+/// 503 for a `settle: before` payment refused before it was journaled (queue full, chain
+/// unreadable): nobody was charged, so the client may send the same payment again.
+pub fn settlement_unavailable(message: &str) -> LocalResponse {
+    let body = serde_json::json!({ "x402Version": v2::X402_VERSION, "error": ReasonCode::UnexpectedSettleError.as_str(), "message": message });
+    let mut response = json_response(503, &body);
+    response.headers.push(("Retry-After", "1".into()));
+    response
+}
+
 /// A small JSON answer (404 for unmatched paths, 400 for ambiguous ones).
 pub fn json_response(status: u16, body: &serde_json::Value) -> LocalResponse {
     LocalResponse {

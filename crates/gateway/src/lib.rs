@@ -13,6 +13,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the admin API: health, readiness, metrics, reload, state, drain.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
+//! - [`upgrade`]: the graceful-upgrade window, when the journal is asked about fresh nonces.
 
 pub mod admin;
 pub mod balance;
@@ -27,4 +28,5 @@ pub mod receipts;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod upgrade;
 pub mod verifier;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub oldest_unsettled_age: IntGauge,
     pub exposure_route: IntGaugeVec,
     pub exposure_total: IntGauge,
+    pub losses_budget_used: IntGauge,
+    pub settlement_stalled: IntGaugeVec,
+    pub losses_total: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
     pub config_info: IntGaugeVec,
@@ -57,6 +60,9 @@ impl Metrics {
             oldest_unsettled_age: IntGauge::new("x402_settlement_oldest_unsettled_age_seconds", "Age of the oldest unsettled payment (0: none)")?,
             exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
             exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
+            settlement_stalled: IntGaugeVec::new(Opts::new("x402_settlement_stalled", "1 while settlement is stalled and priced routes refuse payments, labelled with the cause"), &["cause"])?,
+            losses_budget_used: IntGauge::new("x402_loss_budget_used_usd_micros", "Served-but-unpaid value still counting against the loss budget, in micro-USD")?,
+            losses_total: IntGauge::new("x402_losses_usd_micros", "Served-but-unpaid value since the process started (failed or expired settlements), in micro-USD")?,
             reloads: counter("x402_config_reloads_total", "Config reloads by outcome (success, failure)", &["outcome"])?,
             last_reload_success: IntGauge::new("x402_config_last_reload_success_timestamp_seconds", "When the serving config was loaded")?,
             config_info: IntGaugeVec::new(Opts::new("x402_config_info", "The serving config's hash (value 1)"), &["hash"])?,
@@ -78,10 +84,11 @@ impl Metrics {
         for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads] {
             registry.register(Box::new(metric.clone()))?;
         }
-        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.last_reload_success, &self.verify_queue_depth] {
+        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth] {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(self.exposure_route.clone()))?;
+        registry.register(Box::new(self.settlement_stalled.clone()))?;
         registry.register(Box::new(self.config_info.clone()))?;
         registry.register(Box::new(self.upstream_latency.clone()))?;
         registry.register(Box::new(self.verify_seconds.clone()))?;

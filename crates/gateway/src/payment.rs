@@ -1,13 +1,12 @@
 //! From a request's payment header to a verified, reserved payment, and the receipt a
 //! charged response carries.
 
-use crate::balance::BalanceCache;
+use crate::balance::BalanceUnavailable;
 use crate::config::{Pricing, Route};
-use std::sync::Arc;
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifiedPayment, VerifyError, VerifyPolicy};
-use x402_store::{Exposure, ExposureRefusal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
+use x402_store::{Exposure, ExposureRefusal, Journal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
 
 /// The payment header a request carries. Header names match case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +55,16 @@ pub enum PaymentRejection {
     /// Valid, but more credit than the operator extends: 402.
     #[error(transparent)]
     OverExposure(#[from] ExposureRefusal),
-    /// The payer's balance, less what it owes unsettled, cannot cover this payment: 402.
-    #[error("the payer's token balance ({balance_usd_micros} micro-USD) does not cover {owed_usd_micros} micro-USD unsettled plus this payment")]
-    InsufficientBalance { balance_usd_micros: u64, owed_usd_micros: u64 },
+    /// The payer's balance could not be read in time: 503, the payment is not used up.
+    #[error("{0}; retry the same payment shortly")]
+    BalanceUnavailable(#[from] BalanceUnavailable),
     /// Every verify thread is busy and the queue is full: 503, the payment is not used up.
     #[error("payment verification is at capacity ({queue_depth} payments already waiting); retry the same payment shortly")]
     AtCapacity { queue_depth: usize },
+    /// During an upgrade the journal could not say whether the payment was charged: 503,
+    /// the payment is not used up.
+    #[error("the payment journal cannot be read right now ({0}); retry the same payment shortly")]
+    JournalUnreadable(x402_store::JournalError),
 }
 
 impl PaymentRejection {
@@ -70,24 +73,38 @@ impl PaymentRejection {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
-            Self::AtCapacity { .. } => x402::ReasonCode::UnexpectedVerifyError,
-            Self::InsufficientBalance { .. } => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
+            Self::AtCapacity { .. } | Self::BalanceUnavailable(_) | Self::JournalUnreadable(_) => x402::ReasonCode::UnexpectedVerifyError,
+            Self::OverExposure(ExposureRefusal::Uncovered { .. }) => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
             Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
                 x402::ReasonCode::InvalidExactEvmInsufficientBalance
             }
+            Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => x402::ReasonCode::UnexpectedSettleError,
             // No code in the x402 vocabulary names a credit limit; this is the generic
             // "not now" one, and the message says which limit and when to retry.
             Self::OverExposure(_) => x402::ReasonCode::InvalidTransactionState,
         }
     }
+
+    /// A refusal about the gateway's state, not the payment: answered 503 with
+    /// `Retry-After` and this code, and the payment stays usable.
+    pub fn retry_later(&self) -> Option<&'static str> {
+        match self {
+            Self::AtCapacity { .. } => Some("verification_at_capacity"),
+            Self::BalanceUnavailable(_) => Some("balance_unavailable"),
+            Self::JournalUnreadable(_) => Some("journal_unavailable"),
+            Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => Some("loss_budget_exhausted"),
+            _ => None,
+        }
+    }
 }
 
-/// What a payment is held against: the replay store, the exposure ledger and, when the
-/// operator asks for it, the payer's cached token balance.
+/// What a payment is held against: the replay store and the exposure ledger.
 pub struct PaymentGuards<'a> {
     pub replay: &'a dyn ReplayStore,
     pub exposure: &'a Exposure,
-    pub balances: Option<&'a Arc<BalanceCache>>,
+    /// While an upgrade window is open: the journal another process charges into too,
+    /// asked about each nonce the replay store had not seen (see [`crate::upgrade`]).
+    pub shared_journal: Option<&'a Journal>,
 }
 
 /// A payment that passed every check but its signature's recovery. It owns what it holds,
@@ -136,21 +153,34 @@ impl PaymentCheck {
     }
 }
 
-/// Reserves a signed payment's nonce and counts it as unsettled, after the balance check
-/// when the operator asks for one. Nothing here touches the network; the reservation and
-/// the exposure are the only side effects, and [`release_payment`] undoes both if the
-/// response is not billable.
+impl SignedPayment {
+    /// The route's pricing this payment pays: the current one or a quote still honoured.
+    fn pricing<'r>(&self, route: &'r Route) -> Option<&'r Pricing> {
+        match self.honoured {
+            None => route.pricing.as_ref(),
+            Some(index) => route.honoured.get(index).map(|h| &h.pricing),
+        }
+    }
+
+    /// (chain id, token, payer): whose balance the balance check reads.
+    pub fn balance_key(&self, route: &Route) -> Option<(u64, Address, Address)> {
+        let domain = &self.pricing(route)?.requirements.get(self.verified.requirement_index)?.domain;
+        Some((domain.chain_id, domain.verifying_contract, self.verified.authorization.from))
+    }
+}
+
+/// Reserves a signed payment's nonce and counts it as unsettled; `balance` (the payer's
+/// token balance, when the balance check is on) must cover that plus what the payer owes.
+/// Nothing here touches the network; the reservation and the exposure are the only side
+/// effects, and [`release_payment`] undoes both if nobody is charged.
 pub fn hold_payment(
     signed: SignedPayment,
     route: &Route,
     guards: &PaymentGuards<'_>,
     now: u64,
+    balance: Option<U256>,
 ) -> Result<AcceptedPayment, PaymentRejection> {
-    let pricing = match signed.honoured {
-        None => route.pricing.as_ref(),
-        Some(index) => route.honoured.get(index).map(|h| &h.pricing),
-    };
-    let (Some(pricing), SignedPayment { version, verified, .. }) = (pricing, signed) else {
+    let (Some(pricing), SignedPayment { version, verified, .. }) = (signed.pricing(route), signed) else {
         return Err(VerifyError::RequirementsMismatch.into());
     };
     let route = route.name.as_str();
@@ -167,17 +197,23 @@ pub fn hold_payment(
         return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
     }
     let payer = authorization.from.to_checksum(None);
-    let decimals = pricing.offers[verified.requirement_index].asset.decimals;
-    let usd_micros = usd_micros(authorization.value, decimals);
-    let cached_balance = guards.balances.and_then(|b| b.cached(requirement.domain.chain_id, requirement.domain.verifying_contract, authorization.from));
-    if let Some(balance) = cached_balance {
-        let (balance_usd_micros, owed_usd_micros) = (self::usd_micros(balance, decimals), guards.exposure.payer(&payer));
-        if balance_usd_micros < owed_usd_micros.saturating_add(usd_micros) {
-            guards.replay.release(&key);
-            return Err(PaymentRejection::InsufficientBalance { balance_usd_micros, owed_usd_micros });
+    if let Some(journal) = guards.shared_journal {
+        let asset = requirement.domain.verifying_contract.to_checksum(None);
+        match journal.holds_authorization(key.chain_id, &asset, &payer, &authorization.nonce.to_string()) {
+            Ok(false) => {}
+            // Charged by the other process: the reservation stays, as for any charged payment.
+            Ok(true) => return Err(PaymentRejection::Replayed(authorization.nonce.to_string())),
+            Err(error) => {
+                guards.replay.release(&key);
+                return Err(PaymentRejection::JournalUnreadable(error));
+            }
         }
     }
-    if let Err(refusal) = guards.exposure.try_add(&payer, route, usd_micros, now) {
+    let decimals = pricing.offers[verified.requirement_index].asset.decimals;
+    let usd_micros = usd_micros(authorization.value, decimals);
+    // Rounded down, unlike a price: a balance must never look larger than it is.
+    let balance = balance.map(|b| usd_micros_floor(b, decimals));
+    if let Err(refusal) = guards.exposure.try_add(&payer, route, usd_micros, now, balance) {
         guards.replay.release(&key);
         return Err(refusal.into());
     }
@@ -237,13 +273,24 @@ impl DecodedPayment {
     }
 }
 
-/// Undoes what [`hold_payment`] held for a payment nobody was charged for. `journaled`:
-/// the journal already holds this authorization, so its replay reservation must stay.
-pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, journaled: bool) {
+/// Undoes what [`hold_payment`] held for a payment nobody was charged for: it no longer
+/// counts as unsettled. `keep_reservation`: the authorization is used up (journaled already,
+/// or the upstream did work for it), so its replay reservation stays until `validBefore`.
+pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, keep_reservation: bool) {
     guards.exposure.remove(&payment.payer, route, payment.usd_micros);
-    if !journaled {
+    if !keep_reservation {
         guards.replay.release(&payment.key);
     }
+}
+
+/// `amount` atomic units of a `decimals` token in micro-dollars, rounded down.
+fn usd_micros_floor(amount: U256, decimals: u8) -> u64 {
+    let value = if decimals >= 6 {
+        amount / U256::from(10u64).pow(U256::from(decimals - 6))
+    } else {
+        amount.saturating_mul(U256::from(10u64).pow(U256::from(6 - decimals)))
+    };
+    u64::try_from(value).unwrap_or(u64::MAX)
 }
 
 /// `amount` atomic units of a `decimals` token in micro-dollars, rounded up so a limit is

@@ -11,7 +11,7 @@
 //! | `logging` | release a reservation nobody was charged for; access log line; metrics |
 
 use crate::challenge::{self, LocalResponse, Refusal};
-use crate::config::raw::SettleMode;
+use crate::config::raw::{ChargeOn, SettleMode, UpgradePolicy};
 use crate::metrics::Metrics;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
@@ -26,8 +26,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
-use x402_settle::{SettleNow, SettleNowOutcome};
+use x402_settle::{SettleBefore, SettleBeforeRefusal, SettleNowOutcome};
 use x402_store::{Exposure, Journal, JournalError, ReplayStore};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
@@ -37,12 +36,17 @@ pub struct PaywallProxy {
     pub exposure: Arc<Exposure>,
     pub balances: Option<Arc<crate::balance::BalanceCache>>,
     pub journal: Arc<Journal>,
-    /// The settler's queue for `settle: before` payments, and how long a request waits.
-    pub settle_now: Option<mpsc::UnboundedSender<SettleNow>>,
+    /// Whether settlement keeps up; priced routes take no payment while it does not.
+    pub health: Arc<x402_settle::stall::SettlementHealth>,
+    /// The settler's bounded queue for `settle: before` payments (with the chain checks they
+    /// pass first), and how long a request waits.
+    pub settle_before: Option<SettleBefore>,
     pub settle_before_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
     pub verifier: crate::verifier::SignatureVerifier,
+    /// Open during a graceful upgrade: fresh nonces are looked up in the journal too.
+    pub upgrade_window: Arc<crate::upgrade::UpgradeWindow>,
 }
 
 /// What one request carries from phase to phase.
@@ -58,6 +62,12 @@ pub struct RequestContext {
     /// `settle: before`: the payment's receipt id and the transaction it landed in.
     settled_before: Option<(String, String)>,
     connect_attempts: usize,
+    /// A connection to the upstream was made: from here on the request may have done work.
+    reached_upstream: bool,
+    /// The upstream's own status, once it answered.
+    upstream_status: Option<u16>,
+    /// `charge_on: forward`: journaled before forwarding, with this receipt id.
+    charged_up_front: Option<String>,
     started: Instant,
     /// From the client's `X-Request-Id` when it is usable, otherwise generated.
     request_id: String,
@@ -66,6 +76,16 @@ pub struct RequestContext {
     upstream_sent: Option<Instant>,
     /// The canonical path when it differs from the client's: forwarded instead.
     canonical_path: Option<String>,
+}
+
+impl RequestContext {
+    /// The upstream got the request and did not decline it with a non-billable status: what
+    /// it did may have cost it, so the payment's authorization cannot buy it again.
+    fn upstream_did_work(&self) -> bool {
+        let pricing = self.config.as_deref().and_then(|c| PaywallProxy::route(c, self)).map(|(_, p)| p);
+        let declined = matches!((self.upstream_status, pricing), (Some(status), Some(pricing)) if !pricing.is_billable(status));
+        self.reached_upstream && !declined
+    }
 }
 
 /// What [`PaywallProxy::admit`] decided.
@@ -91,6 +111,9 @@ enum PaymentOutcome {
     Refused(x402::ReasonCode),
     /// Verified and reserved, and released in the end: nobody was charged.
     Verified,
+    /// Reached the upstream but not charged (the client left, the upstream timed out): the
+    /// authorization stays used up until its `validBefore`, so it cannot buy the work again.
+    Spent,
     /// Journaled: the payer is charged.
     Charged,
 }
@@ -102,6 +125,7 @@ impl PaymentOutcome {
             Self::Challenged => "challenged",
             Self::Refused(_) => "refused",
             Self::Verified => "released",
+            Self::Spent => "spent",
             Self::Charged => "charged",
         }
     }
@@ -144,6 +168,13 @@ impl PaywallProxy {
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
+        if let Some(stall) = self.health.stall() {
+            let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
+            return Admission::Answer(challenge::retry_later("settlement_stalled", x402::ReasonCode::UnexpectedSettleError, &message));
+        }
+        if pricing.upgrades == UpgradePolicy::Refuse && req.headers.contains_key(http::header::UPGRADE) {
+            return Admission::Answer(challenge::upgrade_refused(&route.name));
+        }
         // The resource URL goes only into answers: a payment that is accepted never builds it.
         let Some(header) = payment::find_payment_header(&req.headers) else {
             let browser = challenge::is_browser(header_str(req, "accept"), header_str(req, "user-agent"));
@@ -170,8 +201,11 @@ impl PaywallProxy {
             return Some(error_response(&Error::explain(ErrorType::InternalError, "no priced route for a payment")));
         };
         let signed = self.verifier.recover_signer(check).await;
-        let accepted = signed.and_then(|signed| payment::hold_payment(signed, route, &self.guards(), x402_store::unix_now()));
         self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        let accepted = match signed {
+            Ok(signed) => self.hold_covered(signed, route).await,
+            Err(rejection) => Err(rejection),
+        };
         match accepted {
             Ok(accepted) => {
                 self.metrics.payments_verified.with_label_values(&[route.name.as_str()]).inc();
@@ -183,8 +217,24 @@ impl PaywallProxy {
         }
     }
 
+    /// Holds a signed payment, with the payer's balance when the balance check is on: the
+    /// first payment of a payer waits for one read, later ones use the cached value.
+    async fn hold_covered(&self, signed: payment::SignedPayment, route: &Route) -> Result<AcceptedPayment, PaymentRejection> {
+        let balance = match (&self.balances, signed.balance_key(route)) {
+            (Some(balances), Some((chain_id, token, owner))) => Some(balances.balance(chain_id, token, owner).await?),
+            _ => None,
+        };
+        let now = x402_store::unix_now();
+        // During an upgrade the other process may have charged this payment since we started.
+        let shared_journal = self.upgrade_window.is_open(now).then_some(&*self.journal);
+        let guards = payment::PaymentGuards { shared_journal, ..self.guards() };
+        payment::hold_payment(signed, route, &guards, now, balance)
+    }
+
     /// The answer to a refused payment: 400 for a header that cannot be read, 503 when the
-    /// verify threads had no room, otherwise 402 with a fresh challenge naming the reason.
+    /// gateway cannot take it now (verify threads full, balance or journal unreadable, loss
+    /// budget spent),
+    /// otherwise 402 with a fresh challenge naming the reason.
     fn refuse(&self, route: &Route, pricing: &Pricing, resource_url: &str, rejection: PaymentRejection, ctx: &mut RequestContext) -> LocalResponse {
         self.count_rejection(&route.name, &rejection);
         ctx.outcome = PaymentOutcome::Refused(rejection.reason());
@@ -198,6 +248,10 @@ impl PaywallProxy {
                 return challenge::verification_at_capacity(&rejection.to_string());
             }
             _ => {}
+        }
+        if let Some(code) = rejection.retry_later() {
+            tracing::warn!(route = %route.name, code, error = %rejection, "payment refused for now");
+            return challenge::retry_later(code, rejection.reason(), &rejection.to_string());
         }
         tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
         let message = rejection.to_string();
@@ -226,22 +280,46 @@ impl PaywallProxy {
         }
     }
 
-    /// `settle: before`: journals the payment, has the settler land it on-chain, and lets the
-    /// request through only once it has. `Some(response)` answers the request here and the
-    /// upstream is never called.
+    /// `settle: before`: checks the payment on-chain (nonce unused, balance enough) and takes
+    /// a place in the settler's bounded queue, then journals it, has the settler land it
+    /// on-chain, and lets the request through only once it has. `Some(response)` answers the
+    /// request here and the upstream is never called; a refusal before journaling charges
+    /// nobody.
     async fn settle_before(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Option<LocalResponse> {
         let (route, pricing) = Self::route(config, ctx)?;
         let route_name = route.name.clone();
+        let refuse = |code: x402::ReasonCode, message: &str| {
+            let refusal = Refusal { reason: code, message };
+            Some(challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(refusal), false))
+        };
+        let Some(queue) = self.settle_before.as_ref() else {
+            return Some(challenge::settlement_unavailable("the settler is not running; nothing was charged"));
+        };
+        let Some(payment) = ctx.payment.as_ref() else {
+            return Some(challenge::settlement_unavailable("no verified payment to settle; nothing was charged"));
+        };
+        let ticket = match queue.admit(&payment.item, &payment::receipt_id(&payment.key)).await {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                tracing::info!(route = %route_name, payer = %payment.payer, %refusal, "settle-before payment refused before journaling");
+                let message = format!("{refusal}; the request was not forwarded and nothing was charged");
+                return match refusal {
+                    SettleBeforeRefusal::NonceUsed => refuse(x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed, &message),
+                    SettleBeforeRefusal::InsufficientBalance { .. } => refuse(x402::ReasonCode::InvalidExactEvmInsufficientBalance, &message),
+                    SettleBeforeRefusal::Unsettleable(_) => refuse(x402::ReasonCode::InvalidExactEvmTransactionFailed, &message),
+                    SettleBeforeRefusal::QueueFull { .. } | SettleBeforeRefusal::ChainUnavailable(_) => {
+                        Some(challenge::settlement_unavailable(&message))
+                    }
+                };
+            }
+        };
         let (payment_id, receipt_id) = match self.record_payment(&route_name, ctx).await {
             Ok(recorded) => recorded,
             Err(error) => return Some(error_response(&error)),
         };
-        let (reply_to, reply) = oneshot::channel();
-        let queued = self.settle_now.as_ref().is_some_and(|queue| queue.send(SettleNow { payment_id, reply: reply_to }).is_ok());
-        let outcome = match (queued, tokio::time::timeout(self.settle_before_timeout, reply).await) {
-            (true, Ok(Ok(outcome))) => outcome,
-            (true, _) => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
-            (false, _) => SettleNowOutcome::Pending("the settler is not running".into()),
+        let outcome = match tokio::time::timeout(self.settle_before_timeout, ticket.send(payment_id)).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => SettleNowOutcome::Pending(format!("no outcome within {:?}", self.settle_before_timeout)),
         };
         match outcome {
             SettleNowOutcome::Settled(transaction) => {
@@ -251,12 +329,12 @@ impl PaywallProxy {
             SettleNowOutcome::Failed(reason) => {
                 let code = if reason.contains("exceeds balance") {
                     x402::ReasonCode::InvalidExactEvmInsufficientBalance
+                } else if reason.contains("authorization burnt") || reason.contains("cancelled") {
+                    x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed
                 } else {
                     x402::ReasonCode::InvalidExactEvmTransactionFailed
                 };
-                let message = format!("the payment did not settle, so the request was not forwarded: {reason}");
-                let refusal = Refusal { reason: code, message: &message };
-                Some(challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(refusal), false))
+                refuse(code, &format!("the payment did not settle, so the request was not forwarded: {reason}"))
             }
             SettleNowOutcome::Pending(why) => {
                 tracing::warn!(route = %route_name, receipt = %receipt_id, why, "settle-before payment not confirmed in time");
@@ -267,6 +345,19 @@ impl PaywallProxy {
                 });
                 Some(challenge::json_response(504, &body))
             }
+        }
+    }
+
+    /// `charge_on: forward`: journals the payment before the upstream is called, so what the
+    /// upstream does (or whether the client stays) no longer decides whether it is paid.
+    async fn charge_before_forwarding(&self, config: &Config, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let (route, _) = Self::route(config, ctx)?;
+        match self.record_payment(&route.name, ctx).await {
+            Ok((_, receipt_id)) => {
+                ctx.charged_up_front = Some(receipt_id);
+                None
+            }
+            Err(error) => Some(error_response(&error)),
         }
     }
 
@@ -299,16 +390,25 @@ impl PaywallProxy {
     }
 
     fn guards(&self) -> payment::PaymentGuards<'_> {
-        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, balances: self.balances.as_ref() }
+        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, shared_journal: None }
     }
 
-    /// Releases what a payment nobody was charged for held, so the client may use it again.
+    /// Releases what a payment nobody was charged for held. Its authorization is freed for
+    /// reuse only when the upstream did no billable work for it: the connection was refused,
+    /// or the upstream itself answered with a status that is not billable. A client that hangs
+    /// up, or an upstream that times out, leaves it used up until its `validBefore`, so one
+    /// signature cannot make the upstream work again and again.
     fn release_uncharged(&self, ctx: &mut RequestContext) {
         let Some(payment) = ctx.payment.take() else { return };
-        if !ctx.charged {
-            let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.as_str()).unwrap_or_default();
-            payment::release_payment(&payment, route, &self.guards(), ctx.journaled_before);
+        if ctx.charged {
+            return;
         }
+        let spent = ctx.journaled_before || ctx.upstream_did_work();
+        if spent && !ctx.journaled_before {
+            ctx.outcome = PaymentOutcome::Spent;
+        }
+        let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.as_str()).unwrap_or_default();
+        payment::release_payment(&payment, route, &self.guards(), spent);
     }
 }
 
@@ -326,6 +426,9 @@ impl ProxyHttp for PaywallProxy {
             journaled_before: false,
             settled_before: None,
             connect_attempts: 0,
+            reached_upstream: false,
+            upstream_status: None,
+            charged_up_front: None,
             started: Instant::now(),
             request_id: String::new(),
             outcome: PaymentOutcome::None,
@@ -345,6 +448,9 @@ impl ProxyHttp for PaywallProxy {
         ctx.config = Some(config.clone());
         if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {
             answer = self.settle_before(&config, session.req_header(), ctx).await;
+        }
+        if answer.is_none() && ctx.payment.is_some() && Self::route(&config, ctx).is_some_and(|(_, p)| p.charge_on == ChargeOn::Forward) {
+            answer = self.charge_before_forwarding(&config, ctx).await;
         }
         match answer {
             Some(mut response) => {
@@ -380,6 +486,20 @@ impl ProxyHttp for PaywallProxy {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        ctx.reached_upstream = true;
+        Ok(())
+    }
+
     async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestContext) -> Result<()> {
         ctx.upstream_sent = Some(Instant::now());
         forward_canonical_target(upstream_request, ctx.canonical_path.as_deref())?;
@@ -405,6 +525,11 @@ impl ProxyHttp for PaywallProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        ctx.upstream_status = Some(response.status.as_u16());
+        Ok(())
+    }
+
     async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
         response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         let Some(config) = ctx.config.clone() else { return Ok(()) };
@@ -413,13 +538,18 @@ impl ProxyHttp for PaywallProxy {
             self.metrics.upstream_latency.with_label_values(&[route]).observe(sent.elapsed().as_secs_f64());
         }
         let Some((route, pricing)) = Self::route(&config, ctx) else { return Ok(()) };
-        let (receipt_id, transaction) = match ctx.settled_before.clone() {
+        let status = response.status.as_u16();
+        let (receipt_id, transaction) = match (ctx.settled_before.clone(), ctx.charged_up_front.clone()) {
             // Paid on-chain before the upstream was called, whatever it answered.
-            Some((receipt_id, transaction)) => (receipt_id, Some(transaction)),
-            None if ctx.payment.is_some() && pricing.is_billable(response.status.as_u16()) => {
+            (Some((receipt_id, transaction)), _) => (receipt_id, Some(transaction)),
+            // Journaled before forwarding (`charge_on: forward`), whatever it answered.
+            (None, Some(receipt_id)) => (receipt_id, None),
+            // A switch to another protocol is charged before the 101 leaves: the tunnel it
+            // opens is what was paid for.
+            (None, None) if ctx.payment.is_some() && (pricing.is_billable(status) || (status == 101 && pricing.upgrades == UpgradePolicy::Charge)) => {
                 (self.record_payment(&route.name, ctx).await?.1, None)
             }
-            None => return Ok(()),
+            (None, None) => return Ok(()),
         };
         let Some(payment) = ctx.payment.as_ref() else { return Ok(()) };
         let (name, value) = payment::receipt_header(payment, &receipt_id, transaction.as_deref());
@@ -433,6 +563,9 @@ impl ProxyHttp for PaywallProxy {
         let (status, reason, message) = failure_answer(e);
         if status > 0 {
             let paid = match (&ctx.payment, ctx.charged) {
+                (Some(_), false) if ctx.upstream_did_work() => {
+                    " Your payment was not charged, but the upstream received the request, so its authorization is used up: sign a new payment to retry."
+                }
                 (Some(_), false) => " Your payment was not charged.",
                 (Some(_), true) if ctx.settled_before.is_some() => " Your payment was settled before the request was forwarded.",
                 _ => "",

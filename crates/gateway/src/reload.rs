@@ -190,11 +190,17 @@ fn keep_running_values(old: &Config, next: &mut Config) -> Vec<String> {
 }
 
 /// A client quoted under `old` may pay after the reload: each route keeps accepting what it
-/// offered before, until that quote's `maxTimeoutSeconds` has run out. Routes are matched
-/// by name.
+/// offered before, until that quote's `maxTimeoutSeconds` has run out, but only where the
+/// quote was given. A route's earlier quotes come from the first old route with the very
+/// same match (methods, host, path pattern), whatever either is called: not by name, which
+/// a reload can move to another path, nor by position, which an inserted route shifts. A
+/// route whose match changed starts with no honoured quotes.
 pub fn carry_honoured_quotes(old: &Config, next: &mut Config, now: u64) {
     for route in &mut next.routes {
-        let Some(previous) = old.routes.iter().find(|r| r.name == route.name) else { continue };
+        let Some(previous) = old.routes.iter().find(|r| r.same_match(route)) else {
+            route.honoured.clear();
+            continue;
+        };
         let current = route.pricing.as_ref().map(|p| p.accepts_raw.get());
         let mut honoured: Vec<HonouredPricing> =
             previous.honoured.iter().filter(|h| h.until > now && Some(h.pricing.accepts_raw.get()) != current).cloned().collect();
@@ -296,9 +302,57 @@ mod tests {
     #[test]
     fn an_unchanged_price_carries_nothing() {
         let old = parse(BASE);
-        let mut next = parse(&BASE.replace("path: /weather", "path: /weather/*"));
+        let mut next = parse(&BASE.replace("path: /health", "path: /healthz"));
         carry_honoured_quotes(&old, &mut next, 1_000);
         assert!(next.routes[0].honoured.is_empty());
+    }
+
+    /// A route's old quotes follow its match, never its name: renaming it keeps them,
+    /// pointing the name at another path, host or method set drops them.
+    #[test]
+    fn quotes_follow_an_unchanged_match_only() {
+        let old = parse(BASE);
+        let carried = |text: String| {
+            let mut next = parse(&text.replace("$0.001", "$1"));
+            carry_honoured_quotes(&old, &mut next, 1_000);
+            amounts(&next.routes[0])
+        };
+        assert_eq!(carried(BASE.replace("name: weather", "name: forecast")), ["1000"], "renamed, same match");
+        assert_eq!(carried(BASE.replace("path: /weather", "path: /forecast")), Vec::<String>::new(), "repointed path");
+        assert_eq!(carried(BASE.replace("path: /weather", "path: /weather/*")), Vec::<String>::new(), "widened path");
+        assert_eq!(carried(BASE.replace("methods: [GET]", "methods: [GET, POST]")), Vec::<String>::new(), "more methods");
+        assert_eq!(carried(BASE.replace("methods: [GET]", "methods: [GET]\n    host: paid.example")), Vec::<String>::new(), "host added");
+        assert_eq!(carried(BASE.replace("    methods: [GET]\n", "")), Vec::<String>::new(), "every method");
+    }
+
+    /// The attack: a cheap wildcard route, then a reload that puts an expensive route above
+    /// part of it under the cheap one's old name. The cheap price stays honoured on the
+    /// cheap route only.
+    #[test]
+    fn a_route_inserted_above_a_cheap_one_inherits_nothing() {
+        let cheap = BASE.replace("path: /weather", "path: /weather/*");
+        let old = parse(&cheap);
+        let premium = "  - name: weather\n    path: /weather/premium\n    upstream: sample\n    price: \"$1\"\n  - name: weather-basic";
+        let mut next = parse(&cheap.replace("$0.001", "$0.002").replace("  - name: weather", premium));
+        carry_honoured_quotes(&old, &mut next, 1_000);
+        assert_eq!(next.routes[0].name, "weather");
+        assert!(next.routes[0].honoured.is_empty(), "the expensive route honours no cheap quote");
+        assert_eq!(amounts(&next.routes[1]), ["1000"], "the cheap route keeps its own");
+    }
+
+    /// Unnamed routes are called `route-N` by position; an inserted route must not take
+    /// over the quotes of the route it displaced.
+    #[test]
+    fn unnamed_routes_are_not_identified_by_position() {
+        let unnamed = BASE.replace("  - name: weather\n", "  - methods: [GET]\n").replace("    methods: [GET]\n    path", "    path");
+        let old = parse(&unnamed);
+        assert_eq!(old.routes[0].name, "route-0");
+        let inserted = "  - path: /premium\n    upstream: sample\n    price: \"$1\"\n  - methods: [GET]";
+        let mut next = parse(&unnamed.replace("$0.001", "$0.002").replacen("  - methods: [GET]", inserted, 1));
+        carry_honoured_quotes(&old, &mut next, 1_000);
+        assert_eq!((next.routes[0].name.as_str(), next.routes[1].name.as_str()), ("route-0", "route-1"));
+        assert!(next.routes[0].honoured.is_empty(), "the new route-0 is another route");
+        assert_eq!(amounts(&next.routes[1]), ["1000"], "the old route-0, now route-1, keeps its quote");
     }
 
     #[test]

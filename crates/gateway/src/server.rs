@@ -13,12 +13,13 @@
 //! short. Here the proxy stops first, then the settler settles what it holds, then the
 //! process exits.
 
-use crate::admin::AdminApi;
+use crate::admin::{AdminApi, AdminToken};
 use crate::balance::BalanceCache;
 use crate::config::{parse_config, Config};
 use crate::metrics::Metrics;
 use crate::proxy::{PaywallProxy, RequestIds};
 use crate::reload::Reloader;
+use crate::upgrade::UpgradeWindow;
 use crate::verifier::SignatureVerifier;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
+use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
 use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
 
@@ -47,6 +49,7 @@ pub struct RunOptions {
 pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_config(&text, config_path)?;
+    let admin_token = admin_token(&config)?;
     if !options.upgrade {
         ensure_listen_addresses_free(&config)?;
     }
@@ -71,14 +74,32 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     };
     let balances = build_balance_cache(&config, key.as_ref())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let health = Arc::new(SettlementHealth::default());
+    if let Some(key) = &key {
+        spawn_stall_guard(&config, key, journal.clone(), health.clone(), shutdown_rx.clone())?;
+    }
     let drain_timeout = config.settlement.drain_timeout;
-    let (settle_now_tx, settle_now_rx) = tokio::sync::mpsc::unbounded_channel();
-    let settle_now = settler.is_some().then_some(settle_now_tx);
+    let settler = settler.map(Arc::new);
+    let (settle_before, settle_now_rx) = match &settler {
+        Some(settler) => {
+            let (queue, requests) = settler.settle_before(config.settlement.settle_before_queue);
+            (Some(queue), Some(requests))
+        }
+        None => (None, None),
+    };
     let settler_lock = settler_lock_path(&config.settlement.journal_path);
+    let upgrade_window = Arc::new(UpgradeWindow::default());
+    if options.upgrade {
+        upgrade_window.open();
+    }
+    let (window, window_journal, longest_quote) = (upgrade_window.clone(), journal.clone(), longest_quote_seconds(&config));
     let settler_thread = std::thread::Builder::new().name("settler".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let Some(settler) = settler else { return anyhow::Ok(()) };
+        let (Some(settler), Some(settle_now_rx)) = (settler, settle_now_rx) else { return anyhow::Ok(()) };
         let Some(_lock) = runtime.block_on(take_settler_lock(&settler_lock, shutdown_rx.clone()))? else { return Ok(()) };
+        if options.upgrade {
+            close_upgrade_window(&window, &window_journal, longest_quote);
+        }
         runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
         Ok(())
     })?;
@@ -98,29 +119,31 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         exposure: exposure.clone(),
         balances,
         journal: journal.clone(),
-        settle_now,
-        // A settle-before request may wait for the batch in flight and then its own receipt.
+        health: health.clone(),
+        settle_before,
+        // A settle-before request waits for its own transaction: simulation, then its receipt.
         settle_before_timeout,
         metrics: metrics.clone(),
         request_ids: RequestIds::new(),
         verifier: SignatureVerifier::start(verify_threads, verify_queue, metrics.verify_queue_depth.clone())
             .context("starting the signature verifier threads")?,
+        upgrade_window: upgrade_window.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
     server.add_service(service);
     if let Some(admin_listen) = admin_settings.listen {
-        let token = std::env::var(&admin_settings.token_env).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-        if token.is_none() {
+        if admin_token.is_none() {
             tracing::warn!(env = %admin_settings.token_env, "no admin token: the admin API answers /health and /ready only");
         }
         let admin = AdminApi {
-            token,
+            token: admin_token,
             token_env: admin_settings.token_env.clone(),
             config: live,
             reloader,
             journal: journal.clone(),
             exposure,
+            health,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             settle_flush,
@@ -131,7 +154,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(%admin_listen, "admin API listening");
     }
     tracing::info!(%listen, config = %config_path.display(), upgrade = options.upgrade, "x402-gateway listening");
-    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals) });
+    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals { upgrade_window }) });
 
     tracing::info!(unsettled = journal.unsettled_count().unwrap_or_default(), "proxy stopped; draining settlement");
     let _ = shutdown_tx.send(true);
@@ -147,6 +170,16 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!(?counts, "x402-gateway stopped");
     Ok(())
+}
+
+/// The admin API's bearer token, checked before anything starts: a guessable one refuses
+/// to start rather than guard the admin API badly.
+fn admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
+    if config.admin.listen.is_none() {
+        return Ok(None);
+    }
+    let env = &config.admin.token_env;
+    Ok(AdminToken::from_env_value(env, std::env::var(env).ok().as_deref())?)
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
@@ -165,6 +198,27 @@ fn ensure_listen_addresses_free(config: &Config) -> anyhow::Result<()> {
         std::net::TcpListener::bind(address).map(drop).with_context(|| format!("cannot listen on {address}"))?;
     }
     Ok(())
+}
+
+/// The longest an authorization accepted under `config` stays usable: its longest quote
+/// plus the clock skew allowed.
+fn longest_quote_seconds(config: &Config) -> u64 {
+    let quotes = config.routes.iter().flat_map(|r| r.pricing.iter().chain(r.honoured.iter().map(|h| &h.pricing)));
+    quotes.map(|p| p.max_timeout_seconds).max().unwrap_or(0) + config.verify_policy.clock_skew_secs
+}
+
+/// The old process has let go of the journal, so everything it charged is journaled; the
+/// window closes when the last of it has expired, and never before a quote given now has.
+fn close_upgrade_window(window: &UpgradeWindow, journal: &Journal, longest_quote: u64) {
+    let now = x402_store::unix_now();
+    match journal.live(now) {
+        Ok(live) => {
+            let closes_at = live.iter().map(|r| r.item.valid_before).max().unwrap_or(0).max(now + longest_quote);
+            window.close_at(closes_at);
+            tracing::info!(closes_in_seconds = closes_at - now, "the old process let go of the journal; the upgrade window closes when its payments have expired");
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the journal; the upgrade window stays open"),
+    }
 }
 
 fn settler_lock_path(journal: &Path) -> PathBuf {
@@ -224,6 +278,11 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
         exposure.restore(&record.payer, &record.route, record.usd_micros);
     }
     exposure.replace_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
+    // A day back is as far as the loss budget remembers: it drains a full budget a day.
+    let day_ago_ms = x402_store::unix_now_ms().saturating_sub(86_400_000);
+    for (usd_micros, failed_at_ms) in journal.failures_since(day_ago_ms).context("cannot read the journal")? {
+        exposure.record_loss(usd_micros, failed_at_ms / 1000);
+    }
     Ok(Arc::new(exposure))
 }
 
@@ -262,16 +321,49 @@ fn build_settler(config: &Config, key: &PrivateKeySigner, journal: Arc<Journal>)
     Ok(Settler::new(journal, networks, config.settlement.policy.clone()))
 }
 
-/// Token balances for the optional balance check, read through the networks' RPC URLs.
+/// Starts the stall guard on a thread of its own: it probes the RPC nodes and reads the
+/// journal every second, and must not wait behind the settler or the workers.
+fn spawn_stall_guard(
+    config: &Config,
+    key: &PrivateKeySigner,
+    journal: Arc<Journal>,
+    health: Arc<SettlementHealth>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let networks = config.networks.iter().map(|n| n.name.clone()).zip(chain_clients(config, key)?).collect();
+    let policy = StallPolicy {
+        stall_after: config.settlement.stall_after,
+        batch_window: config.settlement.policy.max_wait,
+        expiry_guard: Duration::from_secs(config.verify_policy.settle_margin_secs / 2),
+    };
+    let guard = StallGuard { journal, networks, policy, health };
+    std::thread::Builder::new().name("stall-guard".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(guard.run(shutdown)),
+            Err(error) => tracing::error!(%error, "the stall guard could not start"),
+        }
+    })?;
+    Ok(())
+}
+
+/// Token balances for the balance check, read through the networks' RPC URLs.
 fn build_balance_cache(config: &Config, key: Option<&PrivateKeySigner>) -> anyhow::Result<Option<Arc<BalanceCache>>> {
-    let (true, Some(key)) = (config.exposure.balance_check, key) else { return Ok(None) };
-    let chains = config.networks.iter().map(|n| n.chain_id).zip(chain_clients(config, key)?).collect();
-    Ok(Some(Arc::new(BalanceCache::new(chains, config.exposure.balance_cache))))
+    if !config.exposure.balance_check {
+        return Ok(None);
+    }
+    // Balance reads sign nothing; without a settlement key a fixed throwaway key builds the
+    // clients, so the check is never skipped for want of one.
+    let read_only = PrivateKeySigner::from_bytes(&alloy_primitives::B256::repeat_byte(1)).context("read-only RPC client key")?;
+    let chains = config.networks.iter().map(|n| n.chain_id).zip(chain_clients(config, key.unwrap_or(&read_only))?).collect();
+    Ok(Some(Arc::new(BalanceCache::new(chains, config.exposure.balance_cache, config.exposure.balance_timeout))))
 }
 
 /// SIGTERM and SIGINT both stop gracefully (Pingora's default treats SIGINT as a fast
-/// exit, which would drop accepted payments); SIGQUIT hands the sockets to a new process.
-struct GracefulOnSignals;
+/// exit, which would drop accepted payments); SIGQUIT hands the sockets to a new process
+/// and opens the upgrade window: from then on both processes serve from one journal.
+struct GracefulOnSignals {
+    upgrade_window: Arc<UpgradeWindow>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for GracefulOnSignals {
@@ -285,7 +377,10 @@ impl ShutdownSignalWatch for GracefulOnSignals {
         tokio::select! {
             _ = term.recv() => ShutdownSignal::GracefulTerminate,
             _ = int.recv() => ShutdownSignal::GracefulTerminate,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => {
+                self.upgrade_window.open();
+                ShutdownSignal::GracefulUpgrade
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportErrorKind};
-use alloy_primitives::{Address, Bytes, B256};
+use alloy_primitives::{Address, Bytes, B256, U256};
 use alloy_sol_types::{SolCall, SolEvent};
 use std::future::Future;
 use std::time::Duration;
@@ -44,13 +44,67 @@ pub struct ChainClient {
     max_fee_per_gas: Option<u128>,
 }
 
-/// The outcome of a mined settlement transaction.
+/// The outcome of a mined transaction.
 pub struct Mined {
     pub transaction: B256,
     pub success: bool,
     pub gas_used: u64,
-    /// (token, authorizer, nonce) of every `AuthorizationUsed` the transaction emitted.
-    pub used: Vec<(Address, Address, B256)>,
+    /// Every authorization the transaction used, with the transfer it made, if any.
+    pub used: Vec<UsedAuthorization>,
+}
+
+/// An `AuthorizationUsed(authorizer, nonce)` log and the `Transfer` that proves what it paid:
+/// the token's very next log, from the same token and the same `from`. A nonce used by an
+/// authorization that moved nothing, or moved it elsewhere, has `transfer: None` or a
+/// transfer to someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedAuthorization {
+    pub token: Address,
+    pub authorizer: Address,
+    pub nonce: B256,
+    /// (to, value) of the transfer right after it.
+    pub transfer: Option<(Address, U256)>,
+}
+
+impl Mined {
+    /// Whether this transaction moved `value` of `token` from `authorizer` to `to` under
+    /// `nonce`: the only proof that a payment was settled.
+    pub fn paid(&self, token: Address, authorizer: Address, nonce: B256, to: Address, value: U256) -> bool {
+        self.used.iter().any(|used| {
+            used.token == token && used.authorizer == authorizer && used.nonce == nonce && used.transfer == Some((to, value))
+        })
+    }
+
+    /// The use of `nonce` by `authorizer` on `token` in this transaction, if any.
+    pub fn used(&self, token: Address, authorizer: Address, nonce: B256) -> Option<&UsedAuthorization> {
+        self.used.iter().find(|used| used.token == token && used.authorizer == authorizer && used.nonce == nonce)
+    }
+}
+
+/// What ended an authorization nonce on-chain, as the token's events tell it.
+pub enum NonceEnd {
+    /// `AuthorizationUsed` in this transaction (its transfer, if any, is in `Mined::used`).
+    Used(Mined),
+    /// `AuthorizationCanceled` in this transaction: the payer cancelled it.
+    Canceled(B256),
+}
+
+/// Pairs each `AuthorizationUsed` with the `Transfer` the token emitted right after it.
+fn used_authorizations(logs: &[alloy::rpc::types::Log]) -> Vec<UsedAuthorization> {
+    logs.iter()
+        .enumerate()
+        .filter_map(|(index, log)| {
+            let used = log.log_decode::<IEip3009::AuthorizationUsed>().ok()?;
+            let (authorizer, nonce) = (used.inner.authorizer, used.inner.nonce);
+            let transfer = logs
+                .get(index + 1)
+                .filter(|next| next.address() == log.address())
+                .and_then(|next| next.log_decode::<IEip3009::Transfer>().ok())
+                .filter(|next| next.inner.from == authorizer)
+                .map(|next| (next.inner.to, next.inner.value));
+            Some(UsedAuthorization { token: log.address(), authorizer, nonce, transfer })
+        })
+        .collect()
 }
 
 /// A signed settlement transaction, not yet broadcast.
@@ -163,16 +217,11 @@ impl ChainClient {
     /// The receipt of a mined transaction, if it is mined.
     pub async fn receipt(&self, transaction: B256) -> Result<Option<Mined>, ChainError> {
         let receipt = self.first_answer(|p| async move { p.get_transaction_receipt(transaction).await }).await?;
-        Ok(receipt.map(|receipt| {
-            let used = receipt
-                .logs()
-                .iter()
-                .filter_map(|log| {
-                    let decoded = log.log_decode::<IEip3009::AuthorizationUsed>().ok()?;
-                    Some((log.address(), decoded.inner.authorizer, decoded.inner.nonce))
-                })
-                .collect();
-            Mined { transaction, success: receipt.status(), gas_used: receipt.gas_used, used }
+        Ok(receipt.map(|receipt| Mined {
+            transaction,
+            success: receipt.status(),
+            gas_used: receipt.gas_used,
+            used: used_authorizations(receipt.logs()),
         }))
     }
 
@@ -193,7 +242,9 @@ impl ChainClient {
     /// `authorizationState(authorizer, nonce)` on `token`: true once used or cancelled.
     pub async fn authorization_state(&self, token: Address, authorizer: Address, nonce: B256) -> Result<bool, ChainError> {
         let request = TransactionRequest::default().with_to(token).with_input(calldata::authorization_state(authorizer, nonce));
-        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).await } }).await?;
+        // Mined state only: a transaction still in the pool has settled nothing (some nodes
+        // answer a call without a block from their pending state).
+        let output = self.first_answer(|p| { let r = request.clone(); async move { p.call(r).block(alloy::eips::BlockId::latest()).await } }).await?;
         IEip3009::authorizationStateCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
@@ -205,24 +256,82 @@ impl ChainClient {
         IEip3009::balanceOfCall::abi_decode_returns(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
-    /// The transaction that emitted `AuthorizationUsed(authorizer, nonce)` on `token`, if any
-    /// within the last `lookback` blocks.
-    pub async fn find_authorization_used(
-        &self,
-        token: Address,
-        authorizer: Address,
-        nonce: B256,
-        lookback: u64,
-    ) -> Result<Option<B256>, ChainError> {
+    /// The latest block number: a cheap sign that some RPC node of this chain answers.
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.first_answer(|p| async move { p.get_block_number().await }).await
+    }
+
+    /// What used or cancelled `nonce` of `authorizer` on `token`, if the token's events say
+    /// so within the last `lookback` blocks: the transaction's receipt (with the transfer it
+    /// made, if any) or the cancellation.
+    pub async fn find_nonce_end(&self, token: Address, authorizer: Address, nonce: B256, lookback: u64) -> Result<Option<NonceEnd>, ChainError> {
         let head = self.first_answer(|p| async move { p.get_block_number().await }).await?;
         let filter = Filter::new()
             .address(token)
-            .event_signature(IEip3009::AuthorizationUsed::SIGNATURE_HASH)
+            .event_signature(vec![IEip3009::AuthorizationUsed::SIGNATURE_HASH, IEip3009::AuthorizationCanceled::SIGNATURE_HASH])
             .topic1(authorizer.into_word())
             .topic2(nonce)
             .from_block(head.saturating_sub(lookback))
             .to_block(head);
         let logs = self.first_answer(|p| { let f = filter.clone(); async move { p.get_logs(&f).await } }).await?;
-        Ok(logs.first().and_then(|log| log.transaction_hash))
+        let Some(log) = logs.first() else { return Ok(None) };
+        let transaction = log.transaction_hash.ok_or_else(|| ChainError::Decode("a log without its transaction hash".into()))?;
+        if log.topic0() == Some(&IEip3009::AuthorizationCanceled::SIGNATURE_HASH) {
+            return Ok(Some(NonceEnd::Canceled(transaction)));
+        }
+        let mined = self.receipt(transaction).await?.ok_or_else(|| ChainError::Rpc(format!("no receipt for {transaction}, which emitted a log")))?;
+        Ok(Some(NonceEnd::Used(mined)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::address;
+
+    fn log(token: Address, event: &impl SolEvent) -> alloy::rpc::types::Log {
+        alloy::rpc::types::Log { inner: alloy_primitives::Log { address: token, data: event.encode_log_data() }, ..Default::default() }
+    }
+
+    fn mined(logs: &[alloy::rpc::types::Log]) -> Mined {
+        Mined { transaction: B256::ZERO, success: true, gas_used: 0, used: used_authorizations(logs) }
+    }
+
+    const TOKEN: Address = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+    const OTHER_TOKEN: Address = address!("00000000000000000000000000000000000000ee");
+    const PAYER: Address = address!("00000000000000000000000000000000000000a1");
+    const PAY_TO: Address = address!("00000000000000000000000000000000000000b2");
+
+    fn used(nonce: B256) -> IEip3009::AuthorizationUsed {
+        IEip3009::AuthorizationUsed { authorizer: PAYER, nonce }
+    }
+
+    fn transfer(from: Address, to: Address, value: u64) -> IEip3009::Transfer {
+        IEip3009::Transfer { from, to, value: U256::from(value) }
+    }
+
+    #[test]
+    fn a_payment_is_proven_only_by_its_transfer_right_after_its_authorization() {
+        let nonce = B256::repeat_byte(7);
+        let paid = mined(&[log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAYER, PAY_TO, 1000))]);
+        assert!(paid.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+        assert!(!paid.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(999)), "another value");
+        assert!(!paid.paid(TOKEN, PAYER, B256::repeat_byte(8), PAY_TO, U256::from(1000)), "another nonce");
+
+        // The burnt-nonce attack: the same nonce, used to pay the payer itself nothing.
+        let burnt = mined(&[log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAYER, PAYER, 0))]);
+        assert!(burnt.used(TOKEN, PAYER, nonce).is_some());
+        assert!(!burnt.paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+
+        // A transfer that is not the authorization's own: another token's, another payer's,
+        // or not the very next log.
+        for logs in [
+            vec![log(TOKEN, &used(nonce)), log(OTHER_TOKEN, &transfer(PAYER, PAY_TO, 1000))],
+            vec![log(TOKEN, &used(nonce)), log(TOKEN, &transfer(PAY_TO, PAY_TO, 1000))],
+            vec![log(TOKEN, &used(nonce)), log(TOKEN, &used(B256::repeat_byte(9))), log(TOKEN, &transfer(PAYER, PAY_TO, 1000))],
+            vec![log(TOKEN, &transfer(PAYER, PAY_TO, 1000)), log(TOKEN, &used(nonce))],
+        ] {
+            assert!(!mined(&logs).paid(TOKEN, PAYER, nonce, PAY_TO, U256::from(1000)));
+        }
     }
 }

@@ -8,14 +8,20 @@
 //! or an open batch, which the next round resolves from chain state: the receipt if it was
 //! mined, otherwise the same signed bytes are sent again (same hash, same account nonce:
 //! they can land at most once), and whatever did not land is decided per payment by
-//! `authorizationState` and `AuthorizationUsed`, never by signing blindly again.
+//! `authorizationState` and receipts, never by signing blindly again. A payment is `settled`
+//! only on proof of its transfer to payTo (see [`Mined::paid`]); a used nonce alone is not.
+//!
+//! `settle: before` payments are settled beside the batch loop, several at once, each in a
+//! transaction of its own; signing is serialised so no two transactions take one account
+//! nonce.
 
-use crate::chain::{ChainClient, ChainError, Mined};
+use crate::chain::{ChainClient, ChainError, Mined, NonceEnd};
 use crate::metrics::SettlementMetrics;
+use crate::settle_before::{Claims, SettleBefore, SettleNow, SettleNowOutcome};
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
 use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
@@ -45,6 +51,8 @@ pub struct BatchPolicy {
     /// Most gas one settlement transaction may use (the chain's per-transaction cap, or
     /// lower): a batch whose estimate is above it is split.
     pub max_gas_per_transaction: u64,
+    /// `settle: before` payments settled at once, each in a transaction of its own.
+    pub settle_now_parallel: usize,
 }
 
 impl Default for BatchPolicy {
@@ -60,6 +68,7 @@ impl Default for BatchPolicy {
             log_lookback_blocks: 10_000,
             max_attempts: 5,
             max_gas_per_transaction: 16_000_000,
+            settle_now_parallel: 16,
         }
     }
 }
@@ -88,6 +97,10 @@ pub struct Settler {
     metrics: Arc<SettlementMetrics>,
     /// Set by an operator's drain: send what is queued now instead of waiting for batches to fill.
     flush: Arc<std::sync::atomic::AtomicBool>,
+    /// Payments a settle-now request owns: the batch loop leaves them alone.
+    claims: Claims,
+    /// Held from signing to broadcast: concurrent signers would take the same account nonce.
+    signing: tokio::sync::Mutex<()>,
 }
 
 /// What the settler tells the exposure ledger: a resolved payment no longer counts, and a
@@ -97,26 +110,19 @@ pub struct CreditControl {
     pub block_payer_for_secs: u64,
 }
 
-/// A request to settle one journaled payment now, ahead of any batch (`settle: before`).
-pub struct SettleNow {
-    pub payment_id: u64,
-    pub reply: oneshot::Sender<SettleNowOutcome>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SettleNowOutcome {
-    /// On-chain, in this transaction.
-    Settled(String),
-    /// It will not land: the reason.
-    Failed(String),
-    /// Not known yet (RPC down, receipt late): the settler keeps at it.
-    Pending(String),
-}
-
-/// Failures the payer caused: spent its balance elsewhere, or cancelled the authorization.
+/// Failures the payer caused: spent its balance elsewhere, cancelled the authorization, or
+/// burnt its nonce with another authorization.
 fn payer_at_fault(reason: &str) -> bool {
-    reason.contains("exceeds balance") || reason.contains("cancelled")
+    reason.contains("exceeds balance") || reason.contains("cancelled") || reason.contains(BURNT)
 }
+
+/// The start of the reason a payment fails with when its nonce was used without paying payTo.
+const BURNT: &str = "authorization burnt";
+
+/// How often payments given up on are looked at again, and for how long after their
+/// `validBefore` (a transaction mined just before it may be seen late).
+const GIVEN_UP_RECHECK_EVERY: Duration = Duration::from_secs(5);
+const GIVEN_UP_RECHECK_AFTER_EXPIRY_SECS: u64 = 600;
 
 /// A journal record decoded for the chain.
 struct Pending {
@@ -131,8 +137,10 @@ impl Pending {
         (self.token, calldata::transfer_with_authorization(&self.authorization, &self.signature))
     }
 
-    fn landed_in(&self, mined: &Mined) -> bool {
-        mined.used.contains(&(self.token, self.authorization.from, self.authorization.nonce))
+    /// Whether `mined` moved this payment's value to its payTo under its nonce.
+    fn paid_in(&self, mined: &Mined) -> bool {
+        let authorization = &self.authorization;
+        mined.paid(self.token, authorization.from, authorization.nonce, authorization.to, authorization.value)
     }
 }
 
@@ -145,7 +153,23 @@ enum Outcome {
 
 impl Settler {
     pub fn new(journal: Arc<Journal>, networks: Vec<NetworkSettlement>, policy: BatchPolicy) -> Self {
-        Self { journal, networks, policy, credit: None, metrics: Arc::default(), flush: Arc::default() }
+        Self {
+            journal,
+            networks,
+            policy,
+            credit: None,
+            metrics: Arc::default(),
+            flush: Arc::default(),
+            claims: Claims::default(),
+            signing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The proxy's side of `settle: before`, with room for `capacity` payments waiting, and
+    /// the receiving end to pass to [`Settler::run`].
+    pub fn settle_before(&self, capacity: usize) -> (SettleBefore, mpsc::Receiver<SettleNow>) {
+        let chains = self.networks.iter().map(|n| (n.network.clone(), n.client.clone())).collect();
+        SettleBefore::new(capacity, chains, self.claims.clone())
     }
 
     /// Counts into `metrics` (registered by the caller).
@@ -168,25 +192,41 @@ impl Settler {
 
     /// Settles until `shutdown` turns true, then drains: every accepted payment is settled
     /// (or fails for a reason) before this returns, unless `drain_timeout` passes first.
-    pub async fn run(
-        &self,
-        mut shutdown: watch::Receiver<bool>,
-        drain_timeout: Duration,
-        mut settle_now: mpsc::UnboundedReceiver<SettleNow>,
-    ) {
+    /// `settle: before` requests are served beside the batch loop, several at once.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>, drain_timeout: Duration, settle_now: mpsc::Receiver<SettleNow>) {
+        tokio::select! {
+            () = self.batch_loop(shutdown, drain_timeout) => {}
+            () = self.serve_settle_now(settle_now) => {}
+        }
+    }
+
+    /// Runs settle-now requests as they come, up to `settle_now_parallel` at once; while
+    /// that many run, the rest wait in the bounded queue (and the proxy refuses beyond it).
+    async fn serve_settle_now(self: &Arc<Self>, mut requests: mpsc::Receiver<SettleNow>) {
+        let running = Arc::new(Semaphore::new(self.policy.settle_now_parallel.max(1)));
+        loop {
+            let Ok(slot) = running.clone().acquire_owned().await else { break };
+            let Some(request) = requests.recv().await else { break };
+            let settler = Arc::clone(self);
+            tokio::spawn(async move {
+                settler.settle_now(request).await;
+                drop(slot);
+            });
+        }
+        // No more requests can come: the batch loop alone decides when `run` ends.
+        std::future::pending::<()>().await;
+    }
+
+    async fn batch_loop(&self, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
         let tick = (self.policy.max_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut drain_deadline = None;
         let mut backoff = self.policy.retry_backoff;
         let mut backlog = false;
+        let mut rechecked = tokio::time::Instant::now();
         loop {
             if drain_deadline.is_none() {
-                if backlog {
-                    // Full batches back to back, but a settle-before payment still goes first.
-                    while let Ok(request) = settle_now.try_recv() {
-                        self.settle_now(request).await;
-                    }
-                } else {
-                    self.wait_for_work(tick, &mut shutdown, &mut settle_now).await;
+                if !backlog {
+                    self.wait_for_work(tick, &mut shutdown).await;
                 }
                 if *shutdown.borrow() {
                     tracing::info!(unsettled = self.unsettled(), "settler draining");
@@ -204,6 +244,14 @@ impl Settler {
                         tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
                         self.metrics.rpc_errors.with_label_values(&[network.network.as_str()]).inc();
                         failed = true;
+                    }
+                }
+            }
+            if rechecked.elapsed() >= GIVEN_UP_RECHECK_EVERY {
+                rechecked = tokio::time::Instant::now();
+                for network in &self.networks {
+                    if let Err(error) = self.recheck_given_up(network).await {
+                        tracing::warn!(network = %network.network, %error, "could not look again at payments given up on; will retry");
                     }
                 }
             }
@@ -227,16 +275,15 @@ impl Settler {
         }
     }
 
-    /// Waits until a round is worth running: a tick, a full batch's worth of new payments, a
-    /// settle-before request or shutdown. A round per recorded payment would read the queue
+    /// Waits until a round is worth running: a tick, a full batch's worth of new payments or
+    /// shutdown. A round per recorded payment would read the queue
     /// from the journal once per paid request, on the request path's core.
-    async fn wait_for_work(&self, tick: Duration, shutdown: &mut watch::Receiver<bool>, settle_now: &mut mpsc::UnboundedReceiver<SettleNow>) {
+    async fn wait_for_work(&self, tick: Duration, shutdown: &mut watch::Receiver<bool>) {
         let seen = self.journal.recorded();
         let timer = tokio::time::sleep(tick);
         tokio::pin!(timer);
         loop {
             tokio::select! {
-                Some(request) = settle_now.recv() => return self.settle_now(request).await,
                 _ = self.journal.changed().notified() => {
                     if self.journal.recorded().saturating_sub(seen) >= self.policy.max_batch as u64 {
                         return;
@@ -294,6 +341,9 @@ impl Settler {
     /// One round for `network`; says whether it sent a full batch (more may be waiting).
     async fn settle_network(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
         for batch in self.journal.open_batches(&network.network)? {
+            if self.journal.submitted_in(&batch.transaction)?.iter().any(|record| self.claims.holds(&record.receipt_id)) {
+                continue; // a settle-now request is resolving it
+            }
             self.resolve_batch(network, batch).await?;
         }
         self.settle_due(network, force).await
@@ -301,7 +351,8 @@ impl Settler {
 
     /// Sends one batch for `network` if one is due; says whether it was a full one.
     async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
-        let batch = self.journal.accepted(&network.network, self.policy.max_batch)?;
+        let mut batch = self.journal.accepted(&network.network, self.policy.max_batch)?;
+        batch.retain(|record| !self.claims.holds(&record.receipt_id));
         let Some(first) = batch.first() else { return Ok(false) };
         let oldest_ms = batch.iter().map(|r| r.accepted_at_ms).min().unwrap_or(first.accepted_at_ms);
         let waited = Duration::from_millis(unix_now_ms().saturating_sub(oldest_ms));
@@ -321,6 +372,7 @@ impl Settler {
         }
         let gas_limit = self.fit_gas_cap(network, &mut to_send).await?;
         let data = calldata::aggregate3(to_send.iter().map(Pending::call));
+        let signing = self.signing.lock().await;
         let signed = network.client.sign_aggregate3(network.multicall, data, gas_limit).await?;
         let batch = BatchRecord {
             transaction: signed.hash.to_string(),
@@ -335,6 +387,7 @@ impl Settler {
         if let Err(error) = network.client.send_raw(&batch.raw).await {
             tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the batch stays open and is resolved next round");
         }
+        drop(signing);
         self.resolve_batch(network, batch).await
     }
 
@@ -376,7 +429,7 @@ impl Settler {
         }
         self.count_batch(network, mined.as_ref());
         let (landed, unclear): (Vec<&Pending>, Vec<&Pending>) =
-            payments.iter().partition(|pending| mined.as_ref().is_some_and(|mined| pending.landed_in(mined)));
+            payments.iter().partition(|pending| mined.as_ref().is_some_and(|mined| pending.paid_in(mined)));
         if let Some(mined) = &mined {
             self.settle(&landed, mined.transaction).await?;
         }
@@ -436,6 +489,26 @@ impl Settler {
         Ok(decoded)
     }
 
+    /// A payment given up on may still be paid by one of its transactions that lands late
+    /// (a "gave up" must never hide money that arrives): until its `validBefore` has passed,
+    /// and once more after, look again and correct the journal to `settled` if it was paid.
+    async fn recheck_given_up(&self, network: &NetworkSettlement) -> Result<(), SettleError> {
+        let since = unix_now().saturating_sub(GIVEN_UP_RECHECK_AFTER_EXPIRY_SECS);
+        for record in self.journal.given_up(&network.network, since)? {
+            let Ok((token, authorization, signature)) = decode(&record) else { continue };
+            let pending = Pending { record, token, authorization, signature };
+            if let Outcome::Settled(transaction) = self.reconcile(network, &pending).await {
+                tracing::warn!(payment = pending.record.id, tx = %transaction, "a payment given up on was paid after all; journal corrected to settled");
+                self.journal.set_state(pending.record.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
+                if let Some(credit) = &self.credit {
+                    credit.exposure.forgive_loss(pending.record.usd_micros);
+                }
+                self.count_settled(&pending.record);
+            }
+        }
+        Ok(())
+    }
+
     /// What a reverted call means. "Used" is checked against the chain: the payment may
     /// have landed through another transaction (ours earlier, or anyone's).
     async fn classify_revert(&self, network: &NetworkSettlement, pending: &Pending, reason: &str) -> Outcome {
@@ -448,26 +521,53 @@ impl Settler {
         Outcome::Failed(reason.to_owned())
     }
 
-    /// Reads chain state to learn whether a payment landed.
+    /// Reads chain state to learn whether a payment landed. It counts as settled only on
+    /// proof of its transfer to payTo: first in the receipts of the gateway's own
+    /// transactions it was sent in, then in whichever transaction the token's events name.
     async fn reconcile(&self, network: &NetworkSettlement, pending: &Pending) -> Outcome {
         let (from, nonce) = (pending.authorization.from, pending.authorization.nonce);
         match network.client.authorization_state(pending.token, from, nonce).await {
             Ok(false) => Outcome::Retry,
-            Ok(true) => {
-                match network.client.find_authorization_used(pending.token, from, nonce, self.policy.log_lookback_blocks).await {
-                    Ok(Some(transaction)) => Outcome::Settled(transaction),
-                    Ok(None) => Outcome::Failed("authorization was cancelled by the payer (no AuthorizationUsed event)".into()),
-                    Err(error) => {
-                        tracing::warn!(payment = pending.record.id, %error, "could not read AuthorizationUsed events; will retry");
-                        Outcome::Retry
-                    }
-                }
-            }
+            Ok(true) => self.what_used(network, pending).await.unwrap_or_else(|error| {
+                tracing::warn!(payment = pending.record.id, %error, "could not read what used the authorization; will retry");
+                Outcome::Retry
+            }),
             Err(error) => {
                 tracing::warn!(payment = pending.record.id, %error, "could not read authorizationState; will retry");
                 Outcome::Retry
             }
         }
+    }
+
+    /// The fate of a payment whose nonce the token says is used or cancelled.
+    async fn what_used(&self, network: &NetworkSettlement, pending: &Pending) -> Result<Outcome, SettleError> {
+        for transaction in self.journal.transactions_of(pending.record.id)? {
+            let hash: B256 = transaction.parse().map_err(|_| ChainError::Decode(format!("transaction hash {transaction}")))?;
+            if let Some(mined) = network.client.receipt(hash).await? {
+                if pending.paid_in(&mined) {
+                    return Ok(Outcome::Settled(hash));
+                }
+            }
+        }
+        let (token, from, nonce) = (pending.token, pending.authorization.from, pending.authorization.nonce);
+        Ok(match network.client.find_nonce_end(token, from, nonce, self.policy.log_lookback_blocks).await? {
+            Some(NonceEnd::Used(mined)) if pending.paid_in(&mined) => Outcome::Settled(mined.transaction),
+            Some(NonceEnd::Used(mined)) => Outcome::Failed(format!(
+                "{BURNT}: transaction {} used its nonce without paying {} to {}",
+                mined.transaction, pending.authorization.value, pending.authorization.to
+            )),
+            Some(NonceEnd::Canceled(transaction)) => {
+                Outcome::Failed(format!("authorization was cancelled by the payer (AuthorizationCanceled in {transaction})"))
+            }
+            None => {
+                // Used, but not by any transaction of ours and by none in the lookback
+                // window: nothing proves who is at fault, so the payer is not blamed. It is
+                // retried (a lagging node's logs catch up) until its deadline passes, then
+                // fails as expired, unsettled, for an operator to look at.
+                tracing::warn!(payment = pending.record.id, lookback = self.policy.log_lookback_blocks, "authorization used, but no AuthorizationUsed or AuthorizationCanceled event found; not counted as settled");
+                Outcome::Retry
+            }
+        })
     }
 
     async fn apply(&self, pending: &Pending, outcome: Outcome, context: &str) -> Result<(), JournalError> {
@@ -537,6 +637,10 @@ impl Settler {
         let credit = self.credit.as_ref()?;
         let payer = record.payer.as_str();
         credit.exposure.remove(payer, &record.route, record.usd_micros);
+        if failure.is_some() {
+            // Served and never paid, whoever's fault: it counts against the loss budget.
+            credit.exposure.record_loss(record.usd_micros, unix_now());
+        }
         let reason = failure.filter(|reason| payer_at_fault(reason))?;
         let until = unix_now() + credit.block_payer_for_secs;
         tracing::warn!(payer, until, reason, "payer refused until then");

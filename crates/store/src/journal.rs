@@ -279,6 +279,8 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE INDEX IF NOT EXISTS payments_unsettled ON payments (network, state, valid_before)
     WHERE state IN ('accepted', 'submitted');
 CREATE INDEX IF NOT EXISTS payments_in_flight ON payments (transaction_hash) WHERE state = 'submitted';
+-- Payments the settler gave up on, while a transaction of theirs may still land.
+CREATE INDEX IF NOT EXISTS payments_given_up ON payments (network, valid_before) WHERE state = 'failed' AND failure LIKE '%gave up after%';
 -- Earlier journals indexed every row three more times; each paid request paid for it.
 DROP INDEX IF EXISTS payments_by_state;
 DROP INDEX IF EXISTS payments_by_payer;
@@ -287,6 +289,13 @@ CREATE TABLE IF NOT EXISTS payer_blocks (
     payer TEXT PRIMARY KEY COLLATE NOCASE,
     until INTEGER NOT NULL,
     reason TEXT NOT NULL
+);
+-- Every settlement transaction a payment was sent in, so reconciliation can read their
+-- receipts before it searches anyone else's logs.
+CREATE TABLE IF NOT EXISTS payment_transactions (
+    payment_id INTEGER NOT NULL,
+    transaction_hash TEXT NOT NULL,
+    PRIMARY KEY (payment_id, transaction_hash)
 );
 CREATE TABLE IF NOT EXISTS batches (
     transaction_hash TEXT PRIMARY KEY,
@@ -310,10 +319,16 @@ static ACCEPTED: LazyLock<String> = LazyLock::new(|| {
 });
 static SUBMITTED_IN: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE state = 'submitted' AND transaction_hash = ?1 ORDER BY id"));
+static GIVEN_UP: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {COLUMNS} FROM payments WHERE state = 'failed' AND failure LIKE '%gave up after%' AND network = ?1 AND valid_before > ?2 ORDER BY valid_before")
+});
 // `+id`: ordering by the bare rowid would make the planner walk the whole table to skip a sort.
 static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE {UNSETTLED} ORDER BY +id"));
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
 static OLDEST_UNSETTLED: LazyLock<String> = LazyLock::new(|| format!("SELECT min(accepted_at_ms) FROM payments WHERE {UNSETTLED}"));
+static EARLIEST_DEADLINE: LazyLock<String> = LazyLock::new(|| format!("SELECT min(valid_before) FROM payments WHERE {UNSETTLED}"));
+/// One seek in the `UNIQUE (chain_id, asset, payer, nonce)` index.
+const HOLDS_AUTHORIZATION: &str = "SELECT 1 FROM payments WHERE chain_id = ?1 AND asset = ?2 AND payer = ?3 AND nonce = ?4";
 
 /// The durable journal. Reads run on their own connection beside the writer (WAL lets
 /// readers and the writer proceed together).
@@ -323,6 +338,7 @@ pub struct Journal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     reader: Mutex<Connection>,
+    lookups: Lookups,
     changed: Notify,
     recorded: AtomicU64,
 }
@@ -339,6 +355,7 @@ impl Journal {
         writer_connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(open_error)?;
         writer_connection.execute_batch(SCHEMA).map_err(open_error)?;
         let reader = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
+        let lookups = Lookups::open(path).map_err(open_error)?;
         let (sender, receiver) = mpsc::channel();
         let group = if options.group_commit { MAX_GROUP } else { 1 };
         let commits = Arc::new(AtomicU64::new(0));
@@ -356,6 +373,7 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             reader: Mutex::new(reader),
+            lookups,
             changed: Notify::new(),
             recorded: AtomicU64::new(0),
         })
@@ -390,7 +408,7 @@ impl Journal {
         let (reply_to, reply) = oneshot::channel();
         let operation: Operation = Box::new(move |connection| {
             let result = match connection {
-                Some(connection) => write(connection),
+                Some(connection) => all_or_nothing(connection, write),
                 None => Err(JournalError::Closed),
             };
             Box::new(move |committed: Result<(), JournalError>| {
@@ -429,8 +447,11 @@ impl Journal {
                 "UPDATE payments SET state = 'submitted', transaction_hash = ?2, attempts = attempts + 1, updated_at_ms = ?3
                  WHERE id = ?1 RETURNING attempts",
             )?;
+            let mut remember = connection
+                .prepare_cached("INSERT OR IGNORE INTO payment_transactions (payment_id, transaction_hash) VALUES (?1, ?2)")?;
             for id in ids {
                 attempts.push(submit.query_row(params![id, batch.transaction, crate::unix_now_ms()], |row| row.get(0))?);
+                remember.execute(params![id, batch.transaction])?;
             }
             Ok(attempts)
         })
@@ -505,8 +526,23 @@ impl Journal {
     }
 
     /// Payments marked as sent in `transaction` and not yet resolved.
+    /// Payments on `network` the settler gave up on whose `validBefore` is after `since`: a
+    /// transaction of theirs may still land until then, and the journal must follow it.
+    pub fn given_up(&self, network: &str, since: u64) -> Result<Vec<PaymentRecord>, JournalError> {
+        query_payments(&lock(&self.reader), &GIVEN_UP, params![network, since])
+    }
+
     pub fn submitted_in(&self, transaction: &str) -> Result<Vec<PaymentRecord>, JournalError> {
         query_payments(&lock(&self.reader), &SUBMITTED_IN, params![transaction])
+    }
+
+    /// Every settlement transaction payment `id` was sent in, the latest first.
+    pub fn transactions_of(&self, id: u64) -> Result<Vec<String>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement =
+            reader.prepare_cached("SELECT transaction_hash FROM payment_transactions WHERE payment_id = ?1 ORDER BY rowid DESC")?;
+        let rows = statement.query_map(params![id], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every payment whose authorization can still be used on-chain (`validBefore` after
@@ -530,6 +566,20 @@ impl Journal {
         Ok(lock(&self.reader).prepare_cached(&OLDEST_UNSETTLED)?.query_row([], |row| row.get(0))?)
     }
 
+    /// (usd_micros, failed at in Unix ms) of every payment that failed since `since_ms`,
+    /// oldest first: the loss budget is rebuilt from these at start (a scan, once).
+    pub fn failures_since(&self, since_ms: u64) -> Result<Vec<(u64, u64)>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement = reader.prepare("SELECT usd_micros, updated_at_ms FROM payments WHERE state = 'failed' AND updated_at_ms >= ?1 ORDER BY updated_at_ms")?;
+        let rows = statement.query_map(params![since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The earliest `validBefore` (Unix seconds) of a payment still unsettled.
+    pub fn earliest_unsettled_deadline(&self) -> Result<Option<u64>, JournalError> {
+        Ok(lock(&self.reader).prepare_cached(&EARLIEST_DEADLINE)?.query_row([], |row| row.get(0))?)
+    }
+
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {
         let sql = format!("SELECT {COLUMNS} FROM payments WHERE id = ?1");
         Ok(query_payments(&lock(&self.reader), &sql, params![id])?.pop())
@@ -537,6 +587,17 @@ impl Journal {
 
     pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
         by_receipt(&lock(&self.reader), receipt_id)
+    }
+
+    /// Whether the journal holds the authorization `(chain_id, asset, payer, nonce)`
+    /// (`asset` and `payer` checksummed, `nonce` lower-case 0x-hex, as [`NewPayment`] has
+    /// them): charged already, by this process or another one sharing the file. One index
+    /// seek on a connection of its own, so a proxy worker never waits behind the writer or
+    /// the settler's reads.
+    pub fn holds_authorization(&self, chain_id: u64, asset: &str, payer: &str, nonce: &str) -> Result<bool, JournalError> {
+        let connection = self.lookups.take();
+        let mut statement = connection.prepare_cached(HOLDS_AUTHORIZATION)?;
+        Ok(statement.exists(params![chain_id, asset, payer, nonce])?)
     }
 
     /// Counts by state name.
@@ -609,6 +670,34 @@ fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, Jo
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Read-only connections for [`Journal::holds_authorization`], one per core: a caller takes
+/// a free one and waits only when every one is busy.
+struct Lookups {
+    connections: Box<[Mutex<Connection>]>,
+    next: AtomicU64,
+}
+
+impl Lookups {
+    fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+        let connections = (0..count)
+            .map(|_| open_reader(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { connections, next: AtomicU64::new(0) })
+    }
+
+    fn take(&self) -> std::sync::MutexGuard<'_, Connection> {
+        let count = self.connections.len();
+        let start = usize::try_from(self.next.fetch_add(1, Ordering::Relaxed)).unwrap_or_default() % count;
+        for offset in 0..count {
+            if let Ok(connection) = self.connections[(start + offset) % count].try_lock() {
+                return connection;
+            }
+        }
+        lock(&self.connections[start])
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded values stay consistent across a panic (a connection, a sender).
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -644,12 +733,23 @@ fn run_writer(connection: Connection, operations: mpsc::Receiver<Operation>, gro
 }
 
 /// Runs a group of operations in one transaction and tells each caller how the commit went.
-/// Nothing runs outside a transaction: if none can be opened, every caller hears why.
+/// Nothing runs outside a transaction: if none can be opened, or SQLite rolled it back by
+/// itself part way (disk full, I/O error), every caller in the group hears that it failed,
+/// and no later operation runs in autocommit mode, where it would commit while its caller is
+/// told otherwise. The next group begins a transaction of its own.
 fn commit_group(connection: &Connection, batch: Vec<Operation>) {
-    let began = connection.execute_batch("BEGIN IMMEDIATE");
-    let inside = began.is_ok().then_some(connection);
-    let replies: Vec<Reply> = batch.into_iter().map(|operation| operation(inside)).collect();
-    let committed = began.and_then(|()| connection.execute_batch("COMMIT")).map_err(|e| e.to_string());
+    let mut lost = connection.execute_batch("BEGIN IMMEDIATE").err().map(|e| e.to_string());
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    for operation in batch {
+        replies.push(operation(lost.is_none().then_some(connection)));
+        if lost.is_none() && connection.is_autocommit() {
+            lost = Some("SQLite rolled the transaction back (disk full or I/O error); nothing in it was written".into());
+        }
+    }
+    let committed = match lost {
+        Some(error) => Err(error),
+        None => connection.execute_batch("COMMIT").map_err(|e| e.to_string()),
+    };
     if let Err(error) = &committed {
         tracing::error!(%error, writes = replies.len(), "journal commit failed");
         if !connection.is_autocommit() {
@@ -659,6 +759,26 @@ fn commit_group(connection: &Connection, batch: Vec<Operation>) {
     for reply in replies {
         reply(committed.clone().map_err(JournalError::Commit));
     }
+}
+
+/// Runs one write inside a savepoint of the group's transaction, so a write that fails part
+/// way leaves none of its statements behind for the group to commit.
+fn all_or_nothing<R>(connection: &Connection, write: impl FnOnce(&Connection) -> Result<R, JournalError>) -> Result<R, JournalError> {
+    connection.prepare_cached("SAVEPOINT one_write")?.execute([])?;
+    let result = write(connection);
+    if connection.is_autocommit() {
+        // SQLite dropped the whole transaction, savepoint and all: the group fails.
+        return result;
+    }
+    let closed = match &result {
+        Ok(_) => connection.prepare_cached("RELEASE one_write").and_then(|mut release| release.execute([])),
+        Err(_) => connection
+            .prepare_cached("ROLLBACK TO one_write")
+            .and_then(|mut undo| undo.execute([]))
+            .and_then(|_| connection.prepare_cached("RELEASE one_write")?.execute([])),
+    };
+    closed?;
+    result
 }
 
 fn insert_payment(connection: &Connection, payment: &NewPayment) -> Result<u64, JournalError> {

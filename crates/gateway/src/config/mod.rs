@@ -55,6 +55,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         .collect::<Result<Vec<_>, _>>()?;
     let unmatched = model::build_unmatched(&raw.unmatched, &context.upstream_names).map_err(|e| format!("unmatched: {e}"))?;
     let routes: Vec<Route> = raw.routes.into_iter().map(|r| r.0).collect();
+    refuse_duplicate_route_names(&routes)?;
     let requests = model::build_requests(&raw.requests, &routes)?;
     if routes.iter().any(|r| r.pricing.is_some()) && raw.settlement.private_key_env.is_empty() {
         return Err("settlement.private_key_env: name the environment variable that holds the settlement key".into());
@@ -69,6 +70,9 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     let settlement = &raw.settlement;
     if settlement.max_batch == 0 {
         return Err("settlement.max_batch: must be at least 1".into());
+    }
+    if settlement.settle_before_queue == 0 {
+        return Err("settlement.settle_before_queue: must be at least 1".into());
     }
     if settlement.max_gas_per_transaction < 100_000 {
         return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
@@ -105,6 +109,8 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
                 raw::RawJournalSync::Normal => x402_store::JournalSync::Normal,
             },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
+            stall_after: Duration::from_secs(settlement.stall_after_seconds.max(1)),
+            settle_before_queue: settlement.settle_before_queue,
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {
@@ -121,6 +127,20 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             watch_config: raw.admin.watch_config,
         },
     })
+}
+
+/// Metrics, logs, exposure limits and the journal key on a route's name: two routes with
+/// one name would share them.
+fn refuse_duplicate_route_names(routes: &[Route]) -> Result<(), String> {
+    for (index, route) in routes.iter().enumerate() {
+        if let Some(first) = routes[..index].iter().position(|earlier| earlier.name == route.name) {
+            return Err(format!(
+                "routes[{index}].name: {:?} is already the name of routes[{first}]; route names must be unique",
+                route.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `file` taken from the config file's folder when it is relative.
@@ -142,10 +162,12 @@ fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, Str
             per_payer: micros("max_unsettled_per_payer", &raw.max_unsettled_per_payer)?,
             per_route: micros("max_unsettled_per_route", &raw.max_unsettled_per_route)?,
             total: micros("max_unsettled_total", &raw.max_unsettled_total)?,
+            losses_per_day: micros("max_losses_per_day", &raw.max_losses_per_day)?,
         },
         block_failed_payers_seconds: raw.block_failed_payers_seconds,
         balance_check: raw.balance_check,
         balance_cache: Duration::from_secs(raw.balance_cache_seconds.max(1)),
+        balance_timeout: Duration::from_millis(raw.balance_timeout_ms.clamp(1, 60_000)),
     })
 }
 

@@ -2,7 +2,7 @@
 //! [`RawConfig`](super::raw::RawConfig) or not at all.
 
 use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
-use super::raw::{self, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction};
+use super::raw::{self, ChargeOn, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction, UpgradePolicy};
 use crate::routing::PathPattern;
 use alloy_primitives::{Address, U256};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -115,6 +115,9 @@ pub struct SettlementSettings {
     pub group_commit: bool,
     pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
+    pub stall_after: Duration,
+    /// `settle: before` payments that may wait for the settler before 503.
+    pub settle_before_queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +127,7 @@ pub struct ExposureSettings {
     pub block_failed_payers_seconds: u64,
     pub balance_check: bool,
     pub balance_cache: Duration,
+    pub balance_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -178,6 +182,8 @@ pub struct Pricing {
     pub mime_type: String,
     pub billable: Vec<StatusClass>,
     pub settle: SettleMode,
+    pub charge_on: ChargeOn,
+    pub upgrades: UpgradePolicy,
     pub max_timeout_seconds: u64,
 }
 
@@ -218,6 +224,22 @@ impl Route {
         method_ok
             && self.host.as_deref().is_none_or(|want| host.is_some_and(|h| crate::routing::host_matches(want, h)))
             && self.path.matches_with(path, rules)
+    }
+}
+
+impl Route {
+    /// Whether `other` matches exactly the requests this route matches, taken alone: the
+    /// same methods, host and path pattern. Every field [`Route::matches`] reads belongs
+    /// here, so a quote honoured across a reload never reaches a path it was not given for.
+    pub fn same_match(&self, other: &Route) -> bool {
+        fn methods(route: &Route) -> Vec<&str> {
+            let mut methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
+            methods.sort_unstable();
+            methods.dedup();
+            methods
+        }
+        let host = |route: &Route| route.host.as_deref().map(str::to_ascii_lowercase);
+        self.path == other.path && host(self) == host(other) && methods(self) == methods(other)
     }
 }
 
@@ -344,6 +366,9 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
             cx.settle_margin_seconds
         ));
     }
+    if raw.charge_on == ChargeOn::Forward && raw.settle == SettleMode::Before {
+        return Err("`charge_on: forward` and `settle: before` together: `settle: before` already charges (on-chain) before forwarding; drop `charge_on`".into());
+    }
     let offers = offers_raw.iter().map(|o| build_offer(o, cx)).collect::<Result<Vec<_>, _>>()?;
     let wire: Vec<v2::PaymentRequirements> = offers
         .iter()
@@ -381,6 +406,8 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
         mime_type: raw.mime_type.clone().unwrap_or_default(),
         billable: raw.billable_statuses.clone().unwrap_or_else(|| cx.billable.clone()),
         settle: raw.settle,
+        charge_on: raw.charge_on,
+        upgrades: raw.upgrades,
         max_timeout_seconds,
     })
 }

@@ -230,6 +230,11 @@ pub struct RawSettlement {
     pub max_fee_per_gas_gwei: Option<u64>,
     /// Most gas per settlement transaction (the chain's cap or lower); bigger batches split.
     pub max_gas_per_transaction: u64,
+    /// How long an RPC outage, or a payment waiting beyond its batch window, is tolerated
+    /// before priced routes stop taking payments (503 `settlement_stalled`).
+    pub stall_after_seconds: u64,
+    /// `settle: before` payments that may wait for the settler; beyond it they get 503.
+    pub settle_before_queue: usize,
 }
 
 impl Default for RawSettlement {
@@ -245,6 +250,8 @@ impl Default for RawSettlement {
             journal_sync: RawJournalSync::Full,
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
+            stall_after_seconds: 30,
+            settle_before_queue: 64,
         }
     }
 }
@@ -265,10 +272,15 @@ pub struct RawExposure {
     pub max_unsettled_total: Option<String>,
     /// How long a payer whose settlement failed by its own doing is refused.
     pub block_failed_payers_seconds: u64,
+    /// Served-but-unpaid value (failed or expired settlements) accepted per day before every
+    /// priced route refuses new payments; the budget drains at this rate.
+    pub max_losses_per_day: Option<String>,
     /// Refuse a payment the payer's token balance, minus what it owes, cannot cover.
     pub balance_check: bool,
     /// How long a balance read is used.
     pub balance_cache_seconds: u64,
+    /// How long a payment waits for its payer's first balance read before a 503.
+    pub balance_timeout_ms: u64,
 }
 
 impl Default for RawExposure {
@@ -278,8 +290,10 @@ impl Default for RawExposure {
             max_unsettled_per_route: None,
             max_unsettled_total: Some("$1000".into()),
             block_failed_payers_seconds: 3600,
-            balance_check: false,
+            max_losses_per_day: Some("$10".into()),
+            balance_check: true,
             balance_cache_seconds: 10,
+            balance_timeout_ms: 1000,
         }
     }
 }
@@ -364,6 +378,30 @@ pub struct RawRoute {
     /// first, and call the upstream only once the payment landed.
     #[serde(default)]
     pub settle: SettleMode,
+    /// `response` (default): charged once the upstream answers with a billable status.
+    /// `forward`: charged before the request is forwarded, whatever the upstream answers.
+    #[serde(default)]
+    pub charge_on: ChargeOn,
+    /// `refuse` (default): a protocol upgrade (WebSocket) is refused before any payment is
+    /// looked at. `charge`: the payment is charged when the upstream switches protocols.
+    #[serde(default)]
+    pub upgrades: UpgradePolicy,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChargeOn {
+    #[default]
+    Response,
+    Forward,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpgradePolicy {
+    #[default]
+    Refuse,
+    Charge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -153,3 +153,23 @@ fn explain_names_the_canonical_target_and_the_deciding_rule() {
     assert_eq!(free["host"], "api.example");
     assert!(crate::inspect::routing_warnings(&config).iter().any(|w| w.contains("free route \"all\"")));
 }
+
+#[test]
+fn duplicate_route_names_are_refused_with_the_field_named() {
+    let text = BASE.replace("  - name: health", "  - name: weather");
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("routes[1].name: \"weather\" is already the name of routes[0]"), "{error}");
+    // An explicit name that collides with an unnamed route's generated one is refused too.
+    let text = BASE.replace("  - name: health\n    path", "  - path").replace("  - name: weather", "  - name: route-1");
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("routes[1].name: \"route-1\""), "{error}");
+}
+
+#[test]
+fn the_settle_before_queue_has_a_default_and_refuses_zero() {
+    assert_eq!(parse(BASE).unwrap().settlement.settle_before_queue, 64);
+    let sized = parse(&format!("{BASE}settlement:\n  settle_before_queue: 8\n")).unwrap();
+    assert_eq!(sized.settlement.settle_before_queue, 8);
+    let err = parse(&format!("{BASE}settlement:\n  settle_before_queue: 0\n")).unwrap_err();
+    assert!(err.contains("settlement.settle_before_queue: must be at least 1"), "{err}");
+}

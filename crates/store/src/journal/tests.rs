@@ -107,6 +107,21 @@ fn batches_are_journaled_before_broadcast_and_survive_reopening() {
 }
 
 #[test]
+fn every_transaction_a_payment_was_sent_in_is_remembered_latest_first() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let id = journal.record(payment(1, "eip155:84532", 300)).await.unwrap();
+        for transaction in ["0xaa", "0xbb"] {
+            let batch = BatchRecord { transaction: transaction.into(), network: "eip155:84532".into(), raw: vec![], sent_at_ms: 1 };
+            journal.record_batch(batch, vec![id]).await.unwrap();
+            // Back to the queue, as after a receipt that did not come in time.
+            journal.set_state(id, PaymentState::Accepted).await.unwrap();
+        }
+        assert_eq!(journal.transactions_of(id).unwrap(), vec!["0xbb".to_owned(), "0xaa".to_owned()]);
+    });
+}
+
+#[test]
 fn concurrent_writers_share_commits_and_all_land() {
     for group_commit in [true, false] {
         let (_dir, journal) = temp_journal(JournalOptions { group_commit, ..JournalOptions::default() });
@@ -166,7 +181,9 @@ fn frequent_queries_use_the_partial_indexes() {
         (&*UNSETTLED_ROWS, "payments_unsettled"),
         (&*UNSETTLED_COUNT, "payments_unsettled"),
         (&*OLDEST_UNSETTLED, "payments_unsettled"),
+        (&*EARLIEST_DEADLINE, "payments_unsettled"),
         (&*SUBMITTED_IN, "payments_in_flight"),
+        (&*GIVEN_UP, "payments_given_up"),
     ] {
         let mut explain = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
         let values = ["eip155:84532", "10"].into_iter().take(explain.parameter_count());
@@ -211,4 +228,142 @@ fn the_checkpointer_copies_the_log_into_the_database_off_the_writer() {
     }
     assert!(size() > before, "the database file is still {before} bytes: nothing was checkpointed");
     journal.close();
+}
+
+#[test]
+fn an_authorization_is_found_by_its_key_only_once_journaled() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let entry = payment(7, "eip155:84532", 300);
+    let (asset, payer, nonce) = (entry.item.asset.clone(), entry.payer.clone(), entry.nonce.clone());
+    assert!(!journal.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    block_on(journal.record(entry)).unwrap();
+    assert!(journal.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    // Another process's journal handle sees it too: what an upgrade's two processes share.
+    let other = Journal::open(&dir.path().join("journal.db"), JournalOptions::default()).unwrap();
+    assert!(other.holds_authorization(84532, &asset, &payer, &nonce).unwrap());
+    let plan: Vec<String> = Connection::open(dir.path().join("journal.db"))
+        .unwrap()
+        .prepare(&format!("EXPLAIN QUERY PLAN {HOLDS_AUTHORIZATION}"))
+        .unwrap()
+        .query_map(params![84532, asset, payer, nonce], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(plan.iter().any(|step| step.starts_with("SEARCH payments USING COVERING INDEX sqlite_autoindex_payments")), "one index seek, not a scan: {plan:?}");
+    for (chain, asset, payer, nonce) in [
+        (1, asset.as_str(), payer.as_str(), nonce.as_str()),
+        (84532, "0x0000000000000000000000000000000000000001", payer.as_str(), nonce.as_str()),
+        (84532, asset.as_str(), "0x00000000000000000000000000000000000000A2", nonce.as_str()),
+        (84532, asset.as_str(), payer.as_str(), "0x01"),
+    ] {
+        assert!(!journal.holds_authorization(chain, asset, payer, nonce).unwrap(), "{chain} {asset} {payer} {nonce}");
+    }
+}
+
+/// Holds the writer inside a group of its own until the returned sender is dropped or
+/// sent to, so that the writes queued meanwhile are committed together in the next group.
+fn hold_the_writer(journal: &Journal) -> (std::sync::mpsc::Sender<()>, impl Future<Output = Result<(), JournalError>>) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let held = journal.write(move |_| {
+        let _ = entered_tx.send(());
+        let _ = released.recv();
+        Ok(())
+    });
+    entered.recv().expect("the writer runs the holding write");
+    (release, held)
+}
+
+/// Queues the insert of `payment` at once (`Journal::record` queues it when first polled), so
+/// writes made one after another share the writer's next group.
+fn queue_record(journal: &Journal, payment: NewPayment) -> impl Future<Output = Result<u64, JournalError>> {
+    journal.write(move |connection| insert_payment(connection, &payment))
+}
+
+/// Whether a row with `receipt_id` is on disk, read through a connection of its own.
+fn on_disk(dir: &tempfile::TempDir, receipt_id: &str) -> bool {
+    let reader = Journal::open_read_only(&dir.path().join("journal.db")).unwrap();
+    reader.by_receipt(receipt_id).unwrap().is_some()
+}
+
+#[test]
+fn a_transaction_sqlite_rolled_back_fails_its_whole_group_and_nothing_commits_behind_it() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let (release, held) = hold_the_writer(&journal);
+        let before = queue_record(&journal, payment(1, "eip155:84532", 300));
+        // What SQLite does by itself on SQLITE_FULL or SQLITE_IOERR inside a transaction:
+        // rolls the whole transaction back and leaves the connection in autocommit mode.
+        let fault = journal.write(|connection| {
+            connection.execute_batch("ROLLBACK")?;
+            Err::<(), _>(JournalError::Commit("injected: SQLite rolled the transaction back".into()))
+        });
+        let after = queue_record(&journal, payment(2, "eip155:84532", 300));
+        release.send(()).unwrap();
+        held.await.unwrap();
+        let (before, fault, after) = (before.await, fault.await, after.await);
+        assert!(fault.is_err());
+        assert!(before.is_err(), "the write before the fault was rolled back with it, so its caller hears so");
+        assert!(after.is_err(), "the write after the fault is refused, never committed in autocommit mode");
+        assert!(!on_disk(&dir, "receipt-eip155:84532-1"), "rolled back");
+        assert!(!on_disk(&dir, "receipt-eip155:84532-2"), "a caller told it failed must find nothing committed");
+        // The next group starts a clean transaction of its own.
+        journal.record(payment(3, "eip155:84532", 300)).await.expect("the writer recovers");
+        assert!(on_disk(&dir, "receipt-eip155:84532-3"));
+    });
+}
+
+#[test]
+fn a_write_that_fails_half_way_leaves_nothing_and_its_group_commits() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let (release, held) = hold_the_writer(&journal);
+        let first = queue_record(&journal, payment(1, "eip155:84532", 300));
+        // Two statements: the first succeeds, the second fails.
+        let half = journal.write(|connection| {
+            insert_payment(connection, &payment(2, "eip155:84532", 300))?;
+            connection.execute_batch("INSERT INTO no_such_table VALUES (1)")?;
+            Ok(())
+        });
+        let last = queue_record(&journal, payment(3, "eip155:84532", 300));
+        release.send(()).unwrap();
+        held.await.unwrap();
+        assert!(half.await.is_err());
+        first.await.expect("committed");
+        last.await.expect("committed");
+        assert!(on_disk(&dir, "receipt-eip155:84532-1"));
+        assert!(!on_disk(&dir, "receipt-eip155:84532-2"), "a failed write leaves none of its statements behind");
+        assert!(on_disk(&dir, "receipt-eip155:84532-3"));
+    });
+}
+
+#[test]
+fn a_full_disk_never_lies_to_a_caller() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let journal = Arc::new(journal);
+    block_on(async {
+        // A database that cannot grow past its current size plus a page or two: SQLITE_FULL.
+        let pages: u64 = journal
+            .write(|connection| Ok(connection.query_row("PRAGMA page_count", [], |row| row.get(0))?))
+            .await
+            .unwrap();
+        journal.write(move |connection| Ok(connection.pragma_update(None, "max_page_count", pages + 2)?)).await.unwrap();
+        let (release, held) = hold_the_writer(&journal);
+        let writes: Vec<_> = (0..200u8)
+            .map(|n| {
+                let mut big = payment(n, "eip155:84532", 300);
+                big.route = "r".repeat(2000);
+                queue_record(&journal, big)
+            })
+            .collect();
+        release.send(()).unwrap();
+        held.await.unwrap();
+        let mut told_failed = 0;
+        for (n, write) in (0..200u8).zip(writes) {
+            let told_ok = write.await.is_ok();
+            told_failed += usize::from(!told_ok);
+            assert_eq!(on_disk(&dir, &format!("receipt-eip155:84532-{n}")), told_ok, "write {n}: told ok = {told_ok}");
+        }
+        assert!(told_failed > 0, "the fault happened");
+    });
 }
