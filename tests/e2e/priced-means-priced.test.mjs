@@ -8,7 +8,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, connect } from "node:net";
 import { createServer as createHttpServer } from "node:http";
-import { startChainAndUpstream, startGateway, startTestGateway, freePort, freshAddress, runCli } from "./harness.mjs";
+import { startChainAndUpstream, startGateway, startTestGateway, freePort, freshAddress, runCli, balanceOf, eventually, unb64 } from "./harness.mjs";
+import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
+import { payingFetch } from "../../deploy/devnet/pay.mjs";
 
 let env;
 const upstreams = {};
@@ -272,6 +274,21 @@ test("operators can ask why: routes --explain, GET /routes?explain= and validate
     const validate = runCli(["validate", "--config", gateway.configPath]);
     assert.equal(validate.status, 0, validate.stderr);
     assert.match(validate.stdout, /warning: free route "free" \(\/\*\) overlaps priced route "weather"/);
+  } finally {
+    await gateway.stop();
+  }
+});
+
+test("a payment for an encoded spelling is charged as the priced route and settles to payTo; the upstream gets the canonical path", async () => {
+  const payTo = freshAddress();
+  const gateway = await startTestGateway(env, { payTo });
+  try {
+    const res = await payingFetch(devPrivateKey(4))(gateway.base + "/w%65ather");
+    assert.equal(res.status, 200);
+    // Only the sample upstream's exact /weather answers this body: it got the canonical path.
+    assert.deepEqual(await res.json(), { location: "Lisbon", temperature_c: 21, conditions: "sunny" });
+    assert.equal(unb64(res.headers.get("payment-response")).success, true);
+    await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 1000n, 20_000, "payTo balance 1000");
   } finally {
     await gateway.stop();
   }
