@@ -260,6 +260,11 @@ test("operators can ask why: routes --explain, GET /routes?explain= and validate
     const refused = runCli(["routes", "--config", gateway.configPath, "--explain", "GET", "/free/..;/weather"]);
     assert.match(refused.stdout, /refused: 400 ambiguous_path/);
 
+    const table = (await (await gateway.admin("/routes")).json()).routes;
+    const rules = (name) => table.filter((r) => r.name === name).map((r) => [r.caseSensitive, r.trailingSlash])[0];
+    assert.deepEqual(rules("weather"), [false, "optional"], "priced routes are lenient by default");
+    assert.deepEqual(rules("free"), [true, "strict"], "free routes match as written");
+
     const res = await gateway.admin("/routes?explain=" + encodeURIComponent("/%57EATHER") + "&method=GET");
     assert.equal(res.status, 200);
     const explained = await res.json();

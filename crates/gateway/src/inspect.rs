@@ -17,6 +17,9 @@ pub fn route_table(config: &Config) -> String {
         let host = route.host.as_deref().unwrap_or("*");
         let upstream = &config.upstreams[route.upstream].name;
         let _ = writeln!(out, "{index:>3}  {:<16} {methods:<10} {host:<16} {:<28} -> {upstream}", route.name, route.path.to_string());
+        if route.pricing.is_some() && route.rules != crate::routing::MatchRules::LENIENT {
+            let _ = writeln!(out, "       strict: case {}, trailing slash {}", if route.rules.case_sensitive { "sensitive" } else { "ignored" }, if route.rules.strict_trailing_slash { "strict" } else { "optional" });
+        }
         let Some(pricing) = &route.pricing else {
             let _ = writeln!(out, "       free");
             continue;
@@ -105,6 +108,8 @@ pub fn routes_json(config: &Config) -> serde_json::Value {
                 "methods": route.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
                 "host": route.host,
                 "path": route.path.to_string(),
+                "caseSensitive": route.rules.case_sensitive,
+                "trailingSlash": if route.rules.strict_trailing_slash { "strict" } else { "optional" },
                 "upstream": config.upstreams[route.upstream].name,
                 "free": route.pricing.is_none(),
                 "offers": route.pricing.as_ref().map(offers).unwrap_or_default(),
