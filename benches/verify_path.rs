@@ -177,5 +177,35 @@ fn challenge(c: &mut Criterion) {
     c.bench_function("match_route", |b| b.iter(|| config.match_route(&http::Method::GET, Some("127.0.0.1:8402"), black_box("/weather"))));
 }
 
-criterion_group!(benches, verify_path, verifier_hop, challenge);
+/// What every request, free ones included, pays before it is forwarded: the canonical
+/// target (a byte scan that borrows a plain path) and the route match with the priced guard.
+fn route(c: &mut Criterion) {
+    use x402_gateway::canonical::{canonical_path, PathParams};
+    let yaml = r#"
+networks: { base-sepolia: { rpc_url: "http://127.0.0.1:8545" } }
+payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
+upstreams: { sample: { addresses: ["127.0.0.1:8080"] } }
+routes:
+  - { name: health, path: /health, upstream: sample, free: true }
+  - { name: weather, methods: [GET], path: /weather, upstream: sample, price: "$0.001" }
+  - { name: reports, path: /api/reports/*, upstream: sample, price: "$0.001" }
+  - { name: free, path: /*, upstream: sample, free: true }
+"#;
+    let config = x402_gateway::config::parse_config(yaml, std::path::Path::new("bench.yaml")).expect("valid config");
+    let mut group = c.benchmark_group("route");
+    for (name, path) in [("canonical_target plain", "/static/app/main.js"), ("canonical_target encoded", "/static/%61pp/main%20file.js")] {
+        group.bench_function(name, |b| b.iter(|| canonical_path(black_box(path), PathParams::Refuse).map(|p| p.as_str().len())));
+    }
+    for (name, path) in [("free request: canonical + match", "/static/app/main.js"), ("priced request: canonical + match", "/weather")] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let canonical = canonical_path(black_box(path), PathParams::Refuse).ok()?;
+                config.match_route(&http::Method::GET, Some("127.0.0.1:8402"), canonical.as_str())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verify_path, verifier_hop, challenge, route);
 criterion_main!(benches);

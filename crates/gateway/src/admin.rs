@@ -8,6 +8,7 @@
 //! | `GET /config` | the serving config's hash, when it was loaded, the last reload attempt, fields waiting for a restart |
 //! | `POST /reload` | reload `gateway.yaml` now: 200 with the outcome, 422 with the error (the old config keeps serving) |
 //! | `GET /routes` | the route table, with current prices and quotes still honoured |
+//! | `GET /routes?explain=URL&method=GET` | one request's canonical target, the route it matches and why |
 //! | `GET /settlement` | payments per state, queue depth, age of the oldest unsettled payment, a stall and its cause |
 //! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers, the loss budget |
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
@@ -54,6 +55,7 @@ impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        let query = req.uri.query().unwrap_or_default().to_owned();
         let authorization = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         if method == Method::GET && path == "/metrics" {
             if let Err(denied) = self.authorize(authorization.as_deref()) {
@@ -67,7 +69,7 @@ impl ServeHttp for AdminApi {
             _ => match self.authorize(authorization.as_deref()) {
                 // Reading, parsing and resolving the file blocks: not on this event loop.
                 Ok(()) if method == Method::POST && path == "/reload" => self.reload().await,
-                Ok(()) => self.protected(&method, &path),
+                Ok(()) => self.protected(&method, &path, &query),
                 Err(denied) => denied,
             },
         };
@@ -89,8 +91,9 @@ impl AdminApi {
         }
     }
 
-    fn protected(&self, method: &Method, path: &str) -> Answer {
+    fn protected(&self, method: &Method, path: &str, query: &str) -> Answer {
         match (method, path) {
+            (&Method::GET, "/routes") if !query.is_empty() => self.explain(query),
             (&Method::GET, "/config") => (StatusCode::OK, serde_json::to_value(self.reloader.status()).unwrap_or_default()),
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
@@ -99,6 +102,27 @@ impl AdminApi {
             (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
             _ => (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {method} {path}")})),
+        }
+    }
+
+    /// `GET /routes?explain=URL&method=GET`: the URL is a path or absolute URL, query-encoded.
+    fn explain(&self, query: &str) -> Answer {
+        let mut target = None;
+        let mut method = Method::GET;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "explain" => target = Some(value.into_owned()),
+                "method" => match value.to_ascii_uppercase().parse() {
+                    Ok(parsed) => method = parsed,
+                    Err(_) => return bad_request(format!("{value:?} is not an HTTP method")),
+                },
+                _ => {}
+            }
+        }
+        let Some(target) = target else { return bad_request("give the request to explain as ?explain=URL (and &method=)".into()) };
+        match target.parse::<http::Uri>() {
+            Ok(url) => (StatusCode::OK, crate::inspect::explain(&self.config.load(), &method, &url)),
+            Err(_) => bad_request(format!("{target:?} is not a path or URL")),
         }
     }
 
@@ -240,6 +264,10 @@ impl AdminApi {
             metrics.exposure_route.with_label_values(&[route.name.as_str()]).set(i64::try_from(micros).unwrap_or(i64::MAX));
         }
     }
+}
+
+fn bad_request(message: String) -> Answer {
+    (StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad_request", "message": message}))
 }
 
 fn journal_unavailable(error: &x402_store::JournalError) -> Answer {

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `gateway.yaml` → validated, precomputed [`config::Config`].
 //! - [`inspect`]: the route table and the exact quote for a request, for operators.
+//! - [`canonical`]: the canonical request target, what is matched and what is forwarded.
 //! - [`routing`]: path patterns and route matching.
 //! - [`balance`]: the optional payer balance check, read off the request path.
 //! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod canonical;
 pub mod challenge;
 pub mod config;
 pub mod inspect;

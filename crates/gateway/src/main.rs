@@ -54,6 +54,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Explain one request instead: its canonical target, the route it matches and why.
+        /// METHOD then a path or URL, e.g. `--explain GET /w%65ather/`.
+        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+        explain: Option<Vec<String>>,
     },
     /// Print the exact answer the gateway would give an unpaid request (the 402 it would send).
     Quote {
@@ -112,7 +116,8 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => x402_gateway::server::run(&config, x402_gateway::server::RunOptions { upgrade }),
         Command::Validate { config } => validate(&config),
         Command::Payments { config, journal, query } => payments(&config, journal, query),
-        Command::Routes { config } => load(&config).map(|c| print!("{}", x402_gateway::inspect::route_table(&c))),
+        Command::Routes { config, explain: None } => load(&config).map(|c| print!("{}", x402_gateway::inspect::route_table(&c))),
+        Command::Routes { config, explain: Some(request) } => explain(&config, &request),
         Command::Quote { config, method, url } => quote(&config, &method, &url),
     };
     match result {
@@ -127,6 +132,9 @@ fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path)?;
     let priced = config.routes.iter().filter(|r| r.pricing.is_some()).count();
+    for warning in x402_gateway::inspect::routing_warnings(&config) {
+        println!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} routes, {priced} priced; {} upstreams; {} networks)",
         path.display(),
@@ -146,6 +154,15 @@ fn quote(config: &std::path::Path, method: &str, url: &str) -> anyhow::Result<()
     let url: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
     anyhow::ensure!(url.scheme().is_some() && url.authority().is_some(), "give the full URL, e.g. http://127.0.0.1:8402/weather");
     print!("{}", x402_gateway::inspect::quote(&load(config)?, &method, &url));
+    Ok(())
+}
+
+fn explain(config: &std::path::Path, request: &[String]) -> anyhow::Result<()> {
+    let [method, url] = request else { anyhow::bail!("--explain takes METHOD and URL") };
+    let method: http::Method = method.to_ascii_uppercase().parse().with_context(|| format!("{method:?} is not an HTTP method"))?;
+    let url: http::Uri = url.parse().with_context(|| format!("{url:?} is not a path or URL"))?;
+    let explanation = x402_gateway::inspect::explain(&load(config)?, &method, &url);
+    print!("{}", x402_gateway::inspect::explain_text(&explanation));
     Ok(())
 }
 

@@ -3,9 +3,9 @@
 //! | phase | job |
 //! |---|---|
 //! | `new_ctx` | an empty [`RequestContext`] |
-//! | `request_filter` | match the route; free → pass; no payment → 402; payment → cheap checks here, signature recovery on the verifier threads (503 when they are saturated), reserve; or answer the failure; `settle: before` → journal and settle on-chain first |
+//! | `request_filter` | canonicalise the target and match the route; free → pass; no payment → 402; payment → cheap checks here, signature recovery on the verifier threads (503 when they are saturated), reserve; or answer the failure; `settle: before` → journal and settle on-chain first |
 //! | `upstream_peer` | the route's upstream, round robin |
-//! | `upstream_request_filter` | drop payment headers, add `X-Forwarded-For`, `Via` and `X-Request-Id` |
+//! | `upstream_request_filter` | set the canonical path, drop payment, method-override and URL-rewrite headers, add `X-Forwarded-For`, `Via` and `X-Request-Id` |
 //! | `response_filter` | billable status → journal the payment durably, then add the receipt; otherwise it is released later |
 //! | `fail_to_proxy` | a JSON error for a dead or slow upstream (502/504) or an unrecorded payment (503); nobody is charged |
 //! | `logging` | release a reservation nobody was charged for; access log line; metrics |
@@ -15,7 +15,7 @@ use crate::config::raw::{ChargeOn, SettleMode, UpgradePolicy};
 use crate::metrics::Metrics;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
-use crate::routing::is_ambiguous_path;
+use crate::canonical::{self, CanonicalPath, TargetRefusal};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,6 +76,8 @@ pub struct RequestContext {
     /// What happened to the request's payment, for the access log.
     outcome: PaymentOutcome,
     upstream_sent: Option<Instant>,
+    /// The canonical path when it differs from the client's: forwarded instead.
+    canonical_path: Option<String>,
 }
 
 impl RequestContext {
@@ -143,12 +145,19 @@ impl PaywallProxy {
         if path.starts_with(payment::RECEIPTS_PATH) && req.method == http::Method::GET {
             return Admission::Answer(self.receipt_lookup(path));
         }
-        if is_ambiguous_path(path) {
-            let body = serde_json::json!({"error": "ambiguous_path", "message": "paths with dot segments, empty segments or encoded slashes/dots are refused"});
-            return Admission::Answer(challenge::json_response(400, &body));
+        let (path, host) = match canonical_target(config, req) {
+            Ok(target) => target,
+            Err(refusal) => return Admission::Answer(refused_target(refusal)),
+        };
+        let resolved = config.resolve_route(&req.method, host, path.as_str());
+        if let crate::config::RouteMatch::Guarded { priced, instead_of } = resolved {
+            let free = instead_of.map_or(UNMATCHED, |i| config.routes[i].name.as_str());
+            tracing::debug!(route = %config.routes[priced].name, instead_of = free, path = path.as_str(), "a priced route's lenient form takes this request");
         }
-        let host = request_host(req);
-        let Some(index) = config.match_route(&req.method, host, path) else {
+        if path.is_rewritten() {
+            ctx.canonical_path = Some(path.into_owned());
+        }
+        let Some(index) = resolved.index() else {
             return match config.unmatched {
                 Unmatched::Forward { upstream } => {
                     ctx.upstream = Some(upstream);
@@ -452,6 +461,7 @@ impl ProxyHttp for PaywallProxy {
             request_id: String::new(),
             outcome: PaymentOutcome::None,
             upstream_sent: None,
+            canonical_path: None,
         }
     }
 
@@ -530,9 +540,15 @@ impl ProxyHttp for PaywallProxy {
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestContext) -> Result<()> {
         ctx.upstream_sent = Some(Instant::now());
+        forward_canonical_target(upstream_request, ctx.canonical_path.as_deref())?;
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         upstream_request.remove_header(x402::headers::PAYMENT_SIGNATURE);
         upstream_request.remove_header(x402::headers::X_PAYMENT);
+        if let Some(config) = ctx.config.as_ref() {
+            for name in &config.requests.strip_headers {
+                upstream_request.remove_header(name);
+            }
+        }
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
             let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(previous) => format!("{previous}, {client}"),
@@ -726,7 +742,49 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
-    header_str(req, "host").or_else(|| req.uri.host())
+    target_authority(req).or_else(|| header_str(req, "host"))
+}
+
+/// The authority of an absolute-form target (`GET http://host/path`). Pingora keeps such a
+/// target verbatim as the raw path, and its `Uri` only the path.
+fn target_authority(req: &RequestHeader) -> Option<&str> {
+    let raw = std::str::from_utf8(req.raw_path()).ok()?;
+    let (_scheme, rest) = raw.split_once("://")?;
+    rest.split(['/', '?']).next().filter(|authority| !authority.is_empty())
+}
+
+/// The request's canonical path and the host it is routed by; see [`canonical`].
+fn canonical_target<'a>(config: &Config, req: &'a RequestHeader) -> Result<(CanonicalPath<'a>, Option<&'a str>), TargetRefusal> {
+    let path = canonical::canonical_path(req.uri.path(), config.requests.path_params)?;
+    let host = canonical::request_host(target_authority(req), header_str(req, "host"), config.requests.host_routes)?;
+    Ok((path, host))
+}
+
+fn refused_target(refusal: TargetRefusal) -> LocalResponse {
+    tracing::debug!(reason = refusal.code(), error = %refusal, "request target refused");
+    challenge::json_response(400, &serde_json::json!({"error": refusal.code(), "message": refusal.to_string()}))
+}
+
+/// Forwards what was matched: the canonical path with the client's query untouched, in
+/// origin form. An absolute-form target's authority was the matched host, so it becomes
+/// the `Host` the upstream sees.
+fn forward_canonical_target(upstream_request: &mut RequestHeader, canonical_path: Option<&str>) -> Result<()> {
+    let origin_form = upstream_request.raw_path().first() == Some(&b'/');
+    if canonical_path.is_none() && origin_form {
+        return Ok(());
+    }
+    let authority = target_authority(upstream_request).map(str::to_owned);
+    let path = canonical_path.unwrap_or_else(|| upstream_request.uri.path());
+    let target = match upstream_request.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let uri = http::Uri::try_from(target).map_err(|e| Error::because(ErrorType::InternalError, "canonical target is not a URI", e))?;
+    upstream_request.set_uri(uri);
+    if let Some(authority) = authority {
+        upstream_request.insert_header(http::header::HOST, authority)?;
+    }
+    Ok(())
 }
 
 /// The URL the client asked for, as the challenge's `resource.url`.

@@ -4,7 +4,12 @@
 //! themselves and never a regex by accident:
 //! - `{name}` matches exactly one non-empty path segment;
 //! - a trailing `/*` matches any rest of the path below that prefix (`/api/*` matches
-//!   `/api/`, `/api/a` and `/api/a/b`, not `/api`).
+//!   `/api/`, `/api/a` and `/api/a/b`; `/api` only where the trailing slash is optional).
+//!
+//! Paths are canonical ([`crate::canonical`]) before they get here. Matching is lenient by
+//! default ([`MatchRules::LENIENT`]): case-insensitive, and a trailing slash is optional,
+//! because upstreams such as Express serve `/WEATHER` and `/weather/` as `/weather` and
+//! pricing the superset can only over-charge, never give a resource away.
 
 use std::fmt;
 
@@ -12,6 +17,26 @@ use std::fmt;
 enum Segment {
     Literal(String),
     Param,
+}
+
+/// How strictly a route's path pattern compares with a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchRules {
+    /// `case_sensitive: true`: letters must match exactly.
+    pub case_sensitive: bool,
+    /// `trailing_slash: strict`: `/weather/` is not `/weather`.
+    pub strict_trailing_slash: bool,
+}
+
+impl MatchRules {
+    /// The default, and the form free routes and `unmatched: forward` are checked against.
+    pub const LENIENT: Self = Self { case_sensitive: false, strict_trailing_slash: false };
+}
+
+impl Default for MatchRules {
+    fn default() -> Self {
+        Self::LENIENT
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +64,33 @@ impl PathPattern {
         Ok(Self { source: source.to_owned(), segments, prefix })
     }
 
+    /// Strict matching: exact case, exact trailing slash.
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_with(path, MatchRules { case_sensitive: true, strict_trailing_slash: true })
+    }
+
+    pub fn matches_with(&self, path: &str, rules: MatchRules) -> bool {
+        if self.matches_segments(path, rules) {
+            return true;
+        }
+        // The other spelling of the trailing slash: `/weather/` is `/weather`.
+        !rules.strict_trailing_slash && path.len() > 1 && path.strip_suffix('/').is_some_and(|without| self.matches_segments(without, rules))
+    }
+
+    fn matches_segments(&self, path: &str, rules: MatchRules) -> bool {
         let Some(rest) = path.strip_prefix('/') else { return false };
         let mut parts = rest.split('/');
+        let same = |lit: &str, part: &str| if rules.case_sensitive { lit == part } else { lit.eq_ignore_ascii_case(part) };
         for segment in &self.segments {
             match (segment, parts.next()) {
-                (Segment::Literal(lit), Some(part)) if lit == part => {}
+                (Segment::Literal(lit), Some(part)) if same(lit, part) => {}
                 (Segment::Param, Some(part)) if !part.is_empty() => {}
                 _ => return false,
             }
         }
         if self.prefix {
-            // `/api/*` needs at least the slash after `/api`.
-            parts.next().is_some() || self.segments.is_empty()
+            // `/api/*` needs the slash after `/api`, unless that slash is optional.
+            parts.next().is_some() || self.segments.is_empty() || !rules.strict_trailing_slash
         } else {
             match parts.next() {
                 None => true,
@@ -59,6 +98,28 @@ impl PathPattern {
                 Some("") => self.segments.is_empty() && parts.next().is_none(),
                 Some(_) => false,
             }
+        }
+    }
+}
+
+impl PathPattern {
+    /// Some path matches both `self` (as written, strictly) and `priced` in its lenient
+    /// form. Used for warnings, so it compares segment by segment and needs no search.
+    pub fn overlaps_lenient(&self, priced: &PathPattern) -> bool {
+        let meet = |a: &Segment, b: &Segment| match (a, b) {
+            (Segment::Literal(a), Segment::Literal(b)) => a.eq_ignore_ascii_case(b),
+            _ => true,
+        };
+        if !self.segments.iter().zip(&priced.segments).all(|(a, b)| meet(a, b)) {
+            return false;
+        }
+        let (mine, theirs) = (self.segments.len(), priced.segments.len());
+        match (self.prefix, priced.prefix) {
+            (true, true) => true,
+            // A prefix reaches every longer exact path below it (and, leniently, its own root).
+            (true, false) => theirs >= mine,
+            (false, true) => mine >= theirs,
+            (false, false) => mine == theirs,
         }
     }
 }
@@ -87,24 +148,9 @@ impl fmt::Display for PathPattern {
     }
 }
 
-/// Paths that different servers may resolve differently (dot segments, encoded slashes or
-/// dots, empty segments, backslashes) could slip a paid resource past a free pattern once
-/// the upstream normalizes them, so they are refused rather than guessed at.
-pub fn is_ambiguous_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
-        return true;
-    }
-    if path.split('/').any(|segment| segment == "." || segment == "..") {
-        return true;
-    }
-    let lower = path.to_ascii_lowercase();
-    ["%2e", "%2f", "%5c", "%00"].iter().any(|encoded| lower.contains(encoded))
-}
-
-/// Host matching ignores case and a port.
+/// Host matching ignores case, a port and one trailing dot (`paid.example.` is `paid.example`).
 pub fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
-    pattern.eq_ignore_ascii_case(host)
+    crate::canonical::same_host(pattern, host)
 }
 
 #[cfg(test)]
@@ -161,18 +207,42 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_paths() {
-        for bad in ["/a/../b", "/a/./b", "/..", "/a//b", "/%2e%2e/b", "/a%2Fb", "/a\\b", "x"] {
-            assert!(is_ambiguous_path(bad), "{bad}");
-        }
-        for good in ["/", "/weather", "/a/b.c", "/a...b", "/a%20b"] {
-            assert!(!is_ambiguous_path(good), "{good}");
-        }
+    fn lenient_matching() {
+        let lenient = |pattern: &str, path: &str| PathPattern::parse(pattern).unwrap().matches_with(path, MatchRules::LENIENT);
+        assert!(lenient("/weather", "/WEATHER"));
+        assert!(lenient("/weather", "/Weather/"));
+        assert!(!lenient("/weather", "/weather//"));
+        assert!(!lenient("/weather", "/weathers"));
+        assert!(lenient("/api/*", "/API"));
+        assert!(lenient("/api/*", "/Api/Reports/1"));
+        assert!(lenient("/users/{id}/posts", "/USERS/42/posts/"));
+        assert!(lenient("/", "/"));
+        let case_only = MatchRules { case_sensitive: true, strict_trailing_slash: false };
+        let pattern = PathPattern::parse("/weather").unwrap();
+        assert!(!pattern.matches_with("/WEATHER", case_only));
+        assert!(pattern.matches_with("/weather/", case_only));
+        let slash_only = MatchRules { case_sensitive: false, strict_trailing_slash: true };
+        assert!(pattern.matches_with("/WEATHER", slash_only));
+        assert!(!pattern.matches_with("/weather/", slash_only));
+    }
+
+    #[test]
+    fn overlaps() {
+        let p = |s: &str| PathPattern::parse(s).unwrap();
+        assert!(p("/*").overlaps_lenient(&p("/weather")));
+        assert!(p("/Weather").overlaps_lenient(&p("/weather")));
+        assert!(p("/api/{x}").overlaps_lenient(&p("/api/*")));
+        assert!(p("/api/*").overlaps_lenient(&p("/api/reports/{id}")));
+        assert!(!p("/health").overlaps_lenient(&p("/weather")));
+        assert!(!p("/api/*").overlaps_lenient(&p("/")));
+        assert!(!p("/a/b").overlaps_lenient(&p("/a")));
     }
 
     #[test]
     fn hosts() {
         assert!(host_matches("api.example.com", "API.example.com:8402"));
         assert!(!host_matches("api.example.com", "example.com"));
+        assert!(host_matches("paid.example", "PAID.example.:80"));
+        assert!(host_matches("paid.example.", "paid.example"));
     }
 }

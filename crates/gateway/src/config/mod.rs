@@ -5,7 +5,7 @@ pub mod model;
 pub mod price;
 pub mod raw;
 
-pub use model::{Config, HonouredPricing, Network, Pricing, Route, Unmatched, Upstream};
+pub use model::{Config, RequestSettings, RouteMatch, HonouredPricing, Network, Pricing, Route, Unmatched, Upstream};
 
 use model::RouteContext;
 use raw::{Prelude, RawConfig};
@@ -56,6 +56,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     let unmatched = model::build_unmatched(&raw.unmatched, &context.upstream_names).map_err(|e| format!("unmatched: {e}"))?;
     let routes: Vec<Route> = raw.routes.into_iter().map(|r| r.0).collect();
     refuse_duplicate_route_names(&routes)?;
+    let requests = model::build_requests(&raw.requests, &routes)?;
     if routes.iter().any(|r| r.pricing.is_some()) && raw.settlement.private_key_env.is_empty() {
         return Err("settlement.private_key_env: name the environment variable that holds the settlement key".into());
     }
@@ -122,6 +123,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         upstreams,
         routes,
         unmatched,
+        requests,
         admin: model::AdminSettings {
             listen: raw.admin.listen,
             token_env: raw.admin.token_env.clone(),

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use crate::canonical::PathParams;
+use crate::routing::MatchRules;
 use x402::v2;
 use x402_evm::calldata::MULTICALL3_ADDRESS;
 use x402_evm::{ExactEvmRequirement, TokenDomain, VerifyPolicy};
@@ -26,6 +28,42 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub unmatched: Unmatched,
     pub admin: AdminSettings,
+    pub requests: RequestSettings,
+}
+
+/// What is done to every request before it is matched and forwarded.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    pub path_params: PathParams,
+    /// Removed before forwarding: method-override and URL-rewrite headers, then the operator's.
+    pub strip_headers: Vec<http::HeaderName>,
+    /// Some route is chosen by host, so a request must name one.
+    pub host_routes: bool,
+}
+
+/// Headers an upstream framework may take as the real method or URL (method-override
+/// middleware, IIS, Symfony): forwarded, they would serve a resource other than the one
+/// matched and priced.
+pub const ALWAYS_STRIPPED_HEADERS: [&str; 5] = ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+
+/// Which route a request goes to, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// The first route, in file order, that matches.
+    Route(usize),
+    /// A free route (`instead_of`) or no route matched, but this priced route's lenient
+    /// form does: the request is charged as that route.
+    Guarded { priced: usize, instead_of: Option<usize> },
+    Unmatched,
+}
+
+impl RouteMatch {
+    pub fn index(self) -> Option<usize> {
+        match self {
+            Self::Route(index) | Self::Guarded { priced: index, .. } => Some(index),
+            Self::Unmatched => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +154,7 @@ pub struct Route {
     pub methods: Vec<http::Method>,
     pub host: Option<String>,
     pub path: PathPattern,
+    pub rules: MatchRules,
     pub upstream: usize,
     /// `None` for a free route.
     pub pricing: Option<Pricing>,
@@ -172,10 +211,19 @@ impl Pricing {
 }
 
 impl Route {
+    /// Matches under the route's own rules; `path` is canonical.
     pub fn matches(&self, method: &http::Method, host: Option<&str>, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
+        self.matches_with(method, host, path, self.rules)
+    }
+
+    /// Matches under `rules`. A route for `GET` serves `HEAD` too, as upstreams do.
+    pub fn matches_with(&self, method: &http::Method, host: Option<&str>, path: &str, rules: MatchRules) -> bool {
+        let method_ok = self.methods.is_empty()
+            || self.methods.contains(method)
+            || (*method == http::Method::HEAD && self.methods.contains(&http::Method::GET));
+        method_ok
             && self.host.as_deref().is_none_or(|want| host.is_some_and(|h| crate::routing::host_matches(want, h)))
-            && self.path.matches(path)
+            && self.path.matches_with(path, rules)
     }
 }
 
@@ -196,9 +244,25 @@ impl Route {
 }
 
 impl Config {
-    /// The first route that matches, in file order.
+    /// The route a request goes to; `path` is canonical.
     pub fn match_route(&self, method: &http::Method, host: Option<&str>, path: &str) -> Option<usize> {
-        self.routes.iter().position(|route| route.matches(method, host, path))
+        self.resolve_route(method, host, path).index()
+    }
+
+    /// The first route that matches, in file order, unless that is free (or none) while a
+    /// priced route's lenient form matches: then the request is charged as the priced route,
+    /// so no spelling of a priced path reaches the upstream unpaid.
+    pub fn resolve_route(&self, method: &http::Method, host: Option<&str>, path: &str) -> RouteMatch {
+        let first = self.routes.iter().position(|route| route.matches(method, host, path));
+        if let Some(index) = first.filter(|&i| self.routes[i].pricing.is_some()) {
+            return RouteMatch::Route(index);
+        }
+        let guard = self.routes.iter().position(|route| route.pricing.is_some() && route.matches_with(method, host, path, MatchRules::LENIENT));
+        match (guard, first) {
+            (Some(priced), instead_of) => RouteMatch::Guarded { priced, instead_of },
+            (None, Some(index)) => RouteMatch::Route(index),
+            (None, None) => RouteMatch::Unmatched,
+        }
     }
 }
 
@@ -278,10 +342,20 @@ pub fn build_route(index: usize, raw: &RawRoute, cx: &RouteContext) -> Result<Ro
         methods: raw.methods.iter().map(|m| m.0.clone()).collect(),
         host: raw.host.clone(),
         path: raw.path.0.clone(),
+        rules: match_rules(raw, pricing.is_none()),
         upstream,
         pricing,
         honoured: Vec::new(),
     })
+}
+
+/// Priced routes match leniently unless made strict; free routes match as written unless
+/// loosened, as they always have (the priced guard does not depend on them).
+fn match_rules(raw: &RawRoute, free: bool) -> MatchRules {
+    MatchRules {
+        case_sensitive: raw.case_sensitive.unwrap_or(free),
+        strict_trailing_slash: raw.trailing_slash.map_or(free, |slash| slash == raw::TrailingSlash::Strict),
+    }
 }
 
 fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> Result<Pricing, String> {
@@ -389,6 +463,24 @@ pub fn build_upstream(name: &str, raw: &raw::RawUpstream) -> Result<Upstream, St
         read_timeout: Duration::from_millis(raw.read_timeout_ms),
         tls: raw.tls,
         sni: raw.sni.clone(),
+    })
+}
+
+pub fn build_requests(raw: &raw::RawRequests, routes: &[Route]) -> Result<RequestSettings, String> {
+    let mut strip_headers: Vec<http::HeaderName> = ALWAYS_STRIPPED_HEADERS.iter().map(|name| http::HeaderName::from_static(name)).collect();
+    for name in &raw.strip_headers {
+        let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("requests.strip_headers: {name:?} is not a header name"))?;
+        if !strip_headers.contains(&header) {
+            strip_headers.push(header);
+        }
+    }
+    Ok(RequestSettings {
+        path_params: match raw.path_params {
+            raw::RawPathParams::Refuse => PathParams::Refuse,
+            raw::RawPathParams::Strip => PathParams::Strip,
+        },
+        strip_headers,
+        host_routes: routes.iter().any(|route| route.host.is_some()),
     })
 }
 

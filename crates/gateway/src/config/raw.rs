@@ -101,6 +101,28 @@ pub struct RawConfig {
     pub unmatched: RawUnmatched,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub requests: RawRequests,
+}
+
+/// How request targets and headers are made safe before matching and forwarding.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRequests {
+    /// `refuse` (default) answers 400 to a path with `;` parameters; `strip` drops them
+    /// from every segment before matching and forwarding.
+    pub path_params: RawPathParams,
+    /// Headers removed before forwarding, on top of the method-override and URL-rewrite
+    /// headers that are always removed.
+    pub strip_headers: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPathParams {
+    #[default]
+    Refuse,
+    Strip,
 }
 
 /// The admin listener: health, readiness, metrics, reload, state. Not for the public.
@@ -329,6 +351,12 @@ pub struct RawRoute {
     pub methods: Vec<HttpMethod>,
     pub host: Option<String>,
     pub path: Pattern,
+    /// Letters in the path must match exactly (default: false for a priced route, true
+    /// for a free one, which matches as written).
+    pub case_sensitive: Option<bool>,
+    /// `optional`: `/a/` is `/a`; `strict`: it is not (default: optional for a priced
+    /// route, strict for a free one).
+    pub trailing_slash: Option<TrailingSlash>,
     pub upstream: UpstreamRef,
     #[serde(default)]
     pub free: bool,
@@ -374,6 +402,13 @@ pub enum UpgradePolicy {
     #[default]
     Refuse,
     Charge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrailingSlash {
+    Optional,
+    Strict,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

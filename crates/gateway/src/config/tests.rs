@@ -1,4 +1,5 @@
 use super::*;
+use model::RouteMatch;
 use alloy_primitives::U256;
 
 use super::TEST_YAML as BASE;
@@ -94,6 +95,63 @@ routes:
     assert_eq!(config.routes[0].name, "route-0");
     let ambiguous = text.replace("      - { network: base-sepolia, price: \"$0.01\" }\n", "      - { price: \"$0.01\" }\n");
     assert!(parse(&ambiguous).unwrap_err().contains("several networks"));
+}
+
+#[test]
+fn priced_routes_match_leniently_and_free_routes_never_take_their_requests() {
+    let text = BASE.replace("  - name: health", "  - name: all\n    path: /*\n    upstream: sample\n    free: true\n  - name: health");
+    let config = parse(&text).unwrap();
+    for path in ["/WEATHER", "/weather/", "/Weather/"] {
+        assert_eq!(config.resolve_route(&http::Method::GET, None, path), RouteMatch::Route(0), "{path}");
+    }
+    assert_eq!(config.resolve_route(&http::Method::HEAD, None, "/weather"), RouteMatch::Route(0));
+    assert_eq!(config.resolve_route(&http::Method::POST, None, "/weather"), RouteMatch::Route(1));
+}
+
+#[test]
+fn a_strict_route_is_still_guarded_in_its_lenient_form() {
+    let text = BASE.replace("    path: /weather\n", "    path: /weather\n    case_sensitive: true\n    trailing_slash: strict\n")
+        + "unmatched: { action: forward, upstream: sample }\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.resolve_route(&http::Method::GET, None, "/weather"), RouteMatch::Route(0));
+    assert_eq!(config.resolve_route(&http::Method::GET, None, "/WEATHER/"), RouteMatch::Guarded { priced: 0, instead_of: None });
+    let warnings = crate::inspect::routing_warnings(&config);
+    assert!(warnings.iter().any(|w| w.contains("unmatched: forward overlaps priced route \"weather\"")), "{warnings:?}");
+}
+
+#[test]
+fn request_settings_default_and_refuse_bad_header_names() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.requests.path_params, crate::canonical::PathParams::Refuse);
+    assert!(config.requests.strip_headers.iter().any(|h| h == "x-original-url"));
+    let text = format!("{BASE}requests:\n  path_params: strip\n  strip_headers: [X-Debug]\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.requests.path_params, crate::canonical::PathParams::Strip);
+    assert!(config.requests.strip_headers.iter().any(|h| h == "x-debug"));
+    let error = parse(&format!("{BASE}requests:\n  strip_headers: [\"bad header\"]\n")).unwrap_err();
+    assert!(error.contains("requests.strip_headers"), "{error}");
+    let error = parse(&format!("{BASE}requests:\n  path_params: keep\n")).unwrap_err();
+    assert!(error.contains("path_params"), "{error}");
+    let error = parse(&BASE.replace("    path: /weather\n", "    path: /weather\n    trailing_slash: maybe\n")).unwrap_err();
+    assert!(error.contains("trailing_slash"), "{error}");
+}
+
+#[test]
+fn explain_names_the_canonical_target_and_the_deciding_rule() {
+    let text = BASE.replace("  - name: health", "  - name: all\n    path: /*\n    upstream: sample\n    free: true\n  - name: health");
+    let config = parse(&text).unwrap();
+    let explain = |url: &str| crate::inspect::explain(&config, &http::Method::GET, &url.parse().unwrap());
+    let guarded = explain("/W%65ather/?x=1");
+    assert_eq!(guarded["canonical"], "/Weather/?x=1");
+    assert_eq!(guarded["route"]["name"], "weather");
+    assert_eq!(guarded["status"], 402);
+    let refused = explain("/a/..;/weather");
+    assert_eq!(refused["status"], 400);
+    assert_eq!(refused["error"], "ambiguous_path");
+    let free = explain("http://api.example/other");
+    assert_eq!(free["route"]["name"], "all");
+    assert_eq!(free["host"], "api.example");
+    assert!(crate::inspect::routing_warnings(&config).iter().any(|w| w.contains("free route \"all\"")));
 }
 
 #[test]
