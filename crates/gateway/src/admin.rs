@@ -209,6 +209,9 @@ impl AdminApi {
     }
 
     fn reset_losses(&self) -> Answer {
+        if let Err(error) = x402_store::record_loss_reset(self.journal.path(), unix_now_ms()) {
+            return journal_unavailable(&error);
+        }
         let cleared = self.exposure.reset_losses(unix_now());
         tracing::warn!(cleared_usd_micros = cleared, "loss budget reset through the admin API");
         (StatusCode::OK, serde_json::json!({"clearedUsdMicros": cleared}))

@@ -280,8 +280,10 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
     }
     exposure.replace_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
     // A day back is as far as the loss budget remembers: it drains a full budget a day.
+    // An operator's reset (`POST /exposure/losses/reset`) forgives what failed before it.
     let day_ago_ms = x402_store::unix_now_ms().saturating_sub(86_400_000);
-    for (usd_micros, failed_at_ms) in journal.failures_since(day_ago_ms).context("cannot read the journal")? {
+    let since_ms = journal.last_loss_reset_ms().context("cannot read the journal")?.map_or(day_ago_ms, |reset| reset.max(day_ago_ms));
+    for (usd_micros, failed_at_ms) in journal.failures_since(since_ms).context("cannot read the journal")? {
         exposure.record_loss(usd_micros, failed_at_ms / 1000);
     }
     Ok(Arc::new(exposure))

@@ -285,6 +285,8 @@ CREATE INDEX IF NOT EXISTS payments_given_up ON payments (network, valid_before)
 DROP INDEX IF EXISTS payments_by_state;
 DROP INDEX IF EXISTS payments_by_payer;
 DROP INDEX IF EXISTS payments_by_transaction;
+-- When an operator last emptied the loss budget: losses before it are not counted again.
+CREATE TABLE IF NOT EXISTS loss_resets (at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS payer_blocks (
     payer TEXT PRIMARY KEY COLLATE NOCASE,
     until INTEGER NOT NULL,
@@ -566,6 +568,11 @@ impl Journal {
         Ok(lock(&self.reader).prepare_cached(&OLDEST_UNSETTLED)?.query_row([], |row| row.get(0))?)
     }
 
+    /// When an operator last reset the loss budget (Unix ms).
+    pub fn last_loss_reset_ms(&self) -> Result<Option<u64>, JournalError> {
+        Ok(lock(&self.reader).query_row("SELECT max(at_ms) FROM loss_resets", [], |row| row.get(0))?)
+    }
+
     /// (usd_micros, failed at in Unix ms) of every payment that failed since `since_ms`,
     /// oldest first: the loss budget is rebuilt from these at start (a scan, once).
     pub fn failures_since(&self, since_ms: u64) -> Result<Vec<(u64, u64)>, JournalError> {
@@ -657,6 +664,15 @@ pub fn clear_payer_block(path: &Path, payer: &str) -> Result<bool, JournalError>
     let connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|source| JournalError::Open { path: path.to_owned(), source })?;
     Ok(connection.execute("DELETE FROM payer_blocks WHERE payer = ?1", params![payer])? > 0)
+}
+
+/// Records an operator's reset of the loss budget in the journal at `path`, so a restart
+/// does not count the losses before it again.
+pub fn record_loss_reset(path: &Path, at_ms: u64) -> Result<(), JournalError> {
+    let connection = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|source| JournalError::Open { path: path.to_owned(), source })?;
+    connection.execute("INSERT INTO loss_resets (at_ms) VALUES (?1)", params![at_ms])?;
+    Ok(())
 }
 
 fn by_receipt(connection: &Connection, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {

@@ -12,7 +12,7 @@ pub mod journal;
 pub mod replay;
 
 pub use journal::{
-    clear_payer_block, BatchRecord, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
+    clear_payer_block, record_loss_reset, BatchRecord, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
     SettlementItem,
 };
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
