@@ -61,8 +61,8 @@ test("200 unfunded throwaway keys at once are refused by the balance check: noth
     const accepts = await offer(gateway);
     const servedBefore = hits.get("/weather") ?? 0;
     const answers = await Promise.all(Array.from({ length: 200 }, async () => pay(gateway, await signPayment(throwawayKey(), accepts))));
-    // Refused for want of funds, or (past 32 balance reads in flight) told to come back: the
-    // flood does not bury the RPC node that settlement needs.
+    // Refused for want of funds, or (when the 32 read slots stay busy past the timeout) told
+    // to come back: the flood does not bury the RPC node that settlement needs.
     const kinds = new Set(answers.map((a) => `${a.status} ${a.reason}`));
     assert.ok([...kinds].every((k) => k === "402 invalid_exact_evm_insufficient_balance" || k === "503 balance_unavailable"), [...kinds].join(", "));
     assert.ok(kinds.has("402 invalid_exact_evm_insufficient_balance"));

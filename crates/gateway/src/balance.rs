@@ -29,8 +29,6 @@ pub enum BalanceUnavailable {
     TimedOut(Duration),
     #[error("the payer's balance could not be read: {0}")]
     ReadFailed(String),
-    #[error("{0} balance reads are already in flight")]
-    Busy(usize),
 }
 
 /// Token balances read through the networks' RPC URLs, cached and shared by concurrent payments.
@@ -38,8 +36,8 @@ pub struct BalanceCache {
     balances: Cache<BalanceKey, U256>,
     chains: Vec<(u64, ChainClient)>,
     timeout: Duration,
-    /// Reads in flight: a flood of fresh payer addresses gets 503s, not an RPC node (which
-    /// settlement needs too) buried in calls.
+    /// Read slots: a flood of fresh payer addresses waits for one (then gets 503s), rather
+    /// than bury an RPC node that settlement needs too.
     reads: tokio::sync::Semaphore,
 }
 
@@ -70,13 +68,14 @@ impl BalanceCache {
     pub async fn balance(&self, chain_id: u64, token: Address, owner: Address) -> Result<U256, BalanceUnavailable> {
         let key = BalanceKey { chain_id, token, owner };
         let client = self.chains.iter().find(|(id, _)| *id == chain_id).map(|(_, c)| c).ok_or(BalanceUnavailable::UnknownChain(chain_id))?;
+        // The timeout covers the wait for a read slot too: a burst queues briefly, a flood
+        // gets 503s instead of burying the node.
         let read = async {
-            let Ok(_permit) = self.reads.try_acquire() else { return Err(BalanceUnavailable::Busy(MAX_READS_IN_FLIGHT)) };
-            match tokio::time::timeout(self.timeout, client.balance_of(token, owner)).await {
-                Ok(Ok(balance)) => Ok(balance),
-                Ok(Err(error)) => Err(BalanceUnavailable::ReadFailed(error.to_string())),
-                Err(_) => Err(BalanceUnavailable::TimedOut(self.timeout)),
-            }
+            let read_when_free = async {
+                let _slot = self.reads.acquire().await.map_err(|_| BalanceUnavailable::ReadFailed("shutting down".into()))?;
+                client.balance_of(token, owner).await.map_err(|error| BalanceUnavailable::ReadFailed(error.to_string()))
+            };
+            tokio::time::timeout(self.timeout, read_when_free).await.unwrap_or(Err(BalanceUnavailable::TimedOut(self.timeout)))
         };
         self.balances.try_get_with(key, read).await.map_err(|error| {
             tracing::warn!(owner = %owner, %error, "balance read failed");
