@@ -52,8 +52,8 @@ after(async () => {
   await env?.stop();
 });
 
-async function requirementsFor(path) {
-  const res = await fetch(gateway.base + path);
+async function requirementsFor(path, method = "GET") {
+  const res = await fetch(gateway.base + path, { method });
   assert.equal(res.status, 402, `${path} is priced`);
   return unb64(res.headers.get("payment-required")).accepts[0];
 }
@@ -194,9 +194,7 @@ test("upgrades: charge takes a WebSocket only: an h2c upgrade is refused before 
 });
 
 test("after an upstream timeout the same payment is refused, not sent upstream again", async () => {
-  const challenge = await fetch(gateway.base + "/slow", { method: "POST" });
-  assert.equal(challenge.status, 402);
-  const payment = await signPayment(payer, unb64(challenge.headers.get("payment-required")).accepts[0]);
+  const payment = await signPayment(payer, await requirementsFor("/slow", "POST"));
   const send = (ms) => fetch(gateway.base + `/slow?ms=${ms}`, { method: "POST", headers: { "PAYMENT-SIGNATURE": b64(payment) } });
   const start = hitsOf("/slow");
   const first = await send(1500);
@@ -231,9 +229,7 @@ test("a payment the upstream declined, or never saw, may be used again", async (
 
 test("charge_on: forward charges before the upstream is called, whatever it answers", async () => {
   const before = await balanceOf(env.devnet.url, payTo);
-  const challenge = await fetch(gateway.base + "/status/500", { method: "POST" });
-  assert.equal(challenge.status, 402);
-  const payment = await signPayment(payer, unb64(challenge.headers.get("payment-required")).accepts[0]);
+  const payment = await signPayment(payer, await requirementsFor("/status/500", "POST"));
   const send = () => fetch(gateway.base + "/status/500", { method: "POST", headers: { "PAYMENT-SIGNATURE": b64(payment) } });
   const res = await send();
   assert.equal(res.status, 500, "the upstream's answer is passed on");
@@ -247,15 +243,13 @@ test("charge_on: forward charges before the upstream is called, whatever it answ
 
 test("charge_on: forward charges once connected: a refused connection costs nothing, a timeout carries the receipt", async () => {
   const before = await balanceOf(env.devnet.url, payTo);
-  const challenge = await fetch(gateway.base + "/dead", { method: "POST" });
-  assert.equal(challenge.status, 402);
-  const payment = await signPayment(payer, unb64(challenge.headers.get("payment-required")).accepts[0]);
+  const payment = await signPayment(payer, await requirementsFor("/dead", "POST"));
   const refused = await fetch(gateway.base + "/dead", { method: "POST", headers: { "PAYMENT-SIGNATURE": b64(payment) } });
   assert.equal(refused.status, 502);
   assert.equal(refused.headers.get("payment-response"), null, "not charged");
   assert.match((await refused.json()).message, /not charged\./);
 
-  const slow = await signPayment(payer, unb64((await fetch(gateway.base + "/slow", { method: "PUT" })).headers.get("payment-required")).accepts[0]);
+  const slow = await signPayment(payer, await requirementsFor("/slow", "PUT"));
   const timedOut = await fetch(gateway.base + "/slow?ms=1500", { method: "PUT", headers: { "PAYMENT-SIGNATURE": b64(slow) } });
   assert.equal(timedOut.status, 504);
   assert.equal(unb64(timedOut.headers.get("payment-response")).success, true, "the charged payment's receipt comes with the error");

@@ -89,7 +89,6 @@ impl PaymentRejection {
     /// `Retry-After` and this code, and the payment stays usable.
     pub fn retry_later(&self) -> Option<&'static str> {
         match self {
-            Self::AtCapacity { .. } => Some("verification_at_capacity"),
             Self::BalanceUnavailable(_) => Some("balance_unavailable"),
             Self::JournalUnreadable(_) => Some("journal_unavailable"),
             Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => Some("loss_budget_exhausted"),
@@ -122,6 +121,9 @@ pub struct PaymentCheck {
 pub struct SignedPayment {
     version: u8,
     verified: VerifiedPayment,
+    /// The payer's checksummed address: the exposure ledger, the journal and the receipt
+    /// key on it. Computed once, on the verify thread.
+    payer: String,
     honoured: Option<usize>,
 }
 
@@ -149,7 +151,8 @@ impl PaymentCheck {
     /// The CPU-heavy step: secp256k1 recovery must give the authorization's `from`.
     pub fn recover_signer(self) -> Result<SignedPayment, PaymentRejection> {
         let verified = self.checked.recover_signer()?;
-        Ok(SignedPayment { version: self.version, verified, honoured: self.honoured })
+        let payer = verified.authorization.from.to_checksum(None);
+        Ok(SignedPayment { version: self.version, verified, payer, honoured: self.honoured })
     }
 }
 
@@ -160,6 +163,11 @@ impl SignedPayment {
             None => route.pricing.as_ref(),
             Some(index) => route.honoured.get(index).map(|h| &h.pricing),
         }
+    }
+
+    /// The payer's checksummed address.
+    pub fn payer(&self) -> &str {
+        &self.payer
     }
 
     /// (chain id, token, payer): whose balance the balance check reads.
@@ -180,7 +188,7 @@ pub fn hold_payment(
     now: u64,
     balance: Option<U256>,
 ) -> Result<AcceptedPayment, PaymentRejection> {
-    let (Some(pricing), SignedPayment { version, verified, .. }) = (signed.pricing(route), signed) else {
+    let (Some(pricing), SignedPayment { version, verified, payer, .. }) = (signed.pricing(route), signed) else {
         return Err(VerifyError::RequirementsMismatch.into());
     };
     let route = route.name.as_str();
@@ -196,7 +204,6 @@ pub fn hold_payment(
     if !guards.replay.reserve(key, valid_before) {
         return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
     }
-    let payer = authorization.from.to_checksum(None);
     if let Some(journal) = guards.shared_journal {
         let asset = requirement.domain.verifying_contract.to_checksum(None);
         match journal.holds_authorization(key.chain_id, &asset, &payer, &authorization.nonce.to_string()) {

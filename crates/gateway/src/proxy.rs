@@ -229,7 +229,7 @@ impl PaywallProxy {
         let balance = match (&self.balances, signed.balance_key(route)) {
             (Some(balances), Some((chain_id, token, owner))) => {
                 // What needs no balance is refused before one is read: no RPC call for it.
-                self.exposure.precheck(&owner.to_checksum(None), x402_store::unix_now())?;
+                self.exposure.precheck(signed.payer(), x402_store::unix_now())?;
                 Some(balances.balance(chain_id, token, owner).await?)
             }
             _ => None,
@@ -243,8 +243,7 @@ impl PaywallProxy {
 
     /// The answer to a refused payment: 400 for a header that cannot be read, 503 when the
     /// gateway cannot take it now (verify threads full, balance or journal unreadable, loss
-    /// budget spent),
-    /// otherwise 402 with a fresh challenge naming the reason.
+    /// budget spent), otherwise 402 with a fresh challenge naming the reason.
     fn refuse(&self, route: &Route, pricing: &Pricing, resource_url: &str, rejection: PaymentRejection, ctx: &mut RequestContext) -> LocalResponse {
         self.count_rejection(&route.name, &rejection);
         ctx.outcome = PaymentOutcome::Refused(rejection.reason());
