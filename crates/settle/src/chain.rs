@@ -2,7 +2,7 @@
 //! (tried in order: a transport failure moves on to the next, a node's own refusal does not).
 //!
 //! Settlement transactions are signed here, locally, and broadcast separately
-//! ([`ChainClient::sign_aggregate3`] then [`ChainClient::send_raw`]) so the settler can
+//! ([`ChainClient::sign_call`] then [`ChainClient::send_raw`]) so the settler can
 //! journal the exact signed bytes and their hash before anything reaches the network.
 
 use alloy::eips::eip2718::Encodable2718;
@@ -113,6 +113,51 @@ pub struct SignedTransaction {
     pub raw: Vec<u8>,
 }
 
+/// The two EIP-1559 fee fields of a transaction, in wei.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fees {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+/// What a journaled signed transaction says of itself, read back from its bytes.
+#[derive(Debug, Clone)]
+pub struct SignedFields {
+    pub hash: B256,
+    pub signer: Address,
+    pub nonce: u64,
+    pub to: Address,
+    pub input: Bytes,
+    pub gas_limit: u64,
+    pub fees: Fees,
+}
+
+impl SignedFields {
+    /// Decodes an EIP-2718 EIP-1559 transaction (the only kind the settler signs) and
+    /// recovers its signer.
+    pub fn decode(raw: &[u8]) -> Result<Self, ChainError> {
+        use alloy::consensus::{Transaction, TxEnvelope};
+        use alloy::eips::eip2718::Decodable2718;
+        use alloy::consensus::transaction::SignableTransaction;
+        let envelope = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| ChainError::Decode(format!("signed transaction: {e}")))?;
+        let signed = envelope.as_eip1559().ok_or_else(|| ChainError::Decode("signed transaction is not EIP-1559".into()))?;
+        let signer = signed
+            .signature()
+            .recover_address_from_prehash(&signed.tx().signature_hash())
+            .map_err(|e| ChainError::Decode(format!("signed transaction's signer: {e}")))?;
+        let to = envelope.to().ok_or_else(|| ChainError::Decode("signed transaction creates a contract".into()))?;
+        Ok(Self {
+            hash: *envelope.tx_hash(),
+            signer,
+            nonce: envelope.nonce(),
+            to,
+            input: envelope.input().clone(),
+            gas_limit: envelope.gas_limit(),
+            fees: Fees { max_fee_per_gas: envelope.max_fee_per_gas(), max_priority_fee_per_gas: envelope.max_priority_fee_per_gas().unwrap_or_default() },
+        })
+    }
+}
+
 /// How long one RPC URL gets to answer one call before the next URL is asked.
 const RPC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -188,23 +233,64 @@ impl ChainClient {
         self.first_answer(|p| { let r = request.clone(); async move { p.estimate_gas(r).await } }).await
     }
 
-    /// Signs `aggregate3(data)` with the settlement key at the account's next nonce.
-    pub async fn sign_aggregate3(&self, multicall: Address, data: Bytes, gas_limit: u64) -> Result<SignedTransaction, ChainError> {
-        let settler = self.settler;
-        let nonce = self.first_answer(|p| async move { p.get_transaction_count(settler).pending().await }).await?;
+    /// The fees a new settlement transaction offers now, or an error when they are above the
+    /// configured cap (the settler waits rather than overpay).
+    pub async fn fees(&self) -> Result<Fees, ChainError> {
         let fees = self.first_answer(|p| async move { p.estimate_eip1559_fees().await }).await?;
-        if let Some(cap) = self.max_fee_per_gas {
-            if fees.max_fee_per_gas > cap {
-                return Err(ChainError::GasPriceAboveCap { offered: fees.max_fee_per_gas, cap });
-            }
+        let offered = Fees { max_fee_per_gas: fees.max_fee_per_gas, max_priority_fee_per_gas: fees.max_priority_fee_per_gas.min(fees.max_fee_per_gas) };
+        match self.max_fee_per_gas {
+            Some(cap) if offered.max_fee_per_gas > cap => Err(ChainError::GasPriceAboveCap { offered: offered.max_fee_per_gas, cap }),
+            _ => Ok(offered),
         }
+    }
+
+    /// The fees that replace a transaction offering `old`: at least 12.5% more on both fields
+    /// (nodes refuse a replacement with less; 10% is geth's floor) and no less than `now`.
+    /// `None` when the cap leaves no room for a replacement a node would take.
+    pub fn bumped_fees(&self, old: Fees, now: Option<Fees>) -> Option<Fees> {
+        let raise = |value: u128| value.saturating_add(value.div_ceil(8)).max(value.saturating_add(1));
+        let mut max_fee_per_gas = raise(old.max_fee_per_gas);
+        let mut max_priority_fee_per_gas = raise(old.max_priority_fee_per_gas);
+        if let Some(now) = now {
+            max_fee_per_gas = max_fee_per_gas.max(now.max_fee_per_gas);
+            max_priority_fee_per_gas = max_priority_fee_per_gas.max(now.max_priority_fee_per_gas);
+        }
+        if let Some(cap) = self.max_fee_per_gas {
+            if raise(old.max_fee_per_gas) > cap {
+                return None;
+            }
+            max_fee_per_gas = max_fee_per_gas.min(cap);
+        }
+        if max_priority_fee_per_gas > max_fee_per_gas {
+            // The tip cannot exceed the fee cap; both must still rise by the minimum.
+            if raise(old.max_priority_fee_per_gas) > max_fee_per_gas {
+                return None;
+            }
+            max_priority_fee_per_gas = max_fee_per_gas;
+        }
+        Some(Fees { max_fee_per_gas, max_priority_fee_per_gas })
+    }
+
+    /// The settlement account's transaction count: at the latest block (`pending: false`,
+    /// the next nonce the chain will mine) or counting the node's pool (`pending: true`).
+    pub async fn account_nonce(&self, pending: bool) -> Result<u64, ChainError> {
+        let settler = self.settler;
+        self.first_answer(|p| async move {
+            let count = p.get_transaction_count(settler);
+            if pending { count.pending().await } else { count.latest().await }
+        })
+        .await
+    }
+
+    /// Signs a call to `to` with the settlement key at account nonce `nonce`.
+    pub async fn sign_call(&self, to: Address, data: Bytes, gas_limit: u64, nonce: u64, fees: Fees) -> Result<SignedTransaction, ChainError> {
         let envelope = self
-            .request(multicall, data)
+            .request(to, data)
             .with_nonce(nonce)
             .with_chain_id(self.chain_id)
             .with_gas_limit(gas_limit)
             .with_max_fee_per_gas(fees.max_fee_per_gas)
-            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas.min(fees.max_fee_per_gas))
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
             .build(&self.wallet)
             .await
             .map_err(|e| ChainError::Sign(e.to_string()))?;

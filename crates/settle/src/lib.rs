@@ -9,12 +9,13 @@
 //! when the `Transfer` to its payTo that its authorization made is in a receipt.
 
 mod chain;
+mod lane;
 mod metrics;
 mod settle_before;
 mod settler;
 pub mod stall;
 
-pub use chain::{ChainClient, ChainError};
+pub use chain::{ChainClient, ChainError, Fees};
 pub use metrics::SettlementMetrics;
 pub use settle_before::{SettleBefore, SettleBeforeRefusal, SettleNow, SettleNowOutcome, SettleTicket};
 pub use settler::{BatchPolicy, CreditControl, PayerPaid, NetworkSettlement, SettleError, Settler};

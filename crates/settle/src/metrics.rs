@@ -1,7 +1,7 @@
 //! What the settler reports to Prometheus: batches, gas, RPC errors, and value settled.
 //! The owner registers them in its registry; a settler nobody registers still counts.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct SettlementMetrics {
     /// Batches by network and outcome (`mined`, `reverted`, `unresolved`).
@@ -13,6 +13,10 @@ pub struct SettlementMetrics {
     pub payments: IntCounterVec,
     /// Atomic units settled, by route, network and asset.
     pub value_settled: IntCounterVec,
+    /// Settlement transactions pending (signed, not yet seen mined), by network.
+    pub in_flight: IntGaugeVec,
+    /// Transactions replaced at their nonce with higher fees, by network.
+    pub replacements: IntCounterVec,
 }
 
 impl SettlementMetrics {
@@ -30,14 +34,18 @@ impl SettlementMetrics {
                 "Value settled on-chain, in the asset's atomic units",
                 &["route", "network", "asset"],
             ),
+            in_flight: IntGaugeVec::new(Opts::new("x402_settlement_transactions_in_flight", "Settlement transactions signed and not yet mined"), &["network"])
+                .unwrap_or_else(|error| unreachable!("static metric: {error}")),
+            replacements: counter("x402_settlement_replacements_total", "Settlement transactions replaced with higher fees", &["network"]),
         }
     }
 
     /// Adds every metric to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled] {
+        for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled, &self.replacements] {
             registry.register(Box::new(metric.clone()))?;
         }
+        registry.register(Box::new(self.in_flight.clone()))?;
         Ok(())
     }
 }

@@ -57,6 +57,11 @@ impl Claims {
     pub(crate) fn holds(&self, receipt_id: &str) -> bool {
         lock(&self.0).contains(receipt_id)
     }
+
+    /// Payments claimed now.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
 }
 
 /// A claim on one payment, released when dropped.
@@ -71,8 +76,8 @@ impl Drop for Claim {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A set of strings stays consistent across a panic.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // What these mutexes guard (sets and lists of records) stays consistent across a panic.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -1,27 +1,33 @@
 //! The settlement loop.
 //!
-//! Per network, each round first resolves *open batches* (signed and journaled, outcome not
-//! yet written back), then sends a new batch if one is due. A batch goes through:
-//! simulate → estimate gas → sign → journal (batch + payments `submitted`, durable) →
-//! broadcast → receipt → each payment `settled`, back to `accepted`, or `failed`.
-//! A crash anywhere leaves either nothing journaled (the payments are still `accepted`)
-//! or an open batch, which the next round resolves from chain state: the receipt if it was
-//! mined, otherwise the same signed bytes are sent again (same hash, same account nonce:
-//! they can land at most once), and whatever did not land is decided per payment by
-//! `authorizationState` and receipts, never by signing blindly again. A payment is `settled`
-//! only on proof of its transfer to payTo (see [`Mined::paid`]); a used nonce alone is not.
+//! Per network, settlement runs in *lanes* (one per settlement key: its account-nonce
+//! sequence, see [`crate::lane`]), each with up to `max_in_flight` transactions pending at
+//! consecutive nonces, so a busy gateway fills every block it can. Each round, per lane:
+//! transactions whose nonce the chain has passed are resolved from their receipts, those
+//! waiting too long are replaced at the same nonce with higher fees, and a nonce gap below
+//! them is filled; then new batches go out while lanes have room and payments are due.
+//!
+//! A batch goes through: simulate → estimate gas (sized to `max_gas_per_transaction`) →
+//! sign at the lane's next nonce → journal (transaction + payments `submitted`, durable) →
+//! broadcast; a later round reads its outcome: each payment `settled`, back to `accepted`,
+//! or `failed`. Every replacement is journaled before it is sent too, so after a crash the
+//! settler knows every transaction that may still land at each open nonce and sends the
+//! very same bytes again rather than signing blindly; whatever did not land is decided per
+//! payment by `authorizationState` and receipts. A payment is `settled` only on proof of its
+//! transfer to payTo (see [`Mined::paid`]); a used nonce alone is not.
 //!
 //! `settle: before` payments are settled beside the batch loop, several at once, each in a
-//! transaction of its own; signing is serialised so no two transactions take one account
-//! nonce.
+//! transaction of its own on a lane's next nonce.
 
-use crate::chain::{ChainClient, ChainError, Mined, NonceEnd};
+use crate::chain::{ChainClient, ChainError, Fees, Mined, NonceEnd, SignedFields};
+use crate::lane::{Attempt, Lane, OpenNonce, Step};
 use crate::metrics::SettlementMetrics;
-use crate::settle_before::{Claims, SettleBefore, SettleNow, SettleNowOutcome};
+use crate::settle_before::{lock, Claims, SettleBefore, SettleNow, SettleNowOutcome};
 use alloy_primitives::{Address, Bytes, Signature, B256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
 use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
@@ -29,9 +35,14 @@ use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalE
 /// When a batch goes out and how long the settler waits for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchPolicy {
-    /// Most payments per transaction (bounded by the chain's per-transaction gas cap:
-    /// ~38k gas each through `aggregate3`).
+    /// Most payments per transaction; below it, batches are as big as
+    /// `max_gas_per_transaction` allows (~38k gas each through `aggregate3`).
     pub max_batch: usize,
+    /// Settlement transactions pending at once per lane (consecutive account nonces).
+    pub max_in_flight: usize,
+    /// A transaction not mined this many blocks after it was sent is replaced at the same
+    /// nonce with fees at least 12.5% higher.
+    pub bump_after_blocks: u64,
     /// Longest a payment waits for its batch to fill.
     pub max_wait: Duration,
     /// A batch goes out at once when a payment's `validBefore` is this close.
@@ -58,7 +69,9 @@ pub struct BatchPolicy {
 impl Default for BatchPolicy {
     fn default() -> Self {
         Self {
-            max_batch: 100,
+            max_batch: usize::MAX,
+            max_in_flight: 16,
+            bump_after_blocks: 3,
             max_wait: Duration::from_secs(2),
             urgent_secs: 20,
             min_time_left_secs: 4,
@@ -78,8 +91,40 @@ pub struct NetworkSettlement {
     /// CAIP-2 id, as journal items carry it.
     pub network: String,
     pub multicall: Address,
-    pub client: ChainClient,
+    /// One client per settlement key, each with its own nonce lane; the first also reads.
+    pub clients: Vec<ChainClient>,
 }
+
+/// A network with its lanes, as the settler runs it.
+struct Network {
+    network: String,
+    multicall: Address,
+    /// For reads: the first lane's client.
+    client: ChainClient,
+    lanes: Vec<Mutex<Lane>>,
+    /// Gas a payment adds to a batch, learned from estimates (0: not yet known).
+    gas_per_payment: AtomicU64,
+    /// Journaled open transactions signed by a key no lane has any more (or unreadable):
+    /// resolved from their receipts alone.
+    orphans: std::sync::Mutex<Vec<BatchRecord>>,
+}
+
+impl Network {
+    fn new(settlement: NetworkSettlement) -> Option<Self> {
+        let client = settlement.clients.first()?.clone();
+        Some(Self {
+            network: settlement.network,
+            multicall: settlement.multicall,
+            client,
+            lanes: settlement.clients.into_iter().map(|client| Mutex::new(Lane::new(client))).collect(),
+            gas_per_payment: AtomicU64::new(0),
+            orphans: std::sync::Mutex::default(),
+        })
+    }
+}
+
+/// A first guess of a payment's gas in a batch, until an estimate says better.
+const GAS_PER_PAYMENT_GUESS: u64 = 45_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -91,7 +136,7 @@ pub enum SettleError {
 
 pub struct Settler {
     journal: Arc<Journal>,
-    networks: Vec<NetworkSettlement>,
+    networks: Vec<Network>,
     policy: BatchPolicy,
     credit: Option<CreditControl>,
     metrics: Arc<SettlementMetrics>,
@@ -99,8 +144,6 @@ pub struct Settler {
     flush: Arc<std::sync::atomic::AtomicBool>,
     /// Payments a settle-now request owns: the batch loop leaves them alone.
     claims: Claims,
-    /// Held from signing to broadcast: concurrent signers would take the same account nonce.
-    signing: tokio::sync::Mutex<()>,
 }
 
 /// What the settler tells the exposure ledger: a resolved payment no longer counts, and a
@@ -159,16 +202,18 @@ enum Outcome {
 
 impl Settler {
     pub fn new(journal: Arc<Journal>, networks: Vec<NetworkSettlement>, policy: BatchPolicy) -> Self {
-        Self {
-            journal,
-            networks,
-            policy,
-            credit: None,
-            metrics: Arc::default(),
-            flush: Arc::default(),
-            claims: Claims::default(),
-            signing: tokio::sync::Mutex::new(()),
-        }
+        let networks = networks
+            .into_iter()
+            .filter_map(|settlement| {
+                let name = settlement.network.clone();
+                let network = Network::new(settlement);
+                if network.is_none() {
+                    tracing::error!(network = %name, "no settlement key for this network; its payments wait in the journal");
+                }
+                network
+            })
+            .collect();
+        Self { journal, networks, policy, credit: None, metrics: Arc::default(), flush: Arc::default(), claims: Claims::default() }
     }
 
     /// The proxy's side of `settle: before`, with room for `capacity` payments waiting, and
@@ -227,13 +272,11 @@ impl Settler {
         let tick = (self.policy.max_wait / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut drain_deadline = None;
         let mut backoff = self.policy.retry_backoff;
-        let mut backlog = false;
         let mut rechecked = tokio::time::Instant::now();
+        self.recover_open_transactions().await;
         loop {
             if drain_deadline.is_none() {
-                if !backlog {
-                    self.wait_for_work(tick, &mut shutdown).await;
-                }
+                self.wait_for_work(tick, &mut shutdown).await;
                 if *shutdown.borrow() {
                     tracing::info!(unsettled = self.unsettled(), "settler draining");
                     drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
@@ -242,10 +285,9 @@ impl Settler {
             self.sync_payer_blocks();
             let draining = drain_deadline.is_some() || self.flush.load(std::sync::atomic::Ordering::Relaxed);
             let mut failed = false;
-            backlog = false;
             for network in &self.networks {
                 match self.settle_network(network, draining).await {
-                    Ok(sent_full_batch) => backlog |= sent_full_batch,
+                    Ok(()) => {}
                     Err(error) => {
                         tracing::warn!(network = %network.network, %error, retry_in_ms = backoff.as_millis() as u64, "settlement round failed; will retry");
                         self.metrics.rpc_errors.with_label_values(&[network.network.as_str()]).inc();
@@ -286,12 +328,13 @@ impl Settler {
     /// from the journal once per paid request, on the request path's core.
     async fn wait_for_work(&self, tick: Duration, shutdown: &mut watch::Receiver<bool>) {
         let seen = self.journal.recorded();
+        let batch = self.networks.iter().map(|network| self.batch_size(network)).min().unwrap_or(1) as u64;
         let timer = tokio::time::sleep(tick);
         tokio::pin!(timer);
         loop {
             tokio::select! {
                 _ = self.journal.changed().notified() => {
-                    if self.journal.recorded().saturating_sub(seen) >= self.policy.max_batch as u64 {
+                    if self.journal.recorded().saturating_sub(seen) >= batch {
                         return;
                     }
                 }
@@ -329,9 +372,20 @@ impl Settler {
             .find(|n| n.network == record.item.network)
             .ok_or_else(|| ChainError::Rpc(format!("no settlement configured for {}", record.item.network)))?;
         if record.state == PaymentState::Accepted {
-            self.send_batch(network, vec![record]).await?;
+            let lane = self.least_busy_lane(network).await;
+            let mut lane = lane.lock().await;
+            let head = network.client.head().await?;
+            self.send_batch(network, &mut lane, vec![record], head, &mut None).await?;
         }
-        let record = self.journal.get(id)?.ok_or(JournalError::Corrupt { id, what: "vanished from the journal".into() })?;
+        // The batch loop resolves the transaction with the others of its lane.
+        let deadline = tokio::time::Instant::now() + self.policy.receipt_timeout;
+        let record = loop {
+            let record = self.journal.get(id)?.ok_or(JournalError::Corrupt { id, what: "vanished from the journal".into() })?;
+            if !matches!(record.state, PaymentState::Submitted { .. }) || tokio::time::Instant::now() >= deadline {
+                break record;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         Ok(match record.state {
             PaymentState::Settled { transaction } => SettleNowOutcome::Settled(transaction),
             PaymentState::Failed { reason } => SettleNowOutcome::Failed(reason),
@@ -344,81 +398,295 @@ impl Settler {
         self.journal.unsettled_count().unwrap_or(u64::MAX)
     }
 
-    /// One round for `network`; says whether it sent a full batch (more may be waiting).
-    async fn settle_network(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
-        for batch in self.journal.open_batches(&network.network)? {
-            if self.journal.submitted_in(&batch.transaction)?.iter().any(|record| self.claims.holds(&record.receipt_id)) {
-                continue; // a settle-now request is resolving it
+    /// The lane with the fewest transactions in flight (one free at once, if any).
+    async fn least_busy_lane<'a>(&self, network: &'a Network) -> &'a Mutex<Lane> {
+        let mut best = (usize::MAX, &network.lanes[0]);
+        for lane in &network.lanes {
+            if let Ok(held) = lane.try_lock() {
+                if held.open.len() < best.0 {
+                    best = (held.open.len(), lane);
+                }
             }
-            self.resolve_batch(network, batch).await?;
         }
-        self.settle_due(network, force).await
+        best.1
     }
 
-    /// Sends one batch for `network` if one is due; says whether it was a full one.
-    async fn settle_due(&self, network: &NetworkSettlement, force: bool) -> Result<bool, SettleError> {
-        let mut batch = self.journal.accepted(&network.network, self.policy.max_batch)?;
+    /// Payments per batch: what fits `max_gas_per_transaction` with the estimate's headroom,
+    /// at most `max_batch`.
+    fn batch_size(&self, network: &Network) -> usize {
+        let per_payment = match network.gas_per_payment.load(Ordering::Relaxed) {
+            0 => GAS_PER_PAYMENT_GUESS,
+            learned => learned,
+        };
+        let fits = self.policy.max_gas_per_transaction.saturating_mul(4) / 5 / per_payment;
+        usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, self.policy.max_batch.max(1))
+    }
+
+    /// Puts every transaction the journal holds open (a crash or stop came before its
+    /// outcome was written) back in the lane that signed it.
+    async fn recover_open_transactions(&self) {
+        for network in &self.networks {
+            let open = match self.journal.open_batches(&network.network) {
+                Ok(open) => open,
+                Err(error) => {
+                    tracing::error!(network = %network.network, %error, "cannot read open settlement transactions; they are resolved once the journal answers");
+                    continue;
+                }
+            };
+            for batch in open {
+                let fields = match SignedFields::decode(&batch.raw) {
+                    Ok(fields) => fields,
+                    Err(error) => {
+                        tracing::warn!(tx = %batch.transaction, %error, "journaled transaction unreadable; resolved from its receipt alone");
+                        lock(&network.orphans).push(batch);
+                        continue;
+                    }
+                };
+                let mut lane = None;
+                for candidate in &network.lanes {
+                    let held = candidate.lock().await;
+                    if held.signer() == fields.signer {
+                        lane = Some(held);
+                        break;
+                    }
+                }
+                let Some(mut lane) = lane else {
+                    tracing::warn!(tx = %batch.transaction, signer = %fields.signer, "journaled transaction signed by a key no longer configured; resolved from its receipt alone");
+                    lock(&network.orphans).push(batch);
+                    continue;
+                };
+                tracing::info!(tx = %batch.transaction, nonce = fields.nonce, signer = %fields.signer, "open settlement transaction recovered from the journal");
+                let attempt = Attempt { hash: fields.hash, raw: batch.raw, fees: fields.fees };
+                lane.recover(fields.nonce, fields.to, fields.input, fields.gas_limit, attempt);
+            }
+        }
+    }
+
+    /// One round for `network`: every lane's open transactions move on, then new batches go
+    /// out while lanes have room.
+    async fn settle_network(&self, network: &Network, force: bool) -> Result<(), SettleError> {
+        let orphans = std::mem::take(&mut *lock(&network.orphans));
+        for (index, batch) in orphans.iter().enumerate() {
+            if let Err(error) = self.resolve_batch(network, batch.clone()).await {
+                lock(&network.orphans).extend(orphans[index..].iter().cloned());
+                return Err(error);
+            }
+        }
+        let head = network.client.head().await?;
+        let mut in_flight = 0;
+        for lane in &network.lanes {
+            let mut lane = lane.lock().await;
+            self.advance_lane(network, &mut lane, head).await?;
+            in_flight += lane.open.len();
+        }
+        self.metrics.in_flight.with_label_values(&[network.network.as_str()]).set(in_flight as i64);
+        self.send_due(network, force, head).await
+    }
+
+    /// Moves each open transaction of `lane` on: resolve what the chain mined, resend what
+    /// the node lost, replace what waits too long, fill a nonce gap.
+    async fn advance_lane(&self, network: &Network, lane: &mut Lane, head: u64) -> Result<(), SettleError> {
+        if lane.open.is_empty() {
+            return Ok(());
+        }
+        for open in lane.open.values_mut().filter(|open| open.sent_at_block == 0) {
+            // Recovered at start: the bump clock starts now, and the node is asked at once
+            // whether it still holds the transaction.
+            open.sent_at_block = head.saturating_sub(1);
+        }
+        let mined_nonce = lane.client.account_nonce(false).await?;
+        let lowest = lane.open.keys().next().copied().unwrap_or(mined_nonce);
+        let pool_holds_next = lowest <= mined_nonce || lane.client.account_nonce(true).await? > mined_nonce;
+        let mut fees_now = None;
+        for step in lane.plan(mined_nonce, pool_holds_next, head, self.policy.bump_after_blocks) {
+            match step {
+                Step::Resolve(nonce) => self.resolve_nonce(network, lane, nonce).await?,
+                Step::CheckHeld(nonce) => check_held(lane, nonce, head).await?,
+                Step::Bump(nonce) => self.bump(network, lane, nonce, head, &mut fees_now).await?,
+                Step::FillGap(nonce) => self.fill_gap(network, lane, nonce, head).await?,
+            }
+        }
+        if lane.open.is_empty() {
+            // Idle: the next batch reads the account's nonce afresh.
+            lane.next_nonce = None;
+        }
+        Ok(())
+    }
+
+    /// The chain has passed `nonce`: writes what its mined attempt did to the payments.
+    async fn resolve_nonce(&self, network: &Network, lane: &mut Lane, nonce: u64) -> Result<(), SettleError> {
+        let Some(open) = lane.open.get(&nonce) else { return Ok(()) };
+        let mut mined = None;
+        for hash in open.hashes().collect::<Vec<_>>().into_iter().rev() {
+            if let Some(found) = network.client.receipt(hash).await? {
+                mined = Some(found);
+                break;
+            }
+        }
+        if mined.is_none() && !lane.receipt_missing(nonce) {
+            return Ok(()); // a node behind the one that counted the nonce: ask again next round
+        }
+        let Some(open) = lane.open.remove(&nonce) else { return Ok(()) };
+        if mined.is_none() {
+            tracing::warn!(network = %network.network, nonce, "account nonce used by a transaction the journal does not know; reconciling its payments one by one");
+        }
+        self.write_outcome(network, &open.hashes().collect::<Vec<_>>(), mined).await
+    }
+
+    /// Replaces the newest attempt at `nonce` with the same calls and higher fees, journaled
+    /// before it is sent.
+    async fn bump(&self, network: &Network, lane: &mut Lane, nonce: u64, head: u64, fees_now: &mut Option<Option<Fees>>) -> Result<(), SettleError> {
+        let Lane { client, open, .. } = lane;
+        let Some(open) = open.get_mut(&nonce) else { return Ok(()) };
+        let Some(newest) = open.newest().cloned() else { return Ok(()) };
+        if fees_now.is_none() {
+            // Above the cap (or unknown) the replacement still rises by the minimum, within it.
+            *fees_now = Some(client.fees().await.ok());
+        }
+        open.sent_at_block = head;
+        let Some(fees) = client.bumped_fees(newest.fees, fees_now.flatten()) else {
+            tracing::warn!(network = %network.network, nonce, tx = %newest.hash, max_fee_per_gas = newest.fees.max_fee_per_gas, "settlement transaction not mined and max_fee_per_gas leaves no room to replace it; waiting");
+            return Ok(());
+        };
+        let signed = client.sign_call(open.to, open.data.clone(), open.gas_limit, nonce, fees).await?;
+        let ids = self.journal.submitted_in(&newest.hash.to_string())?.iter().map(|record| record.id).collect();
+        let batch = BatchRecord { transaction: signed.hash.to_string(), network: network.network.clone(), raw: signed.raw, sent_at_ms: unix_now_ms() };
+        self.journal.record_replacement(batch.clone(), ids).await?;
+        tracing::info!(
+            network = %network.network, nonce, replaced = %newest.hash, tx = %signed.hash,
+            max_fee_per_gas = fees.max_fee_per_gas, max_priority_fee_per_gas = fees.max_priority_fee_per_gas,
+            "settlement transaction not mined in time; replaced with higher fees"
+        );
+        self.metrics.replacements.with_label_values(&[network.network.as_str()]).inc();
+        open.attempts.push(Attempt { hash: signed.hash, raw: batch.raw.clone(), fees });
+        open.checked_at_block = head;
+        if let Err(error) = client.send_raw(&batch.raw).await {
+            // "nonce too low": an earlier attempt was mined meanwhile; the next round finds it.
+            tracing::warn!(tx = %batch.transaction, %error, "replacement refused; the nonce's attempts are resolved next round");
+        }
+        Ok(())
+    }
+
+    /// The chain waits on `nonce`, which the lane holds nothing for (a transaction the
+    /// journal lost, or someone else's that was dropped): a no-op transfer to itself
+    /// unblocks every transaction above it.
+    async fn fill_gap(&self, network: &Network, lane: &mut Lane, nonce: u64, head: u64) -> Result<(), SettleError> {
+        let fees = lane.client.fees().await?;
+        let signer = lane.signer();
+        let signed = lane.client.sign_call(signer, Bytes::new(), 21_000, nonce, fees).await?;
+        let batch = BatchRecord { transaction: signed.hash.to_string(), network: network.network.clone(), raw: signed.raw, sent_at_ms: unix_now_ms() };
+        self.journal.record_batch(batch.clone(), Vec::new()).await?;
+        tracing::warn!(network = %network.network, nonce, tx = %batch.transaction, "account nonce gap below the open settlement transactions; filled with a no-op transaction");
+        lane.open.insert(nonce, open_nonce(signer, Bytes::new(), 21_000, Attempt { hash: signed.hash, raw: batch.raw.clone(), fees }, head));
+        if let Err(error) = lane.client.send_raw(&batch.raw).await {
+            tracing::warn!(tx = %batch.transaction, %error, "gap filler not sent; resent next round");
+        }
+        Ok(())
+    }
+
+    /// Sends due batches, one lane after another, while lanes have room.
+    async fn send_due(&self, network: &Network, force: bool, head: u64) -> Result<(), SettleError> {
+        let mut fees = None;
+        loop {
+            let mut sent_full = false;
+            for lane in &network.lanes {
+                let mut lane = lane.lock().await;
+                if lane.open.len() >= self.policy.max_in_flight.max(1) {
+                    continue;
+                }
+                match self.send_next_batch(network, &mut lane, force, head, &mut fees).await? {
+                    Some(true) => sent_full = true,
+                    // Nothing due, or the last (partial) batch went out: the queue is empty.
+                    None | Some(false) => return Ok(()),
+                }
+            }
+            if !sent_full {
+                return Ok(()); // every lane is full: receipts make room
+            }
+        }
+    }
+
+    /// Sends the next batch on `lane` if one is due; says whether it was a full one.
+    async fn send_next_batch(&self, network: &Network, lane: &mut Lane, force: bool, head: u64, fees: &mut Option<Fees>) -> Result<Option<bool>, SettleError> {
+        let size = self.batch_size(network);
+        let mut batch = self.journal.accepted(&network.network, size.saturating_add(self.claims.len()))?;
         batch.retain(|record| !self.claims.holds(&record.receipt_id));
-        let Some(first) = batch.first() else { return Ok(false) };
+        batch.truncate(size);
+        let Some(first) = batch.first() else { return Ok(None) };
         let oldest_ms = batch.iter().map(|r| r.accepted_at_ms).min().unwrap_or(first.accepted_at_ms);
         let waited = Duration::from_millis(unix_now_ms().saturating_sub(oldest_ms));
-        let full = batch.len() >= self.policy.max_batch;
+        let full = batch.len() >= size;
         let due = force || full || waited >= self.policy.max_wait || first.item.valid_before <= unix_now() + self.policy.urgent_secs;
-        if due {
-            self.send_batch(network, batch).await?;
+        if !due {
+            return Ok(None);
         }
-        Ok(due && full)
+        self.send_batch(network, lane, batch, head, fees).await?;
+        Ok(Some(full))
     }
 
-    async fn send_batch(&self, network: &NetworkSettlement, batch: Vec<PaymentRecord>) -> Result<(), SettleError> {
+    /// Simulates, sizes, signs at the lane's next nonce, journals and broadcasts one batch.
+    async fn send_batch(&self, network: &Network, lane: &mut Lane, batch: Vec<PaymentRecord>, head: u64, fees: &mut Option<Fees>) -> Result<(), SettleError> {
         let live = self.drop_unsettleable(batch).await?;
         let mut to_send = self.simulate(network, live).await?;
         if to_send.is_empty() {
             return Ok(());
         }
         let gas_limit = self.fit_gas_cap(network, &mut to_send).await?;
-        let data = calldata::aggregate3(to_send.iter().map(Pending::call));
-        let signing = self.signing.lock().await;
-        let signed = network.client.sign_aggregate3(network.multicall, data, gas_limit).await?;
-        let batch = BatchRecord {
-            transaction: signed.hash.to_string(),
-            network: network.network.clone(),
-            raw: signed.raw,
-            sent_at_ms: unix_now_ms(),
+        let fees = match fees {
+            Some(fees) => *fees,
+            None => *fees.insert(lane.client.fees().await?),
         };
+        let nonce = match lane.next_nonce {
+            Some(nonce) => nonce,
+            None => lane.client.account_nonce(true).await?,
+        };
+        let data = calldata::aggregate3(to_send.iter().map(Pending::call));
+        let signed = lane.client.sign_call(network.multicall, data.clone(), gas_limit, nonce, fees).await?;
+        let batch = BatchRecord { transaction: signed.hash.to_string(), network: network.network.clone(), raw: signed.raw, sent_at_ms: unix_now_ms() };
         // Durable before it exists anywhere else: a crash after this line is resolved from
         // the journal, never by signing the same payments again blindly.
         self.journal.record_batch(batch.clone(), to_send.iter().map(|p| p.record.id).collect()).await?;
-        tracing::info!(network = %network.network, tx = %batch.transaction, payments = to_send.len(), gas_limit, "settlement batch signed and journaled");
-        if let Err(error) = network.client.send_raw(&batch.raw).await {
-            tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the batch stays open and is resolved next round");
+        lane.next_nonce = Some(nonce + 1);
+        lane.open.insert(nonce, open_nonce(network.multicall, data, gas_limit, Attempt { hash: signed.hash, raw: batch.raw.clone(), fees }, head));
+        tracing::info!(network = %network.network, tx = %batch.transaction, nonce, payments = to_send.len(), gas_limit, "settlement batch signed and journaled");
+        match lane.client.send_raw(&batch.raw).await {
+            Ok(()) => {}
+            Err(ChainError::Rejected(reason)) if reason.contains("nonce too low") => {
+                // Something else used the key: the chain's count is read again for the next
+                // batch, and this one resolves once the chain is past its nonce.
+                tracing::warn!(tx = %batch.transaction, %reason, "settlement nonce already used; the lane reads the account's nonce again");
+                lane.next_nonce = None;
+            }
+            Err(error) => tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the transaction stays open and is sent again"),
         }
-        drop(signing);
-        self.resolve_batch(network, batch).await
+        Ok(())
     }
 
-    /// The gas limit for `to_send`, halving the batch (earliest deadlines kept; the rest stay
-    /// `accepted` for the next round) until it fits the per-transaction cap.
-    async fn fit_gas_cap(&self, network: &NetworkSettlement, to_send: &mut Vec<Pending>) -> Result<u64, SettleError> {
+    /// The gas limit for `to_send`, shrinking the batch (earliest deadlines kept; the rest
+    /// stay `accepted` for the next batch) until it fits the per-transaction cap.
+    async fn fit_gas_cap(&self, network: &Network, to_send: &mut Vec<Pending>) -> Result<u64, SettleError> {
         loop {
             let estimate = network
                 .client
                 .estimate_gas(network.multicall, calldata::aggregate3_strict(to_send.iter().map(Pending::call)))
                 .await?;
+            network.gas_per_payment.store(estimate / to_send.len().max(1) as u64, Ordering::Relaxed);
             // Headroom for state that changes between estimate and inclusion.
             let gas_limit = estimate.saturating_add(estimate / 4);
             if gas_limit <= self.policy.max_gas_per_transaction || to_send.len() == 1 {
                 return Ok(gas_limit);
             }
-            tracing::info!(network = %network.network, gas_limit, payments = to_send.len(), "batch above the gas cap; splitting");
-            to_send.truncate(to_send.len() / 2);
+            let fits = u128::from(self.policy.max_gas_per_transaction) * to_send.len() as u128 * 19 / 20 / u128::from(gas_limit);
+            let keep = usize::try_from(fits).unwrap_or(1).clamp(1, to_send.len() - 1);
+            tracing::info!(network = %network.network, gas_limit, payments = to_send.len(), keep, "batch above the gas cap; shrinking");
+            to_send.truncate(keep);
         }
     }
 
-    /// Settles a journaled batch's payments from chain state.
-    async fn resolve_batch(&self, network: &NetworkSettlement, batch: BatchRecord) -> Result<(), SettleError> {
+    /// Resolves a journaled transaction no lane tracks, from its receipt: sent again if no
+    /// node knows it, waited for up to `receipt_timeout`.
+    async fn resolve_batch(&self, network: &Network, batch: BatchRecord) -> Result<(), SettleError> {
         let hash: B256 = batch.transaction.parse().map_err(|_| ChainError::Decode(format!("transaction hash {}", batch.transaction)))?;
-        let payments: Vec<Pending> = self.decode_all(self.journal.submitted_in(&batch.transaction)?).await?;
         let mut mined = network.client.receipt(hash).await?;
         if mined.is_none() {
             if !network.client.transaction_known(hash).await? {
@@ -433,6 +701,19 @@ impl Settler {
             }
             mined = network.client.wait_for_receipt(hash, self.policy.receipt_timeout).await?;
         }
+        self.write_outcome(network, &[hash], mined).await
+    }
+
+    /// Writes what the attempts of one nonce (`hashes`; `mined`: the one that was mined, if
+    /// known) did to their payments, then closes them in the journal.
+    async fn write_outcome(&self, network: &Network, hashes: &[B256], mined: Option<Mined>) -> Result<(), SettleError> {
+        let mut records = Vec::new();
+        for hash in hashes {
+            records.extend(self.journal.submitted_in(&hash.to_string())?);
+        }
+        records.sort_by_key(|record| record.id);
+        records.dedup_by_key(|record| record.id);
+        let payments: Vec<Pending> = self.decode_all(records).await?;
         self.count_batch(network, mined.as_ref());
         let (landed, unclear): (Vec<&Pending>, Vec<&Pending>) =
             payments.iter().partition(|pending| mined.as_ref().is_some_and(|mined| pending.paid_in(mined)));
@@ -443,13 +724,15 @@ impl Settler {
             let outcome = self.reconcile(network, pending).await;
             self.apply(pending, outcome, "not settled by its batch").await?;
         }
-        self.journal.finish_batch(batch.transaction).await?;
+        for hash in hashes {
+            self.journal.finish_batch(hash.to_string()).await?;
+        }
         Ok(())
     }
 
     /// Runs the batch as an `eth_call`; what would revert is settled or failed here and
     /// what would succeed is returned.
-    async fn simulate(&self, network: &NetworkSettlement, live: Vec<Pending>) -> Result<Vec<Pending>, SettleError> {
+    async fn simulate(&self, network: &Network, live: Vec<Pending>) -> Result<Vec<Pending>, SettleError> {
         if live.is_empty() {
             return Ok(live);
         }
@@ -498,7 +781,7 @@ impl Settler {
     /// A payment given up on may still be paid by one of its transactions that lands late
     /// (a "gave up" must never hide money that arrives): until its `validBefore` has passed,
     /// and once more after, look again and correct the journal to `settled` if it was paid.
-    async fn recheck_given_up(&self, network: &NetworkSettlement) -> Result<(), SettleError> {
+    async fn recheck_given_up(&self, network: &Network) -> Result<(), SettleError> {
         let since = unix_now().saturating_sub(GIVEN_UP_RECHECK_AFTER_EXPIRY_SECS);
         for record in self.journal.given_up(&network.network, since)? {
             let Ok((token, authorization, signature)) = decode(&record) else { continue };
@@ -517,7 +800,7 @@ impl Settler {
 
     /// What a reverted call means. "Used" is checked against the chain: the payment may
     /// have landed through another transaction (ours earlier, or anyone's).
-    async fn classify_revert(&self, network: &NetworkSettlement, pending: &Pending, reason: &str) -> Outcome {
+    async fn classify_revert(&self, network: &Network, pending: &Pending, reason: &str) -> Outcome {
         if reason.contains("authorization is used") {
             return self.reconcile(network, pending).await;
         }
@@ -530,7 +813,7 @@ impl Settler {
     /// Reads chain state to learn whether a payment landed. It counts as settled only on
     /// proof of its transfer to payTo: first in the receipts of the gateway's own
     /// transactions it was sent in, then in whichever transaction the token's events name.
-    async fn reconcile(&self, network: &NetworkSettlement, pending: &Pending) -> Outcome {
+    async fn reconcile(&self, network: &Network, pending: &Pending) -> Outcome {
         let (from, nonce) = (pending.authorization.from, pending.authorization.nonce);
         match network.client.authorization_state(pending.token, from, nonce).await {
             Ok(false) => Outcome::Retry,
@@ -546,7 +829,7 @@ impl Settler {
     }
 
     /// The fate of a payment whose nonce the token says is used or cancelled.
-    async fn what_used(&self, network: &NetworkSettlement, pending: &Pending) -> Result<Outcome, SettleError> {
+    async fn what_used(&self, network: &Network, pending: &Pending) -> Result<Outcome, SettleError> {
         for transaction in self.journal.transactions_of(pending.record.id)? {
             let hash: B256 = transaction.parse().map_err(|_| ChainError::Decode(format!("transaction hash {transaction}")))?;
             if let Some(mined) = network.client.receipt(hash).await? {
@@ -616,7 +899,7 @@ impl Settler {
         Ok(())
     }
 
-    fn count_batch(&self, network: &NetworkSettlement, mined: Option<&Mined>) {
+    fn count_batch(&self, network: &Network, mined: Option<&Mined>) {
         let name = network.network.as_str();
         let outcome = match mined {
             Some(mined) => {
@@ -659,6 +942,29 @@ impl Settler {
         credit.exposure.block(payer, reason, until);
         Some(PayerBlock { payer: payer.to_owned(), until, reason: reason.to_owned() })
     }
+}
+
+/// Makes sure the node still holds the newest attempt at `nonce`, sending its journaled
+/// bytes again if not (a node restarted, or the first broadcast never arrived): a nonce the
+/// node does not hold blocks every nonce above it.
+async fn check_held(lane: &mut Lane, nonce: u64, head: u64) -> Result<(), SettleError> {
+    let Lane { client, open, .. } = lane;
+    let Some(open) = open.get_mut(&nonce) else { return Ok(()) };
+    open.checked_at_block = head;
+    let Some(newest) = open.newest() else { return Ok(()) };
+    if client.transaction_known(newest.hash).await? {
+        return Ok(());
+    }
+    match client.send_raw(&newest.raw).await {
+        Ok(()) => tracing::info!(tx = %newest.hash, nonce, "re-sent a journaled settlement transaction the node did not hold"),
+        Err(ChainError::Rejected(reason)) => tracing::warn!(tx = %newest.hash, nonce, %reason, "node refused a journaled settlement transaction; it is replaced once it waits too long"),
+        Err(error) => return Err(error.into()),
+    }
+    Ok(())
+}
+
+fn open_nonce(to: Address, data: Bytes, gas_limit: u64, attempt: Attempt, head: u64) -> OpenNonce {
+    OpenNonce { to, data, gas_limit, attempts: vec![attempt], sent_at_block: head, checked_at_block: head, missing_receipt_rounds: 0 }
 }
 
 /// The token, authorization and signature of a journaled payment, as the chain takes them.

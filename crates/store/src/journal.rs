@@ -460,6 +460,30 @@ impl Journal {
         .await
     }
 
+    /// Journals a replacement of a settlement transaction (the same account nonce and calls,
+    /// higher fees) and points its payments at it, in one commit. Call before broadcasting
+    /// it. A replacement is not another attempt: at most one transaction of a nonce is mined,
+    /// so it costs no more gas, and the payments' attempt counts stay as they were.
+    pub async fn record_replacement(&self, batch: BatchRecord, ids: Vec<u64>) -> Result<(), JournalError> {
+        self.write(move |connection| {
+            connection.execute(
+                "INSERT OR REPLACE INTO batches (transaction_hash, network, raw, sent_at_ms, done) VALUES (?1, ?2, ?3, ?4, 0)",
+                params![batch.transaction, batch.network, batch.raw, batch.sent_at_ms],
+            )?;
+            let mut point = connection.prepare_cached(
+                "UPDATE payments SET transaction_hash = ?2, updated_at_ms = ?3 WHERE id = ?1 AND state = 'submitted'",
+            )?;
+            let mut remember = connection
+                .prepare_cached("INSERT OR IGNORE INTO payment_transactions (payment_id, transaction_hash) VALUES (?1, ?2)")?;
+            for id in ids {
+                point.execute(params![id, batch.transaction, crate::unix_now_ms()])?;
+                remember.execute(params![id, batch.transaction])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The batch's fate is known and written to its payments: recovery can skip it.
     pub async fn finish_batch(&self, transaction: String) -> Result<(), JournalError> {
         self.write(move |connection| {

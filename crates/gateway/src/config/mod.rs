@@ -57,7 +57,8 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     let routes: Vec<Route> = raw.routes.into_iter().map(|r| r.0).collect();
     refuse_duplicate_route_names(&routes)?;
     let requests = model::build_requests(&raw.requests, &routes)?;
-    if routes.iter().any(|r| r.pricing.is_some()) && raw.settlement.private_key_env.is_empty() {
+    let private_key_envs = settlement_key_envs(&raw.settlement)?;
+    if routes.iter().any(|r| r.pricing.is_some()) && private_key_envs.is_empty() {
         return Err("settlement.private_key_env: name the environment variable that holds the settlement key".into());
     }
     let server = &raw.server;
@@ -68,8 +69,14 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         return Err("server.verify_queue: must be at least 1 when verify_threads is above 0".into());
     }
     let settlement = &raw.settlement;
-    if settlement.max_batch == 0 {
+    if settlement.max_batch == Some(0) {
         return Err("settlement.max_batch: must be at least 1".into());
+    }
+    if !(1..=256).contains(&settlement.max_transactions_in_flight) {
+        return Err("settlement.max_transactions_in_flight: must be between 1 and 256".into());
+    }
+    if !(1..=1000).contains(&settlement.bump_after_blocks) {
+        return Err("settlement.bump_after_blocks: must be between 1 and 1000".into());
     }
     if !(1..=86_400).contains(&settlement.stall_after_seconds) {
         return Err("settlement.stall_after_seconds: must be between 1 and 86400".into());
@@ -96,9 +103,11 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         },
         networks: context.networks,
         settlement: model::SettlementSettings {
-            private_key_env: settlement.private_key_env.clone(),
+            private_key_envs,
             policy: x402_settle::BatchPolicy {
-                max_batch: settlement.max_batch,
+                max_batch: settlement.max_batch.unwrap_or(usize::MAX),
+                max_in_flight: settlement.max_transactions_in_flight,
+                bump_after_blocks: settlement.bump_after_blocks,
                 max_wait: Duration::from_millis(settlement.max_wait_ms),
                 receipt_timeout: Duration::from_secs(settlement.receipt_timeout_seconds),
                 max_gas_per_transaction: settlement.max_gas_per_transaction,
@@ -144,6 +153,23 @@ fn refuse_duplicate_route_names(routes: &[Route]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The settlement keys' environment variables: `private_key_envs` when given (each once),
+/// else `private_key_env`.
+fn settlement_key_envs(settlement: &raw::RawSettlement) -> Result<Vec<String>, String> {
+    if settlement.private_key_envs.is_empty() {
+        return Ok([settlement.private_key_env.clone()].into_iter().filter(|env| !env.is_empty()).collect());
+    }
+    for (index, env) in settlement.private_key_envs.iter().enumerate() {
+        if env.is_empty() {
+            return Err(format!("settlement.private_key_envs[{index}]: empty; name an environment variable"));
+        }
+        if settlement.private_key_envs[..index].contains(env) {
+            return Err(format!("settlement.private_key_envs[{index}]: {env} is listed twice; each key is one nonce lane"));
+        }
+    }
+    Ok(settlement.private_key_envs.clone())
 }
 
 /// `file` taken from the config file's folder when it is relative.

@@ -108,7 +108,8 @@ pub struct Network {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementSettings {
-    pub private_key_env: String,
+    /// Environment variables holding the settlement keys: one nonce lane each.
+    pub private_key_envs: Vec<String>,
     pub policy: x402_settle::BatchPolicy,
     pub drain_timeout: Duration,
     pub journal_path: PathBuf,

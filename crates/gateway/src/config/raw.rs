@@ -215,7 +215,15 @@ pub struct RawEip712 {
 pub struct RawSettlement {
     /// Name of the environment variable that holds the settlement key (0x-hex).
     pub private_key_env: String,
-    pub max_batch: usize,
+    /// Several settlement keys (names of environment variables), one nonce lane each:
+    /// instead of `private_key_env`, for chains whose per-account throughput is the limit.
+    pub private_key_envs: Vec<String>,
+    /// Most payments per transaction; absent: as many as `max_gas_per_transaction` holds.
+    pub max_batch: Option<usize>,
+    /// Settlement transactions pending at once per key.
+    pub max_transactions_in_flight: usize,
+    /// Blocks a settlement transaction may wait before it is replaced with higher fees.
+    pub bump_after_blocks: u64,
     pub max_wait_ms: u64,
     pub receipt_timeout_seconds: u64,
     pub drain_timeout_seconds: u64,
@@ -241,7 +249,10 @@ impl Default for RawSettlement {
     fn default() -> Self {
         Self {
             private_key_env: "X402_SETTLEMENT_KEY".into(),
-            max_batch: 100,
+            private_key_envs: Vec::new(),
+            max_batch: None,
+            max_transactions_in_flight: 16,
+            bump_after_blocks: 3,
             max_wait_ms: 2000,
             receipt_timeout_seconds: 30,
             drain_timeout_seconds: 30,
