@@ -356,7 +356,12 @@ fn an_export_streams_the_chosen_states_oldest_first() {
     let reader = Journal::open_read_only(&dir.path().join("journal.db")).unwrap();
     let export = |filter: ExportFilter| {
         let mut ids = Vec::new();
-        reader.export(&filter, |record| -> Result<(), JournalError> { Ok(ids.push(record.id)) }).unwrap();
+        reader
+            .export(&filter, |record| -> Result<(), JournalError> {
+                ids.push(record.id);
+                Ok(())
+            })
+            .unwrap();
         ids
     };
     assert_eq!(export(ExportFilter { state: Some("settled".into()), since_ms: 0 }), ids);
