@@ -14,6 +14,7 @@
 //! - [`admin`]: the admin API: health, readiness, metrics, reload, state, drain.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
 //! - [`upgrade`]: the graceful-upgrade window, when the journal is asked about fresh nonces.
+//! - [`upkeep`]: prunes the journal past its retention, at start and periodically.
 
 pub mod admin;
 pub mod balance;
@@ -29,4 +30,5 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod upgrade;
+pub mod upkeep;
 pub mod verifier;

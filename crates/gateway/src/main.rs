@@ -107,6 +107,54 @@ enum PaymentsQuery {
         #[arg(long)]
         payer: String,
     },
+    /// Payments oldest first, for the audit trail that the journal's retention prunes:
+    /// JSON lines or CSV (a header row, then one row per payment). Streams, so any size of
+    /// journal exports in constant memory; safe while the gateway runs.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Which payments: `all` is every state, unsettled ones included.
+        #[arg(long, value_enum, default_value_t = ExportState::Settled)]
+        state: ExportState,
+        /// Only payments whose state last changed at or after this, so each export can take
+        /// what changed since the one before: Unix seconds or RFC 3339 (2026-01-31T00:00:00Z).
+        #[arg(long, value_parser = parse_since_ms, value_name = "TIME")]
+        since: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportState {
+    Settled,
+    Failed,
+    All,
+}
+
+impl ExportState {
+    /// The journal's state name; `None`: every state.
+    fn state_name(self) -> Option<&'static str> {
+        match self {
+            Self::Settled => Some("settled"),
+            Self::Failed => Some("failed"),
+            Self::All => None,
+        }
+    }
+}
+
+/// `--since` in Unix milliseconds, from Unix seconds or an RFC 3339 time.
+fn parse_since_ms(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds.saturating_mul(1000));
+    }
+    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| format!("neither Unix seconds nor an RFC 3339 time: {e}"))?;
+    u64::try_from(time.timestamp_millis()).map_err(|_| "before 1970".to_owned())
 }
 
 fn main() -> ExitCode {
@@ -193,9 +241,34 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
                 println!("{}", serde_json::json!({"payer": block.payer, "until": block.until, "reason": block.reason}));
             }
         }
+        PaymentsQuery::Export { format, state, since } => {
+            let filter = x402_store::ExportFilter { state: state.state_name().map(str::to_owned), since_ms: since.unwrap_or(0) };
+            export(&reader, &filter, format)?;
+        }
         PaymentsQuery::Unblock { .. } => {}
     }
     Ok(())
+}
+
+/// Writes every payment `filter` selects to stdout as it is read.
+fn export(reader: &x402_store::JournalReader, filter: &x402_store::ExportFilter, format: ExportFormat) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        ExportFormat::Jsonl => {
+            reader.export(filter, |record| -> anyhow::Result<()> {
+                serde_json::to_writer(&mut out, &x402_gateway::receipts::ExportRow::from(&record))?;
+                Ok(out.write_all(b"\n")?)
+            })?;
+        }
+        ExportFormat::Csv => {
+            let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(&mut out);
+            csv.write_record(x402_gateway::receipts::ExportRow::COLUMNS)?;
+            reader.export(filter, |record| -> anyhow::Result<()> { Ok(csv.serialize(x402_gateway::receipts::ExportRow::from(&record))?) })?;
+            csv.flush()?;
+        }
+    }
+    out.flush().context("cannot write the export")
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

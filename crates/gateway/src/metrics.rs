@@ -32,6 +32,7 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub verify_seconds: Histogram,
     pub verify_queue_depth: IntGauge,
+    pub journal_pruned: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +75,7 @@ impl Metrics {
                 "x402_verify_queue_depth",
                 "Payments waiting for a verify thread; at server.verify_queue new payments get 503",
             )?,
+            journal_pruned: counter("x402_journal_pruned_rows_total", "Rows the journal's upkeep deleted past retention, by table", &["table"])?,
         };
         metrics.register_all()?;
         Ok(metrics)
@@ -81,7 +83,7 @@ impl Metrics {
 
     fn register_all(&self) -> prometheus::Result<()> {
         let registry = &self.registry;
-        for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads] {
+        for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads, &self.journal_pruned] {
             registry.register(Box::new(metric.clone()))?;
         }
         for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth] {

@@ -56,8 +56,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot set up metrics")?);
     let settle_flush = Arc::new(AtomicBool::new(false));
     let journal = Arc::new(
-        Journal::open(&config.settlement.journal_path, JournalOptions { group_commit: config.settlement.group_commit, sync: config.settlement.journal_sync })
-            .context("cannot open the settlement journal")?,
+        Journal::open(&config.settlement.journal_path, journal_options(&config)).context("cannot open the settlement journal")?,
     );
     let replay = rebuild_replay_store(&journal)?;
     let exposure = rebuild_exposure(&config, &journal)?;
@@ -76,6 +75,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    crate::upkeep::spawn(journal.clone(), config.settlement.journal_retention, metrics.journal_pruned.clone(), shutdown_rx.clone())
+        .context("cannot start the journal upkeep thread")?;
     let health = Arc::new(SettlementHealth::default());
     if let Some(key) = &key {
         spawn_stall_guard(&config, key, journal.clone(), health.clone(), shutdown_rx.clone())?;
@@ -182,6 +183,16 @@ fn admin_token(config: &Config) -> anyhow::Result<Option<AdminToken>> {
     }
     let env = &config.admin.token_env;
     Ok(AdminToken::from_env_value(env, std::env::var(env).ok().as_deref())?)
+}
+
+fn journal_options(config: &Config) -> JournalOptions {
+    JournalOptions {
+        group_commit: config.settlement.group_commit,
+        sync: config.settlement.journal_sync,
+        // One receipt connection per proxy worker thread: a worker looks receipts up one at a
+        // time and without yielding, so it always finds a free one and never waits.
+        receipt_readers: config.server.threads,
+    }
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {

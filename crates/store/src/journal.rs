@@ -14,6 +14,11 @@
 //! raw transaction and its hash), so after a crash the settler can find out what happened to
 //! each one on-chain, or send the very same transaction again, instead of signing a new one
 //! blindly.
+//!
+//! Upkeep ([`Journal::prune`]) keeps the file from growing without bound: finished payments
+//! past their retention, finished batches, expired payer blocks and superseded loss-budget
+//! resets are deleted in bounded passes on the writer; a finished batch's signed bytes are
+//! dropped when it finishes. `x402-gateway payments export` keeps the audit trail first.
 
 use rusqlite::{params, Connection, OpenFlags, Row};
 use std::collections::BTreeMap;
@@ -39,6 +44,8 @@ pub enum JournalError {
     Closed,
     #[error("journal row {id}: {what}")]
     Corrupt { id: u64, what: String },
+    #[error("every journal connection for this kind of read is busy; try again")]
+    Busy,
 }
 
 /// What the settler needs to put one payment on-chain.
@@ -156,12 +163,84 @@ pub struct JournalOptions {
     /// write, for comparison.
     pub group_commit: bool,
     pub sync: JournalSync,
+    /// Connections kept for [`Journal::receipt`]; 0: one per core. A caller that holds at
+    /// most one at a time (a proxy worker thread) never waits for one if there are at least
+    /// as many as such callers.
+    pub receipt_readers: usize,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self { group_commit: true, sync: JournalSync::Full }
+        Self { group_commit: true, sync: JournalSync::Full, receipt_readers: 0 }
     }
+}
+
+/// What [`Journal::prune`] may delete, and how much of it in one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct PrunePolicy {
+    /// Settled and failed payments whose `validBefore` is more than this in the past go,
+    /// and batches finished and sent longer ago than this.
+    pub retention: std::time::Duration,
+    /// Unix milliseconds: the time the retention is counted back from.
+    pub now_ms: u64,
+    /// Most payments, and most batches, deleted in one pass (one write transaction).
+    pub max_rows: usize,
+}
+
+/// How many rows one [`Journal::prune`] pass deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub payments: u64,
+    pub payment_transactions: u64,
+    pub batches: u64,
+    pub payer_blocks: u64,
+    pub loss_resets: u64,
+    /// A pass stopped at its row bound: another may find more.
+    pub more: bool,
+}
+
+impl PruneReport {
+    /// (table, rows deleted) for every table, for metrics and logs.
+    pub fn by_table(&self) -> [(&'static str, u64); 5] {
+        [
+            ("payments", self.payments),
+            ("payment_transactions", self.payment_transactions),
+            ("batches", self.batches),
+            ("payer_blocks", self.payer_blocks),
+            ("loss_resets", self.loss_resets),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_table().iter().map(|(_, rows)| rows).sum()
+    }
+}
+
+/// Sums passes; `more` is the later pass's.
+impl std::ops::AddAssign for PruneReport {
+    fn add_assign(&mut self, later: Self) {
+        self.payments += later.payments;
+        self.payment_transactions += later.payment_transactions;
+        self.batches += later.batches;
+        self.payer_blocks += later.payer_blocks;
+        self.loss_resets += later.loss_resets;
+        self.more = later.more;
+    }
+}
+
+/// How far back the loss budget counts failed payments when it is rebuilt at start: a
+/// failed payment younger than this is kept whatever the retention, so pruning never
+/// forgives a loss the budget still counts.
+pub const LOSS_WINDOW_MS: u64 = 86_400_000;
+
+/// Which payments [`JournalReader::export`] streams.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    /// One state name, or every state.
+    pub state: Option<String>,
+    /// Only payments whose state last changed at or after this (Unix milliseconds), so
+    /// repeated exports can each take what changed since the one before.
+    pub since_ms: u64,
 }
 
 /// When a commit counts as written.
@@ -281,6 +360,9 @@ CREATE INDEX IF NOT EXISTS payments_unsettled ON payments (network, state, valid
 CREATE INDEX IF NOT EXISTS payments_in_flight ON payments (transaction_hash) WHERE state = 'submitted';
 -- Payments the settler gave up on, while a transaction of theirs may still land.
 CREATE INDEX IF NOT EXISTS payments_given_up ON payments (network, valid_before) WHERE state = 'failed' AND failure LIKE '%gave up after%';
+-- Finished payments by deadline, for pruning. Rows enter it when they settle or fail, on the
+-- settler's batched update, never on the paid request's insert.
+CREATE INDEX IF NOT EXISTS payments_finished ON payments (valid_before) WHERE state IN ('settled', 'failed');
 -- Earlier journals indexed every row three more times; each paid request paid for it.
 DROP INDEX IF EXISTS payments_by_state;
 DROP INDEX IF EXISTS payments_by_payer;
@@ -306,6 +388,9 @@ CREATE TABLE IF NOT EXISTS batches (
     sent_at_ms INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0
 );
+-- Open batches are few whatever the journal's age: recovery and the settler read only these.
+CREATE INDEX IF NOT EXISTS batches_open ON batches (network, sent_at_ms) WHERE done = 0;
+CREATE INDEX IF NOT EXISTS batches_done ON batches (sent_at_ms) WHERE done = 1;
 ";
 
 /// The `payments_unsettled` index's condition, which a query must repeat to use it.
@@ -329,6 +414,16 @@ static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLU
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
 static OLDEST_UNSETTLED: LazyLock<String> = LazyLock::new(|| format!("SELECT min(accepted_at_ms) FROM payments WHERE {UNSETTLED}"));
 static EARLIEST_DEADLINE: LazyLock<String> = LazyLock::new(|| format!("SELECT min(valid_before) FROM payments WHERE {UNSETTLED}"));
+const OPEN_BATCHES: &str =
+    "SELECT transaction_hash, network, raw, sent_at_ms FROM batches WHERE done = 0 AND network = ?1 ORDER BY sent_at_ms";
+static BY_RECEIPT: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1"));
+/// Finished payments past retention (`?1`: `validBefore` before it), a failure only once
+/// the loss budget has stopped counting it (`?2`: failed before it, Unix ms).
+const PRUNABLE_PAYMENTS: &str = "SELECT id FROM payments WHERE state IN ('settled', 'failed') AND valid_before < ?1
+    AND (state = 'settled' OR updated_at_ms < ?2) LIMIT ?3";
+const PRUNE_BATCHES: &str =
+    "DELETE FROM batches WHERE rowid IN (SELECT rowid FROM batches WHERE done = 1 AND sent_at_ms < ?1 LIMIT ?2)";
+const TRANSACTIONS_OF: &str = "SELECT transaction_hash FROM payment_transactions WHERE payment_id = ?1 ORDER BY rowid DESC";
 /// One seek in the `UNIQUE (chain_id, asset, payer, nonce)` index.
 const HOLDS_AUTHORIZATION: &str = "SELECT 1 FROM payments WHERE chain_id = ?1 AND asset = ?2 AND payer = ?3 AND nonce = ?4";
 
@@ -341,6 +436,9 @@ pub struct Journal {
     checkpointer: Mutex<Option<Checkpointer>>,
     reader: Mutex<Connection>,
     lookups: Lookups,
+    /// The public receipt endpoint's own connections: a flood of look-ups there can delay
+    /// neither the settler's reads nor [`Journal::holds_authorization`].
+    receipts: Lookups,
     changed: Notify,
     recorded: AtomicU64,
 }
@@ -357,7 +455,8 @@ impl Journal {
         writer_connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(open_error)?;
         writer_connection.execute_batch(SCHEMA).map_err(open_error)?;
         let reader = open_reader(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(open_error)?;
-        let lookups = Lookups::open(path).map_err(open_error)?;
+        let lookups = Lookups::open(path, 0).map_err(open_error)?;
+        let receipts = Lookups::open(path, options.receipt_readers).map_err(open_error)?;
         let (sender, receiver) = mpsc::channel();
         let group = if options.group_commit { MAX_GROUP } else { 1 };
         let commits = Arc::new(AtomicU64::new(0));
@@ -376,6 +475,7 @@ impl Journal {
             checkpointer: Mutex::new(Some(checkpointer)),
             reader: Mutex::new(reader),
             lookups,
+            receipts,
             changed: Notify::new(),
             recorded: AtomicU64::new(0),
         })
@@ -484,13 +584,27 @@ impl Journal {
         .await
     }
 
-    /// The batch's fate is known and written to its payments: recovery can skip it.
+    /// The batch's fate is known and written to its payments: recovery can skip it, and
+    /// its signed bytes, only ever needed to send it again, are dropped.
     pub async fn finish_batch(&self, transaction: String) -> Result<(), JournalError> {
         self.write(move |connection| {
-            connection.execute("UPDATE batches SET done = 1 WHERE transaction_hash = ?1", params![transaction])?;
+            connection.execute("UPDATE batches SET done = 1, raw = x'' WHERE transaction_hash = ?1", params![transaction])?;
             Ok(())
         })
         .await
+    }
+
+    /// One bounded pass of upkeep, in one write transaction: deletes settled and failed
+    /// payments whose `validBefore` is older than the retention (with the transactions they
+    /// were sent in), finished batches sent before it, expired payer blocks, and every
+    /// loss-budget reset but the latest.
+    ///
+    /// Never deleted: a payment still unsettled, whatever its age; a failed payment the loss
+    /// budget still counts ([`LOSS_WINDOW_MS`]); an authorization that can still be used
+    /// on-chain (its `validBefore` is past, so the verifier refuses it as expired and the
+    /// replay store, rebuilt from live authorizations only, never needed it).
+    pub async fn prune(&self, policy: PrunePolicy) -> Result<PruneReport, JournalError> {
+        self.write(move |connection| prune(connection, &policy)).await
     }
 
     /// Refuses `payer` until `until` (Unix seconds), durably: it outlives a restart, and an
@@ -542,9 +656,7 @@ impl Journal {
     /// Settlement transactions whose outcome was not yet written back (a crash came first).
     pub fn open_batches(&self, network: &str) -> Result<Vec<BatchRecord>, JournalError> {
         let reader = lock(&self.reader);
-        let mut statement = reader.prepare(
-            "SELECT transaction_hash, network, raw, sent_at_ms FROM batches WHERE done = 0 AND network = ?1 ORDER BY sent_at_ms",
-        )?;
+        let mut statement = reader.prepare_cached(OPEN_BATCHES)?;
         let rows = statement.query_map(params![network], |row| {
             Ok(BatchRecord { transaction: row.get(0)?, network: row.get(1)?, raw: row.get(2)?, sent_at_ms: row.get(3)? })
         })?;
@@ -565,8 +677,7 @@ impl Journal {
     /// Every settlement transaction payment `id` was sent in, the latest first.
     pub fn transactions_of(&self, id: u64) -> Result<Vec<String>, JournalError> {
         let reader = lock(&self.reader);
-        let mut statement =
-            reader.prepare_cached("SELECT transaction_hash FROM payment_transactions WHERE payment_id = ?1 ORDER BY rowid DESC")?;
+        let mut statement = reader.prepare_cached(TRANSACTIONS_OF)?;
         let rows = statement.query_map(params![id], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -616,8 +727,17 @@ impl Journal {
         Ok(query_payments(&lock(&self.reader), &sql, params![id])?.pop())
     }
 
+    /// The payment with this receipt id: one index seek on a look-up connection, never
+    /// behind the settler's reads. Waits for a connection only if every one is busy.
     pub fn by_receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
-        by_receipt(&lock(&self.reader), receipt_id)
+        by_receipt(&self.lookups.take(), receipt_id)
+    }
+
+    /// [`Journal::by_receipt`] for the public receipt endpoint, on connections of its own,
+    /// and never waiting: [`JournalError::Busy`] when every one is in use.
+    pub fn receipt(&self, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
+        let connection = self.receipts.try_take().ok_or(JournalError::Busy)?;
+        by_receipt(&connection, receipt_id)
     }
 
     /// Whether the journal holds the authorization `(chain_id, asset, payer, nonce)`
@@ -680,6 +800,19 @@ impl JournalReader {
     pub fn payer_blocks(&self, now: u64) -> Result<Vec<PayerBlock>, JournalError> {
         payer_blocks(&self.connection, now)
     }
+
+    /// Hands every payment `filter` selects to `visit`, oldest first, one row at a time (the
+    /// journal may hold millions: none of it is collected in memory). Stops at the first
+    /// error `visit` returns.
+    pub fn export<E: From<JournalError>>(&self, filter: &ExportFilter, mut visit: impl FnMut(PaymentRecord) -> Result<(), E>) -> Result<(), E> {
+        let sql = format!("SELECT {COLUMNS} FROM payments WHERE (?1 IS NULL OR state = ?1) AND updated_at_ms >= ?2 ORDER BY id");
+        let mut statement = self.connection.prepare(&sql).map_err(JournalError::from)?;
+        let mut rows = statement.query(params![filter.state, filter.since_ms]).map_err(JournalError::from)?;
+        while let Some(row) = rows.next().map_err(JournalError::from)? {
+            visit(read_columns(row).map_err(JournalError::from)?.into_record()?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Clears a payer's block in the journal at `path` (an operator's call, while the gateway
@@ -700,8 +833,31 @@ pub fn record_loss_reset(path: &Path, at_ms: u64) -> Result<(), JournalError> {
 }
 
 fn by_receipt(connection: &Connection, receipt_id: &str) -> Result<Option<PaymentRecord>, JournalError> {
-    let sql = format!("SELECT {COLUMNS} FROM payments WHERE receipt_id = ?1");
-    Ok(query_payments(connection, &sql, params![receipt_id])?.pop())
+    Ok(query_payments(connection, &BY_RECEIPT, params![receipt_id])?.pop())
+}
+
+/// One pass of [`Journal::prune`], inside the writer's transaction.
+fn prune(connection: &Connection, policy: &PrunePolicy) -> Result<PruneReport, JournalError> {
+    let retention_ms = u64::try_from(policy.retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff_ms = policy.now_ms.saturating_sub(retention_ms);
+    let failures_kept_from_ms = cutoff_ms.min(policy.now_ms.saturating_sub(LOSS_WINDOW_MS));
+    let limit = limit_param(policy.max_rows.max(1));
+    let ids: Vec<u64> = connection
+        .prepare_cached(PRUNABLE_PAYMENTS)?
+        .query_map(params![cutoff_ms / 1000, failures_kept_from_ms, limit], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut report = PruneReport::default();
+    let mut delete_payment = connection.prepare_cached("DELETE FROM payments WHERE id = ?1")?;
+    let mut delete_transactions = connection.prepare_cached("DELETE FROM payment_transactions WHERE payment_id = ?1")?;
+    for id in &ids {
+        report.payments += delete_payment.execute(params![id])? as u64;
+        report.payment_transactions += delete_transactions.execute(params![id])? as u64;
+    }
+    report.batches = connection.prepare_cached(PRUNE_BATCHES)?.execute(params![cutoff_ms, limit])? as u64;
+    report.payer_blocks = connection.execute("DELETE FROM payer_blocks WHERE until <= ?1", params![policy.now_ms / 1000])? as u64;
+    report.loss_resets = connection.execute("DELETE FROM loss_resets WHERE at_ms < (SELECT max(at_ms) FROM loss_resets)", [])? as u64;
+    report.more = ids.len() >= policy.max_rows.max(1) || report.batches >= policy.max_rows.max(1) as u64;
+    Ok(report)
 }
 
 fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, JournalError> {
@@ -710,31 +866,43 @@ fn payer_blocks(connection: &Connection, now: u64) -> Result<Vec<PayerBlock>, Jo
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Read-only connections for [`Journal::holds_authorization`], one per core: a caller takes
-/// a free one and waits only when every one is busy.
+/// Read-only connections for one-seek look-ups (`count`, or one per core): a caller takes a
+/// free one and waits only when every one is busy.
 struct Lookups {
     connections: Box<[Mutex<Connection>]>,
     next: AtomicU64,
 }
 
 impl Lookups {
-    fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let count = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+    fn open(path: &Path, count: usize) -> Result<Self, rusqlite::Error> {
+        let count = match count {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16),
+            count => count.min(256),
+        };
         let connections = (0..count)
             .map(|_| open_reader(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(Self { connections, next: AtomicU64::new(0) })
     }
 
+    /// A free connection, or the next one's turn when every one is busy.
     fn take(&self) -> std::sync::MutexGuard<'_, Connection> {
-        let count = self.connections.len();
-        let start = usize::try_from(self.next.fetch_add(1, Ordering::Relaxed)).unwrap_or_default() % count;
-        for offset in 0..count {
-            if let Ok(connection) = self.connections[(start + offset) % count].try_lock() {
-                return connection;
-            }
-        }
-        lock(&self.connections[start])
+        self.try_take().unwrap_or_else(|| lock(&self.connections[self.start()]))
+    }
+
+    /// A free connection, or `None` when every one is busy: never waits.
+    fn try_take(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        let (start, count) = (self.start(), self.connections.len());
+        (0..count).find_map(|offset| match self.connections[(start + offset) % count].try_lock() {
+            Ok(connection) => Some(connection),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// Where the next caller starts looking, so callers spread over the connections.
+    fn start(&self) -> usize {
+        usize::try_from(self.next.fetch_add(1, Ordering::Relaxed)).unwrap_or_default() % self.connections.len()
     }
 }
 

@@ -12,8 +12,8 @@ pub mod journal;
 pub mod replay;
 
 pub use journal::{
-    clear_payer_block, record_loss_reset, BatchRecord, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter, PaymentRecord, PaymentState,
-    SettlementItem,
+    clear_payer_block, record_loss_reset, BatchRecord, ExportFilter, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter,
+    PaymentRecord, PaymentState, PrunePolicy, PruneReport, SettlementItem, LOSS_WINDOW_MS,
 };
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};

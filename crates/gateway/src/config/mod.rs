@@ -87,6 +87,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     if settlement.max_gas_per_transaction < 100_000 {
         return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
     }
+    let journal_retention = journal_retention(settlement.journal_retention_days)?;
     let journal_path = beside(path, &settlement.journal_path);
     Ok(Config {
         source: path.to_owned(),
@@ -123,6 +124,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
             stall_after: Duration::from_secs(settlement.stall_after_seconds),
             settle_before_queue: settlement.settle_before_queue,
+            journal_retention,
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {
@@ -173,6 +175,17 @@ fn settlement_key_envs(settlement: &raw::RawSettlement) -> Result<Vec<String>, S
 }
 
 /// `file` taken from the config file's folder when it is relative.
+/// `settlement.journal_retention_days` as a duration: above zero (fractions allowed, down to
+/// seconds), at most a century. Any positive value is safe: what replay protection and the
+/// loss budget need is kept whatever it says (see `x402_store::Journal::prune`).
+fn journal_retention(days: f64) -> Result<Duration, String> {
+    const MAX_DAYS: f64 = 36_500.0;
+    if !(days > 0.0 && days <= MAX_DAYS) {
+        return Err(format!("settlement.journal_retention_days: must be above 0 and at most {MAX_DAYS} (got {days})"));
+    }
+    Duration::try_from_secs_f64(days * 86_400.0).map_err(|e| format!("settlement.journal_retention_days: {e}"))
+}
+
 fn beside(config: &Path, file: &Path) -> PathBuf {
     match config.parent() {
         Some(folder) if file.is_relative() => folder.join(file),

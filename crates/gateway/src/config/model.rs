@@ -119,6 +119,8 @@ pub struct SettlementSettings {
     pub stall_after: Duration,
     /// `settle: before` payments that may wait for the settler before 503.
     pub settle_before_queue: usize,
+    /// How long a finished payment is kept past its `validBefore` (see `crate::upkeep`).
+    pub journal_retention: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -243,6 +243,9 @@ pub struct RawSettlement {
     pub stall_after_seconds: u64,
     /// `settle: before` payments that may wait for the settler; beyond it they get 503.
     pub settle_before_queue: usize,
+    /// Days a settled or failed payment is kept after its `validBefore` before it is pruned
+    /// from the journal; fractions allowed.
+    pub journal_retention_days: f64,
 }
 
 impl Default for RawSettlement {
@@ -263,6 +266,7 @@ impl Default for RawSettlement {
             max_gas_per_transaction: 16_000_000,
             stall_after_seconds: 30,
             settle_before_queue: 64,
+            journal_retention_days: 30.0,
         }
     }
 }

@@ -173,3 +173,14 @@ fn the_settle_before_queue_has_a_default_and_refuses_zero() {
     let err = parse(&format!("{BASE}settlement:\n  settle_before_queue: 0\n")).unwrap_err();
     assert!(err.contains("settlement.settle_before_queue: must be at least 1"), "{err}");
 }
+
+#[test]
+fn the_journal_retention_has_a_default_takes_fractions_and_refuses_nonsense() {
+    assert_eq!(parse(BASE).unwrap().settlement.journal_retention, std::time::Duration::from_secs(30 * 86_400));
+    let seconds = parse(&format!("{BASE}settlement:\n  journal_retention_days: 0.0001\n")).unwrap();
+    assert_eq!(seconds.settlement.journal_retention.as_millis(), 8_640);
+    for bad in ["0", "-1", ".nan", ".inf", "36501"] {
+        let err = parse(&format!("{BASE}settlement:\n  journal_retention_days: {bad}\n")).unwrap_err();
+        assert!(err.contains("settlement.journal_retention_days: must be above 0"), "{bad}: {err}");
+    }
+}

@@ -176,21 +176,199 @@ fn frequent_queries_use_the_partial_indexes() {
         }
     });
     let connection = Connection::open(dir.path().join("journal.db")).unwrap();
-    for (query, index) in [
-        (&*ACCEPTED, "payments_unsettled"),
-        (&*UNSETTLED_ROWS, "payments_unsettled"),
-        (&*UNSETTLED_COUNT, "payments_unsettled"),
-        (&*OLDEST_UNSETTLED, "payments_unsettled"),
-        (&*EARLIEST_DEADLINE, "payments_unsettled"),
-        (&*SUBMITTED_IN, "payments_in_flight"),
-        (&*GIVEN_UP, "payments_given_up"),
-    ] {
+    // Every query the settler, the stall guard, the probes, the receipt endpoint and the
+    // upkeep pass run again and again, with the index it must be planned with.
+    let queries: [(&str, &str); 13] = [
+        (&ACCEPTED, "payments_unsettled"),
+        (&UNSETTLED_ROWS, "payments_unsettled"),
+        (&UNSETTLED_COUNT, "payments_unsettled"),
+        (&OLDEST_UNSETTLED, "payments_unsettled"),
+        (&EARLIEST_DEADLINE, "payments_unsettled"),
+        (&SUBMITTED_IN, "payments_in_flight"),
+        (&GIVEN_UP, "payments_given_up"),
+        (OPEN_BATCHES, "batches_open"),
+        (&BY_RECEIPT, "sqlite_autoindex_payments_1"),
+        (HOLDS_AUTHORIZATION, "sqlite_autoindex_payments_2"),
+        (TRANSACTIONS_OF, "sqlite_autoindex_payment_transactions_1"),
+        (PRUNABLE_PAYMENTS, "payments_finished"),
+        (PRUNE_BATCHES, "batches_done"),
+    ];
+    for (query, index) in queries {
         let mut explain = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
-        let values = ["eip155:84532", "10"].into_iter().take(explain.parameter_count());
+        let values = ["eip155:84532", "10", "10", "10"].into_iter().take(explain.parameter_count());
         let plan: Vec<String> =
             explain.query_map(rusqlite::params_from_iter(values), |row| row.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
         assert!(plan.iter().any(|step| step.contains(index)), "{query}\n  is planned as {plan:?}, not with {index}");
+        // Walking a partial index is fine (it holds only the rows asked for); walking a table is not.
+        let table_scan = |step: &String| ["SCAN payments", "SCAN batches"].iter().any(|scan| step.starts_with(scan) && !step.contains(" INDEX "));
+        assert!(!plan.iter().any(table_scan), "{query}\n  scans a table: {plan:?}");
     }
+}
+
+/// A settled or failed payment with `valid_before`, sent in (done) batch `transaction`.
+async fn finished(journal: &Journal, n: u8, valid_before: u64, state: PaymentState) -> u64 {
+    let id = journal.record(payment(n, "eip155:84532", valid_before)).await.unwrap();
+    let transaction = format!("0x{n:02x}");
+    let batch = BatchRecord { transaction: transaction.clone(), network: "eip155:84532".into(), raw: vec![n; 100], sent_at_ms: 5 };
+    journal.record_batch(batch, vec![id]).await.unwrap();
+    journal.set_state(id, state).await.unwrap();
+    journal.finish_batch(transaction).await.unwrap();
+    id
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+fn policy(retention_ms: u64, now_ms: u64, max_rows: usize) -> PrunePolicy {
+    PrunePolicy { retention: std::time::Duration::from_millis(retention_ms), now_ms, max_rows }
+}
+
+#[test]
+fn pruning_deletes_finished_payments_past_retention_with_their_transactions_and_batches() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    let now_ms = crate::unix_now_ms() + 3 * DAY_MS;
+    let recent = now_ms / 1000 - 3600;
+    block_on(async {
+        let old_settled = finished(&journal, 1, 1_000, PaymentState::Settled { transaction: "0x01".into() }).await;
+        let old_failed = finished(&journal, 2, 1_000, PaymentState::Failed { reason: "no funds".into() }).await;
+        let kept = finished(&journal, 3, recent, PaymentState::Settled { transaction: "0x03".into() }).await;
+        let open = BatchRecord { transaction: "0xopen".into(), network: "eip155:84532".into(), raw: vec![9], sent_at_ms: 5 };
+        let submitted = journal.record(payment(4, "eip155:84532", 1_000)).await.unwrap();
+        journal.record_batch(open.clone(), vec![submitted]).await.unwrap();
+
+        let report = journal.prune(policy(DAY_MS, now_ms, 100)).await.unwrap();
+        assert_eq!((report.payments, report.payment_transactions, report.batches), (2, 2, 3), "{report:?}");
+        assert!(!report.more);
+        assert!(journal.get(old_settled).unwrap().is_none() && journal.get(old_failed).unwrap().is_none());
+        assert!(journal.transactions_of(old_settled).unwrap().is_empty());
+        assert!(journal.get(kept).unwrap().is_some(), "inside retention");
+        assert_eq!(journal.transactions_of(kept).unwrap(), vec!["0x03".to_owned()], "its transaction stays with it");
+        assert_eq!(journal.open_batches("eip155:84532").unwrap(), vec![open], "an open batch is never pruned");
+        assert_eq!(journal.get(submitted).unwrap().map(|r| r.state.name()), Some("submitted"));
+        assert_eq!(journal.prune(policy(DAY_MS, now_ms, 100)).await.unwrap(), PruneReport::default(), "nothing left to prune");
+    });
+}
+
+#[test]
+fn an_unsettled_payment_is_never_pruned_whatever_its_age() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    block_on(async {
+        let accepted = journal.record(payment(1, "eip155:84532", 1)).await.unwrap();
+        let submitted = journal.record(payment(2, "eip155:84532", 1)).await.unwrap();
+        let batch = BatchRecord { transaction: "0xfeed".into(), network: "eip155:84532".into(), raw: vec![1], sent_at_ms: 1 };
+        journal.record_batch(batch, vec![submitted]).await.unwrap();
+        let report = journal.prune(policy(1, u64::MAX / 2, 100)).await.unwrap();
+        assert_eq!((report.payments, report.payment_transactions, report.batches), (0, 0, 0));
+        assert_eq!(journal.unsettled().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![accepted, submitted]);
+        assert_eq!(journal.transactions_of(submitted).unwrap(), vec!["0xfeed".to_owned()]);
+    });
+}
+
+#[test]
+fn a_failure_the_loss_budget_still_counts_is_kept_whatever_the_retention() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    let now_ms = crate::unix_now_ms();
+    block_on(async {
+        let settled = finished(&journal, 1, 1_000, PaymentState::Settled { transaction: "0x01".into() }).await;
+        let failed = finished(&journal, 2, 1_000, PaymentState::Failed { reason: "no funds".into() }).await;
+        let report = journal.prune(policy(1_000, now_ms, 100)).await.unwrap();
+        assert_eq!(report.payments, 1);
+        assert!(journal.get(settled).unwrap().is_none());
+        assert!(journal.get(failed).unwrap().is_some(), "failed within the day the loss budget counts");
+        assert_eq!(journal.failures_since(now_ms - DAY_MS).unwrap().len(), 1);
+        // A day later the budget no longer counts it: it goes.
+        assert_eq!(journal.prune(policy(1_000, now_ms + DAY_MS + 60_000, 100)).await.unwrap().payments, 1);
+        assert!(journal.get(failed).unwrap().is_none());
+    });
+}
+
+#[test]
+fn a_pass_prunes_at_most_its_bound_and_says_when_more_is_left() {
+    let (_dir, journal) = temp_journal(JournalOptions::default());
+    let now_ms = crate::unix_now_ms() + 3 * DAY_MS;
+    block_on(async {
+        for n in 0..5 {
+            finished(&journal, n, 1_000, PaymentState::Settled { transaction: format!("0x{n:02x}") }).await;
+        }
+        let mut passes = Vec::new();
+        for _ in 0..3 {
+            let report = journal.prune(policy(DAY_MS, now_ms, 2)).await.unwrap();
+            passes.push((report.payments, report.more));
+        }
+        assert_eq!(passes, vec![(2, true), (2, true), (1, false)]);
+    });
+}
+
+#[test]
+fn expired_payer_blocks_and_superseded_loss_resets_are_pruned() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let now_ms = crate::unix_now_ms();
+    let now = now_ms / 1000;
+    block_on(async {
+        journal.block_payer(PayerBlock { payer: "0xA1".into(), until: now - 1, reason: "expired".into() }).await.unwrap();
+        journal.block_payer(PayerBlock { payer: "0xA2".into(), until: now + 3600, reason: "still".into() }).await.unwrap();
+    });
+    for at_ms in [10, 30, 20] {
+        record_loss_reset(&dir.path().join("journal.db"), at_ms).unwrap();
+    }
+    let report = block_on(journal.prune(policy(DAY_MS, now_ms, 100))).unwrap();
+    assert_eq!((report.payer_blocks, report.loss_resets), (1, 2));
+    assert_eq!(journal.payer_blocks(0).unwrap().iter().map(|b| b.payer.as_str()).collect::<Vec<_>>(), vec!["0xA2"]);
+    assert_eq!(journal.last_loss_reset_ms().unwrap(), Some(30), "the latest reset stays");
+}
+
+#[test]
+fn a_finished_batch_keeps_no_signed_bytes() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    block_on(finished(&journal, 1, 300, PaymentState::Settled { transaction: "0x01".into() }));
+    let raw: Vec<u8> =
+        Connection::open(dir.path().join("journal.db")).unwrap().query_row("SELECT raw FROM batches WHERE transaction_hash = '0x01'", [], |row| row.get(0)).unwrap();
+    assert!(raw.is_empty(), "{} bytes left", raw.len());
+}
+
+#[test]
+fn receipts_are_read_on_connections_of_their_own_and_never_waited_for() {
+    let (_dir, journal) = temp_journal(JournalOptions { receipt_readers: 1, ..JournalOptions::default() });
+    let entry = payment(1, "eip155:84532", 300);
+    let receipt_id = entry.receipt_id.clone();
+    block_on(journal.record(entry)).unwrap();
+    // The settler's reader is busy: a receipt look-up does not wait for it.
+    let settler_reads = lock(&journal.reader);
+    assert_eq!(journal.receipt(&receipt_id).unwrap().map(|r| r.receipt_id), Some(receipt_id.clone()));
+    assert!(journal.by_receipt(&receipt_id).unwrap().is_some());
+    drop(settler_reads);
+    // Its only connection is busy: the answer is "busy", at once.
+    let held = journal.receipts.try_take().expect("free");
+    assert!(matches!(journal.receipt(&receipt_id), Err(JournalError::Busy)));
+    drop(held);
+    assert!(journal.receipt("nope").unwrap().is_none());
+}
+
+#[test]
+fn an_export_streams_the_chosen_states_oldest_first() {
+    let (dir, journal) = temp_journal(JournalOptions::default());
+    let ids = block_on(async {
+        let a = finished(&journal, 1, 300, PaymentState::Settled { transaction: "0x01".into() }).await;
+        finished(&journal, 2, 300, PaymentState::Failed { reason: "no funds".into() }).await;
+        journal.record(payment(3, "eip155:84532", 300)).await.unwrap();
+        let b = finished(&journal, 4, 300, PaymentState::Settled { transaction: "0x04".into() }).await;
+        vec![a, b]
+    });
+    let reader = Journal::open_read_only(&dir.path().join("journal.db")).unwrap();
+    let export = |filter: ExportFilter| {
+        let mut ids = Vec::new();
+        reader
+            .export(&filter, |record| -> Result<(), JournalError> {
+                ids.push(record.id);
+                Ok(())
+            })
+            .unwrap();
+        ids
+    };
+    assert_eq!(export(ExportFilter { state: Some("settled".into()), since_ms: 0 }), ids);
+    assert_eq!(export(ExportFilter::default()).len(), 4);
+    assert!(export(ExportFilter { state: Some("settled".into()), since_ms: u64::MAX / 2 }).is_empty());
+    let stopped = reader.export(&ExportFilter::default(), |_| Err(JournalError::Closed));
+    assert!(matches!(stopped, Err(JournalError::Closed)), "the visitor's error stops the export");
 }
 
 #[test]
