@@ -6,7 +6,7 @@
 #   4. end-to-end tests: real anvil + sample upstream + the x402-gateway binary + official clients
 #   4b. deploy/ checked with hadolint, kubernetes-validate and systemd-analyze
 #   5. a short, bounded fuzz run of header decoding and verification (when cargo-fuzz is available)
-#   6. the criterion benches and the load harness in quick mode, so they cannot rot
+#   6. the criterion benches, the load harness and the settlement soak in quick mode, so they cannot rot
 # Environment: X402_FUZZ_SECONDS (default 30; 0 skips), X402_SKIP_BENCH=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,8 @@ if [ "${X402_SKIP_BENCH:-0}" != 1 ]; then
   cargo bench --locked -p x402-gateway-benches --bench replay_memory -- --quick
   echo "== load harness (quick mode)"
   node benches/load/run.mjs --quick
+  echo "== settlement soak (quick mode)"
+  node benches/load/soak.mjs --quick
 fi
 
 echo "== all tests passed"

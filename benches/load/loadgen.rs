@@ -1,6 +1,6 @@
 //! The load generator: keep-alive HTTP/1.1 connections against one URL, either as fast as
 //! the server answers (saturation) or at a fixed rate (open loop), printing one JSON line:
-//! throughput, latency percentiles, errors.
+//! throughput, latency percentiles, answers by status code, errors.
 //!
 //! Fixed-rate timing is coordinated-omission safe: each request has a scheduled send time,
 //! and when the previous answer on its connection came back after that time, its latency
@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ struct ConnectionStats {
     ok: u64,
     non_2xx: u64,
     errors: u64,
+    /// Answers by status code: a soak tells served (200) from refused (402, 503) apart.
+    statuses: BTreeMap<u16, u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
+    let launched = Instant::now();
     let target = parse_url(&args.url)?;
     let payments = Arc::new(if args.pay > 0 { sign_payments(&args, &target).await? } else { Vec::new() });
     let next_payment = Arc::new(AtomicUsize::new(0));
@@ -102,6 +106,9 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         total.ok += stats.ok;
         total.non_2xx += stats.non_2xx;
         total.errors += stats.errors;
+        for (status, count) in stats.statuses {
+            *total.statuses.entry(status).or_default() += count;
+        }
     }
     let measured = end.saturating_duration_since(measure_from).as_secs_f64();
     let histogram = total.latency_us.unwrap_or(new_histogram()?);
@@ -110,6 +117,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "requests": total.ok + total.non_2xx,
         "ok": total.ok,
         "non2xx": total.non_2xx,
+        "statuses": total.statuses.iter().map(|(status, count)| (status.to_string(), serde_json::json!(count))).collect::<serde_json::Map<_, _>>(),
         "errors": total.errors,
         "seconds": measured,
         "rps": (total.ok + total.non_2xx) as f64 / measured,
@@ -120,6 +128,9 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "p999_us": histogram.value_at_quantile(0.999),
         "max_us": histogram.max(),
         "payments_used": sent,
+        // From launch to the clock's start (reading the 402, signing): a caller sampling the
+        // server knows from it when the load began.
+        "signing_seconds": start.saturating_duration_since(launched).as_secs_f64(),
         "payments_ran_out": args.pay > 0 && !args.bad_signature && sent >= payments.len(),
     }))
 }
@@ -180,8 +191,14 @@ async fn drive_connection(
         last_done = done;
         if sent_at >= measure_from {
             match outcome {
-                Ok(status) if (200..300).contains(&status) => stats.ok += 1,
-                Ok(_) => stats.non_2xx += 1,
+                Ok(status) => {
+                    if (200..300).contains(&status) {
+                        stats.ok += 1;
+                    } else {
+                        stats.non_2xx += 1;
+                    }
+                    *stats.statuses.entry(status).or_default() += 1;
+                }
                 Err(_) => stats.errors += 1,
             }
             if let Some(histogram) = stats.latency_us.as_mut() {

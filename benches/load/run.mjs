@@ -9,17 +9,16 @@
 // core 0 carries the load generator, the upstream and the dev chain ("the world"); core 1
 // carries the contender alone, with one worker (nginx worker_processes 1, Pingora threads 1).
 // The dev chain runs on core 0 at idle priority (SCHED_IDLE), as if it were a remote node.
-import { spawn, spawnSync, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, readdirSync, mkdirSync } from "node:fs";
-import { tmpdir, cpus, totalmem } from "node:os";
-import { join, resolve, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createServer } from "node:net";
+import { spawnSync, execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startDevnet, devPrivateKey, devAccount, rpc } from "../../deploy/devnet/devnet.mjs";
+import {
+  ROOT, RELEASE, WORLD_CPU, CONTENDER_CPU, freePort, buildRelease, startPinned, cpuSeconds, peakRssMiB, machineDescription, runLoadgen, resultStem,
+} from "./processes.mjs";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const QUICK = process.argv.includes("--quick");
-const RELEASE = join(ROOT, "target/release");
 const SAT = { warmup: QUICK ? 0.5 : 2, duration: QUICK ? 2 : 10 };
 const FIXED = { warmup: QUICK ? 0.5 : 1, duration: QUICK ? 2 : 10 };
 const CONNECTIONS = 32;
@@ -33,103 +32,17 @@ const FLOOD_STALL_LIMIT = 1.5;
 // Base's block time: the official flow waits for its settlement transaction's receipt, so the
 // chain's pace is part of what a paid call costs there (and none of what it costs here).
 const BASE_BLOCK_SECONDS = 2;
-const WORLD_CPU = "0";
-const CONTENDER_CPU = cpus().length > 1 ? "1" : "0";
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const PAID = "gateway paid route";
 const PAID_NORMAL = "gateway paid route, journal_sync: normal";
 const OFFICIAL_INSTANT = "@x402/express, instant blocks";
 const OFFICIAL_BASE = `@x402/express, ${BASE_BLOCK_SECONDS} s blocks`;
 
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 function build() {
-  for (const args of [["-p", "x402-gateway-benches", "--bins"], ["-p", "x402-gateway", "--bin", "x402-gateway"]]) {
-    execFileSync("cargo", ["build", "--release", "--locked", ...args], { cwd: ROOT, stdio: "inherit" });
-  }
+  buildRelease();
   if (spawnSync("nginx", ["-v"]).status !== 0) {
     console.log("installing nginx from Debian's packages");
     execFileSync("bash", ["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light"], { stdio: "inherit" });
   }
-}
-
-/** Starts `command` pinned to `cpu`; resolves once `port` accepts connections. */
-async function startPinned(cpu, command, args, port, { env = {} } = {}) {
-  const child = spawn("taskset", ["-c", cpu, command, ...args], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
-  const exited = new Promise((r) => child.once("exit", r));
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`${command} exited: ${stderr}`);
-    const ok = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.arrayBuffer().then(() => true)).catch(() => false);
-    if (ok) break;
-    if (i > 400) throw new Error(`${command} did not answer on ${port}: ${stderr}`);
-    await sleep(50);
-  }
-  return {
-    pid: child.pid,
-    async stop() {
-      if (child.exitCode === null) child.kill("SIGTERM");
-      await Promise.race([exited, sleep(15_000)]);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    },
-  };
-}
-
-/** The process and its descendants. */
-function processTree(pid) {
-  const children = new Map();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (!children.has(ppid)) children.set(ppid, []);
-      children.get(ppid).push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  const all = [pid];
-  for (let i = 0; i < all.length; i++) all.push(...(children.get(all[i]) ?? []));
-  return all;
-}
-
-/** CPU seconds (user + system) used so far by the process tree. */
-function cpuSeconds(pid) {
-  let ticks = 0;
-  for (const p of processTree(pid)) {
-    try {
-      const fields = readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // gone
-    }
-  }
-  return ticks / 100;
-}
-
-/** Peak resident memory of the process tree, MiB. */
-function peakRssMiB(pid) {
-  let kb = 0;
-  for (const p of processTree(pid)) {
-    try {
-      const match = readFileSync(`/proc/${p}/status`, "utf8").match(/VmHWM:\s+(\d+) kB/);
-      kb += Number(match?.[1] ?? 0);
-    } catch {
-      // gone
-    }
-  }
-  return kb / 1024;
 }
 
 function loadgenArgs(url, { rate, pay = 0, keys = [], warmup, duration, badSignature = false, connections = CONNECTIONS }) {
@@ -137,23 +50,10 @@ function loadgenArgs(url, { rate, pay = 0, keys = [], warmup, duration, badSigna
   if (rate) args.push("--rate", String(Math.round(rate)));
   if (pay) args.push("--pay", String(pay), "--keys", keys.join(","));
   if (badSignature) args.push("--bad-signature");
-  return ["-c", WORLD_CPU, join(RELEASE, "x402-loadgen"), ...args];
+  return args;
 }
 
-function loadgen(url, options) {
-  const out = execFileSync("taskset", loadgenArgs(url, options), { encoding: "utf8", maxBuffer: 1 << 20 });
-  return JSON.parse(out.trim().split("\n").pop());
-}
-
-/** `loadgen`, without blocking: for two loads at once. */
-function loadgenAsync(url, options) {
-  return new Promise((resolve, reject) => {
-    const child = spawn("taskset", loadgenArgs(url, options), { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.once("exit", (code) => (code === 0 ? resolve(JSON.parse(out.trim().split("\n").pop())) : reject(new Error(`x402-loadgen exited ${code}`))));
-  });
-}
+const loadgen = (url, options) => runLoadgen(loadgenArgs(url, options));
 
 function nginxConfig(dir, port, upstreamPort) {
   const conf = `
@@ -203,9 +103,7 @@ routes:
 }
 
 function machine() {
-  const model = cpus()[0]?.model ?? "unknown CPU";
-  const kernel = readFileSync("/proc/version", "utf8").split(" ").slice(0, 3).join(" ");
-  return `${cpus().length} × ${model}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${kernel}; nginx ${spawnSync("nginx", ["-v"], { encoding: "utf8" }).stderr.trim().split("/")[1]}`;
+  return `${machineDescription()}; nginx ${spawnSync("nginx", ["-v"], { encoding: "utf8" }).stderr.trim().split("/")[1]}`;
 }
 
 async function measure(name, start, url, { pay = false, keys, maxRps = 20_000 } = {}) {
@@ -213,7 +111,7 @@ async function measure(name, start, url, { pay = false, keys, maxRps = 20_000 } 
   try {
     const cpuBefore = cpuSeconds(contender.pid);
     // Enough pre-signed payments for the saturation run (`maxRps` at most).
-    const saturation = loadgen(url, { ...SAT, pay: pay ? Math.ceil((SAT.warmup + SAT.duration) * maxRps) : 0, keys });
+    const saturation = await loadgen(url, { ...SAT, pay: pay ? Math.ceil((SAT.warmup + SAT.duration) * maxRps) : 0, keys });
     const cpu = cpuSeconds(contender.pid) - cpuBefore;
     const rss = peakRssMiB(contender.pid);
     const row = { name, saturation, cpuPer1k: (cpu / Math.max(1, saturation.requests)) * 1000, rss, pay };
@@ -304,8 +202,7 @@ async function main() {
     const report = render(rows, rate, replayBytes, flood);
     console.log("\n" + report);
     if (!QUICK) {
-      mkdirSync(join(ROOT, "benches/results"), { recursive: true });
-      const file = resultFile(new Date().toISOString().slice(0, 10));
+      const file = `${resultStem(new Date().toISOString().slice(0, 10))}.md`;
       writeFileSync(file, report);
       console.log(`written to ${file}`);
     }
@@ -337,8 +234,8 @@ async function floodRuns(startGatewayPinned, port, keys) {
       const gateway = await startGatewayPinned({ verifyThreads });
       try {
         // Both start their clocks together; the flood's warm-up covers the probe's.
-        const floodRun = options ? loadgenAsync(options.badSignature ? paid : free, options) : Promise.resolve(null);
-        const [probeResult, floodResult] = await Promise.all([loadgenAsync(free, probe), floodRun]);
+        const floodRun = options ? loadgen(options.badSignature ? paid : free, options) : Promise.resolve(null);
+        const [probeResult, floodResult] = await Promise.all([loadgen(free, probe), floodRun]);
         runs.push({ verifyThreads, flood, probe: probeResult, flooding: floodResult });
         console.log(`flood: verify_threads ${verifyThreads}, ${flood}: free p50 ${probeResult.p50_us} µs, p99 ${probeResult.p99_us} µs${floodResult ? `; flood ${Math.round(floodResult.rps)} req/s` : ""}`);
       } finally {
@@ -347,15 +244,6 @@ async function floodRuns(startGatewayPinned, port, keys) {
     }
   }
   return runs;
-}
-
-/** `benches/results/<date>.md`, or `<date>-2.md` and on when a run of that day is there already. */
-function resultFile(date) {
-  const taken = new Set(readdirSync(join(ROOT, "benches/results")));
-  for (let n = 1; ; n++) {
-    const name = n === 1 ? `${date}.md` : `${date}-${n}.md`;
-    if (!taken.has(name)) return join(ROOT, "benches/results", name);
-  }
 }
 
 /** Bytes per held nonce in the replay store (the replay_memory bench, 1M entries; 100k quick). */

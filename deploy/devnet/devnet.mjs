@@ -1,15 +1,16 @@
 // The x402-gateway dev chain: anvil (pinned npm build) as "Base Sepolia" (chain id 84532) with
 //  - TestUSDC (EIP-3009, EIP-712 name "USDC", version "2") at Base Sepolia's USDC address,
 //  - BatchCall (Multicall3's aggregate3 ABI) at Multicall3's canonical address,
-//  - 1,000,000 test USDC minted to each of anvil's ten well-known accounts.
-// Usable as a module (startDevnet) by the tests, or as a program:
+//  - 1,000,000 test USDC minted to each of anvil's ten well-known accounts (or more accounts
+//    of the same mnemonic: payers need tokens, not ether, since EIP-3009 is gasless for them).
+// Usable as a module (startDevnet) by the tests and benches, or as a program:
 //   node deploy/devnet/devnet.mjs [--port 8545]     runs until SIGINT/SIGTERM
 import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { encodeFunctionData } from "viem";
+import { encodeFunctionData, decodeFunctionResult } from "viem";
 import { mnemonicToAccount } from "viem/accounts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -24,9 +25,13 @@ export const TEST_MNEMONIC = "test test test test test test test test test test 
 export const MINTED_PER_ACCOUNT = 1_000_000n * 10n ** 6n;
 export const TEST_USDC_ABI = artifact.contracts.TestUSDC.abi;
 
+const derivedAccounts = new Map();
+
 /** Anvil's well-known dev accounts: index 0 settles, 1 receives payments, 2.. pay. */
 export function devAccount(index) {
-  return mnemonicToAccount(TEST_MNEMONIC, { addressIndex: index });
+  // Derivation stretches the mnemonic each time (tens of ms): a soak asks for 50 payers often.
+  if (!derivedAccounts.has(index)) derivedAccounts.set(index, mnemonicToAccount(TEST_MNEMONIC, { addressIndex: index }));
+  return derivedAccounts.get(index);
 }
 
 export function devPrivateKey(index) {
@@ -52,6 +57,13 @@ export async function rpc(url, method, params = []) {
   return body.result;
 }
 
+/** The test USDC balance of `address`, in atomic units. */
+export async function balanceOf(url, address) {
+  const data = encodeFunctionData({ abi: TEST_USDC_ABI, functionName: "balanceOf", args: [address] });
+  const result = await rpc(url, "eth_call", [{ to: USDC_ADDRESS, data }, "latest"]);
+  return decodeFunctionResult({ abi: TEST_USDC_ABI, functionName: "balanceOf", data: result });
+}
+
 async function waitForRpc(url, child, deadlineMs) {
   const deadline = Date.now() + deadlineMs;
   while (Date.now() < deadline) {
@@ -68,12 +80,12 @@ async function waitForRpc(url, child, deadlineMs) {
   throw new Error(`anvil did not answer on ${url} within ${deadlineMs} ms`);
 }
 
-/** Writes the contracts and mints test USDC on a running anvil. */
-export async function provisionChain(url) {
+/** Writes the contracts and mints test USDC to dev accounts 0..`fundedAccounts` on a running anvil. */
+export async function provisionChain(url, { fundedAccounts = 10 } = {}) {
   await rpc(url, "anvil_setCode", [USDC_ADDRESS, artifact.contracts.TestUSDC.deployedBytecode]);
   await rpc(url, "anvil_setCode", [MULTICALL3_ADDRESS, artifact.contracts.BatchCall.deployedBytecode]);
   const minter = devAccount(0).address;
-  for (let i = 0; i < 10; i++) {
+  for (let i = 0; i < fundedAccounts; i++) {
     const data = encodeFunctionData({
       abi: TEST_USDC_ABI,
       functionName: "mint",
@@ -83,16 +95,21 @@ export async function provisionChain(url) {
   }
 }
 
-export async function startDevnet({ port = 8545, quiet = true } = {}) {
-  const child = spawn(
-    anvilBinary(),
-    ["--chain-id", String(CHAIN_ID), "--port", String(port), "--host", "127.0.0.1", "--silent"],
-    { stdio: quiet ? "ignore" : "inherit" },
-  );
+/**
+ * Starts and provisions anvil. By default every transaction is mined at once; `blockSeconds`
+ * mines a block every that many seconds instead (Base: 2), once provisioning is done so it
+ * does not wait for blocks, and `blockGasLimit` sets the block gas limit (anvil's default:
+ * 30M; Base's is several times that).
+ */
+export async function startDevnet({ port = 8545, quiet = true, blockSeconds = 0, blockGasLimit = null, fundedAccounts = 10 } = {}) {
+  const args = ["--chain-id", String(CHAIN_ID), "--port", String(port), "--host", "127.0.0.1", "--silent"];
+  if (blockGasLimit) args.push("--gas-limit", String(blockGasLimit));
+  const child = spawn(anvilBinary(), args, { stdio: quiet ? "ignore" : "inherit" });
   const url = `http://127.0.0.1:${port}`;
   try {
     await waitForRpc(url, child, 15_000);
-    await provisionChain(url);
+    await provisionChain(url, { fundedAccounts });
+    if (blockSeconds) await rpc(url, "evm_setIntervalMining", [blockSeconds]);
   } catch (error) {
     child.kill("SIGKILL");
     throw error;

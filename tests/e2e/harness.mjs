@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import { encodeFunctionData, decodeFunctionResult } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { startDevnet, devPrivateKey, rpc, USDC_ADDRESS, TEST_USDC_ABI } from "../../deploy/devnet/devnet.mjs";
+export { balanceOf } from "../../deploy/devnet/devnet.mjs";
 import { startSampleUpstream } from "../../deploy/devnet/sample-upstream.mjs";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -215,12 +216,6 @@ export async function startRelay(targetPort) {
 /** Runs the binary with `args` to completion (CLI commands). */
 export function runCli(args, extraEnv = {}) {
   return spawnSync(GATEWAY_BIN, args, { encoding: "utf8", env: { ...process.env, ...extraEnv }, timeout: 20_000 });
-}
-
-export async function balanceOf(rpcUrl, address) {
-  const data = encodeFunctionData({ abi: TEST_USDC_ABI, functionName: "balanceOf", args: [address] });
-  const result = await rpc(rpcUrl, "eth_call", [{ to: USDC_ADDRESS, data }, "latest"]);
-  return decodeFunctionResult({ abi: TEST_USDC_ABI, functionName: "balanceOf", data: result });
 }
 
 export async function authorizationState(rpcUrl, authorizer, nonce) {

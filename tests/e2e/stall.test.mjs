@@ -99,6 +99,10 @@ test("an RPC outage longer than maxTimeoutSeconds: new payments are refused, non
     }
     assert.ok(refusals >= 4);
     assert.deepEqual(journalSummary(journalPath), { accepted: 1 }, "nothing refused was journaled");
+    // An operator (and the settlement soak) sees the refused payments by reason; unpaid requests are not payments.
+    const refusedMetrics = await (await gateway.admin("/metrics")).text();
+    const counted = [...refusedMetrics.matchAll(/^x402_payments_rejected_total\{reason="settlement_stalled",route="[^"]+"\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+    assert.equal(counted, refusals, "every payment refused during the stall is counted");
 
     await relay.up();
     await eventually(async () => (await readiness(gateway)).status === 200, 20_000, "readiness recovers");

@@ -171,6 +171,10 @@ impl PaywallProxy {
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
         if let Some(stall) = self.health.stall() {
+            // Counted with the other refusals, so a stall's refused payments show by reason.
+            if payment::find_payment_header(&req.headers).is_some() {
+                self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), "settlement_stalled"]).inc();
+            }
             let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
             return Admission::Answer(challenge::retry_later("settlement_stalled", x402::ReasonCode::UnexpectedSettleError, &message));
         }
