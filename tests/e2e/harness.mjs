@@ -50,13 +50,13 @@ export async function startChainAndUpstream() {
 export function testConfig({ listenPort, adminPort, watchConfig = true, rpcUrl, rpcUrls, upstreamPort, deadPort, payTo, extraRoutes = "", settlement = {}, payments = {}, server = {} }) {
   const s = { max_wait_ms: 200, drain_timeout_seconds: 30, ...settlement };
   const settlementYaml = Object.entries(s).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}`).join("\n");
+  // The grace period is what requests in flight get at shutdown, at most: a stop waits for
+  // none when nothing is in flight.
+  const serverSettings = { threads: 2, grace_period_seconds: 5, graceful_shutdown_timeout_seconds: 2, ...server };
   return `
 server:
   listen: 127.0.0.1:${listenPort}
-  threads: 2
-  grace_period_seconds: 0
-  graceful_shutdown_timeout_seconds: 2
-${Object.entries(server).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}\n`).join("")}admin:
+${Object.entries(serverSettings).map(([key, value]) => `  ${key}: ${JSON.stringify(value)}\n`).join("")}admin:
   listen: ${adminPort ? `"127.0.0.1:${adminPort}"` : "null"}
   watch_config: ${watchConfig}
 networks:

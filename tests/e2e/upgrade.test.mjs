@@ -104,6 +104,69 @@ test("SIGQUIT hands the socket to a new binary: no request refused, no payment l
   assert.match(newGateway.logs, /upgrade=true/);
 });
 
+// The old process stops accepting 5 s after SIGQUIT (Pingora's dual-accept window). A paid
+// request still at its upstream then, whose answer comes after the grace period, used to be
+// cut when Pingora dropped its runtimes (the client saw a reset, and a request cut while its
+// payment was being journaled was charged with no response). Now it is answered: charged
+// with its response, or, once the grace period is over, refused uncharged so that the same
+// payment still buys the resource from the new process.
+test("a paid request still in flight when the old process stops accepting gets an answer, and is charged only with it", { timeout: 90_000 }, async () => {
+  const payTo = freshAddress();
+  const journal = join(mkdtempSync(join(tmpdir(), "x402-upgrade-in-flight-")), "journal.db");
+  const extraRoutes = `
+  - name: slow
+    methods: [GET]
+    path: /slow
+    upstream: sample
+    price: "$0.001"
+`;
+  const server = { grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 10 };
+  const old = await startTestGateway(env, { payTo, extraRoutes, server, settlement: { journal_path: journal, max_wait_ms: 300 } });
+  let next;
+  try {
+    const accepts = unb64((await fetch(old.base + "/slow")).headers.get("payment-required")).accepts[0];
+    next = startUpgrade(old.configPath);
+    await eventually(() => /replay store rebuilt from the journal/.test(next.logs), 10_000, "the new process to start");
+
+    // Sent while the old process holds the socket alone; the upstream answers 7.5 s later,
+    // past the 5 s hand-over and the 1 s grace period that follows it.
+    const payment = b64(await signPayment(devPrivateKey(7), accepts));
+    const upstreamCalls = hits.get("/slow") ?? 0;
+    const inFlight = fetch(old.base + "/slow?ms=7500", { headers: { "PAYMENT-SIGNATURE": payment } })
+      .then(async (res) => ({ status: res.status, body: await res.json(), receipt: res.headers.get("payment-response") }))
+      .catch((error) => ({ error: error.cause?.code ?? error.message }));
+    await eventually(() => (hits.get("/slow") ?? 0) > upstreamCalls, 10_000, "the slow request to reach the upstream");
+    old.child.kill("SIGQUIT");
+    const answer = await inFlight;
+    assert.equal((await old.exited).code, 0, `the old process exits cleanly:\n${old.logs()}`);
+    assert.equal(answer.error, undefined, `the request in flight was answered, not cut:\n${old.logs()}`);
+
+    const summary = () => JSON.parse(runCli(["payments", "--journal", journal, "summary"]).stdout);
+    if (answer.status === 200) {
+      // Charged before the grace period ended: with its response and its receipt.
+      assert.ok(answer.receipt, "a charged response carries its receipt");
+      await eventually(() => summary().settled === 1, 30_000, "the payment settled");
+      assert.equal(await balanceOf(env.devnet.url, payTo), 1000n);
+    } else {
+      // Too late to charge: refused with a response, nothing journaled, and the payment
+      // still good: the new process serves it.
+      assert.equal(answer.status, 503, JSON.stringify(answer.body));
+      assert.match(answer.body.message, /not charged/);
+      assert.deepEqual(summary(), {});
+      await eventually(() => /x402-gateway listening/.test(next.logs), 10_000, "the new process to serve");
+      const retry = await fetch(old.base + "/slow?ms=1", { headers: { "PAYMENT-SIGNATURE": payment } });
+      await retry.arrayBuffer();
+      assert.equal(retry.status, 200, `the uncharged payment buys the resource from the new process:\n${next.logs}`);
+      await eventually(() => summary().settled === 1, 30_000, "the payment settled");
+      assert.equal(await balanceOf(env.devnet.url, payTo), 1000n);
+    }
+  } finally {
+    await old.stop();
+    next?.child.kill("SIGTERM");
+    await next?.exited;
+  }
+});
+
 // The upgrade window: the new process rebuilds its replay store from the journal when it
 // starts, so a payment the old process charges after that is not in it. Sent to the new
 // process, it must be refused before the upstream is called, not found a duplicate in the

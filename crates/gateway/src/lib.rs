@@ -13,6 +13,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the admin API: health, readiness, metrics, reload, state, drain.
 //! - [`server`]: wiring: the Pingora server, the settler thread, signals.
+//! - [`drain`]: requests in flight waited for at shutdown, so a charged payment gets its response.
 //! - [`upgrade`]: the graceful-upgrade window, when the journal is asked about fresh nonces.
 //! - [`upkeep`]: prunes the journal past its retention, at start and periodically.
 
@@ -21,6 +22,7 @@ pub mod balance;
 pub mod canonical;
 pub mod challenge;
 pub mod config;
+pub mod drain;
 pub mod inspect;
 pub mod metrics;
 pub mod payment;

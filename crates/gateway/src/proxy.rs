@@ -3,6 +3,7 @@
 //! | phase | job |
 //! |---|---|
 //! | `new_ctx` | an empty [`RequestContext`] |
+//! | `early_request_filter` | count the request in flight for the shutdown drain, or close it unread once the drain is closed |
 //! | `request_filter` | canonicalise the target and match the route; free → pass; no payment → 402; payment → cheap checks here, signature recovery on the verifier threads (503 when they are saturated), reserve; or answer the failure; `settle: before` → journal and settle on-chain first |
 //! | `upstream_peer` | the route's upstream, round robin |
 //! | `upstream_request_filter` | set the canonical path, drop payment, method-override and URL-rewrite headers, add `X-Forwarded-For`, `Via` and `X-Request-Id` |
@@ -16,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
 use crate::canonical::{self, CanonicalPath, TargetRefusal};
+use crate::drain::{Drain, InFlightRequest};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -47,6 +49,8 @@ pub struct PaywallProxy {
     pub verifier: crate::verifier::SignatureVerifier,
     /// Open during a graceful upgrade: fresh nonces are looked up in the journal too.
     pub upgrade_window: Arc<crate::upgrade::UpgradeWindow>,
+    /// Requests in flight, waited for at shutdown before the process exits.
+    pub drain: Arc<Drain>,
 }
 
 /// What one request carries from phase to phase.
@@ -78,6 +82,8 @@ pub struct RequestContext {
     upstream_sent: Option<Instant>,
     /// The canonical path when it differs from the client's: forwarded instead.
     canonical_path: Option<String>,
+    /// Held until the request is finished: shutdown waits for it.
+    in_flight: Option<InFlightRequest>,
 }
 
 impl RequestContext {
@@ -391,6 +397,12 @@ impl PaywallProxy {
     /// released before. Returns its journal row id and receipt id.
     async fn record_payment(&self, route: &str, ctx: &mut RequestContext) -> Result<(u64, String)> {
         let Some(payment) = ctx.payment.as_ref() else { return Err(Error::explain(ErrorType::InternalError, "no payment")) };
+        if !self.drain.may_charge() {
+            // The process may exit before this response is written: a charge now could be
+            // a payment with no response.
+            tracing::warn!(route, request_id = %ctx.request_id, "shutting down: payment not charged, response withheld");
+            return Err(Error::explain(SHUTTING_DOWN, "payment not charged"));
+        }
         let entry = payment.journal_entry(route);
         let receipt_id = entry.receipt_id.clone();
         // If this future is dropped mid-write (Pingora gives up on the request), the write may
@@ -477,7 +489,20 @@ impl ProxyHttp for PaywallProxy {
             outcome: PaymentOutcome::None,
             upstream_sent: None,
             canonical_path: None,
+            in_flight: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<()> {
+        ctx.in_flight = self.drain.enter();
+        if ctx.in_flight.is_none() {
+            // Read after the shutdown drain closed: nothing is reserved for it, so closing it
+            // unanswered (status 0 in `fail_to_proxy`) leaves its payment good for a retry.
+            tracing::info!(path = %session.req_header().uri.path(), "shutting down: request closed unserved");
+            return Err(Error::explain(ErrorType::ConnectionClosed, "the gateway is shutting down").into_down());
+        }
+        close_connection_when_stopping(&self.drain, session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
@@ -588,7 +613,8 @@ impl ProxyHttp for PaywallProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        close_connection_when_stopping(&self.drain, session);
         response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         let Some(config) = ctx.config.clone() else { return Ok(()) };
         if let Some(sent) = ctx.upstream_sent {
@@ -627,6 +653,7 @@ impl ProxyHttp for PaywallProxy {
         }
         if status > 0 {
             let paid = match (&ctx.payment, ctx.charged) {
+                _ if e.etype() == &SHUTTING_DOWN => "",
                 (Some(_), false) if ctx.upstream_did_work() => {
                     " Your payment was not charged, but the upstream received the request, so its authorization is used up: sign a new payment to retry."
                 }
@@ -680,6 +707,14 @@ impl ProxyHttp for PaywallProxy {
     }
 }
 
+/// Once a stop or a hand-over was asked for, a response ends its connection: a client that
+/// reused it could otherwise send its next request just as the process closes it.
+fn close_connection_when_stopping(drain: &Drain, session: &mut Session) {
+    if drain.is_stopping() {
+        session.set_keepalive(None);
+    }
+}
+
 async fn write_local_response(session: &mut Session, response: LocalResponse) -> Result<()> {
     let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
     for (name, value) in response.headers {
@@ -696,6 +731,9 @@ const UNMATCHED: &str = "(unmatched)";
 
 /// What this hop adds to `Via` (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 x402-gateway";
+
+/// A payment reached the point of being charged after the shutdown drain closed.
+const SHUTTING_DOWN: ErrorType = ErrorType::Custom("shutting_down");
 
 /// Request ids: the client's own when it is a sane token, otherwise a fresh one that is
 /// unique in this process and unlikely to repeat across processes.
@@ -741,6 +779,7 @@ fn failure_answer(e: &Error) -> (u16, &'static str, String) {
     match (e.etype(), e.esource()) {
         (ErrorType::HTTPStatus(402), _) => (402, "invalid_exact_evm_nonce_already_used", "This payment authorization was already used".into()),
         (ErrorType::HTTPStatus(503), _) => (503, "payment_not_recorded", "The payment could not be recorded, so the response was withheld".into()),
+        (&SHUTTING_DOWN, _) => (503, "shutting_down", "The gateway is shutting down, so the response was withheld. Your payment was not charged and nothing of it is kept: send it again".into()),
         (ErrorType::HTTPStatus(code), _) => (*code, "error", e.to_string()),
         (ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => {
             (504, "upstream_timeout", "The upstream did not answer in time".into())

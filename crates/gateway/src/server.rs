@@ -11,11 +11,15 @@
 //! The settler does not run as a Pingora background service on purpose: Pingora drops its
 //! runtimes right after the grace period (and at once on SIGINT), which would cut a drain
 //! short. Here the proxy stops first, then the settler settles what it holds, then the
-//! process exits.
+//! process exits. For the same reason Pingora runs on a thread of its own: once it stops
+//! accepting, the requests in flight are waited for here ([`crate::drain`]) rather than cut
+//! when Pingora's fixed grace period ends.
 
 use crate::admin::{AdminApi, AdminToken};
 use crate::balance::BalanceCache;
+use crate::config::model::ServerSettings;
 use crate::config::{parse_config, Config};
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::{PaywallProxy, RequestIds};
 use crate::reload::Reloader;
@@ -26,7 +30,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -110,7 +114,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let settle_before_timeout = config.settlement.policy.receipt_timeout * 2;
     let opt = Opt { upgrade: options.upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(Some(opt), pingora_conf(&config));
-    let (listen, admin_settings) = (config.server.listen, config.admin.clone());
+    let (listen, admin_settings, server_settings) = (config.server.listen, config.admin.clone(), config.server.clone());
+    let drain = Arc::new(Drain::default());
     let (verify_threads, verify_queue) = (config.server.verify_threads, config.server.verify_queue);
     server.bootstrap();
     let live = Arc::new(ArcSwap::from_pointee(config));
@@ -131,6 +136,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         verifier: SignatureVerifier::start(verify_threads, verify_queue, metrics.verify_queue_depth.clone())
             .context("starting the signature verifier threads")?,
         upgrade_window: upgrade_window.clone(),
+        drain: drain.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
@@ -157,7 +163,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(%admin_listen, "admin API listening");
     }
     tracing::info!(%listen, config = %config_path.display(), upgrade = options.upgrade, "x402-gateway listening");
-    server.run(RunArgs { shutdown_signal: Box::new(GracefulOnSignals { upgrade_window }) });
+    serve_until_drained(server, GracefulOnSignals { upgrade_window, drain: drain.clone() }, &drain, &server_settings)?;
 
     tracing::info!(unsettled = journal.unsettled_count().unwrap_or_default(), "proxy stopped; draining settlement");
     let _ = shutdown_tx.send(true);
@@ -199,9 +205,43 @@ fn pingora_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf::default();
     conf.threads = config.server.threads;
     conf.upgrade_sock = config.server.upgrade_sock.to_string_lossy().into_owned();
-    conf.grace_period_seconds = Some(config.server.grace_period_seconds);
+    // Pingora's own grace period only backs up `serve_until_drained`, which ends the
+    // process's serving first: it must not drop the requests that one still waits for.
+    let drain_seconds = config.server.grace_period_seconds + config.server.graceful_shutdown_timeout_seconds;
+    conf.grace_period_seconds = Some(drain_seconds + 1);
     conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
     conf
+}
+
+/// Runs Pingora on a thread of its own until it has stopped accepting (on a signal, or
+/// after handing its sockets to a new process) and the requests in flight have finished:
+/// up to `grace_period_seconds` for all of them, then `graceful_shutdown_timeout_seconds`
+/// for those already past the point where the drain stops charging. Pingora's thread is
+/// left sleeping out its longer grace period; the process exits without it.
+fn serve_until_drained(server: Server, signals: GracefulOnSignals, drain: &Drain, settings: &ServerSettings) -> anyhow::Result<()> {
+    let mut phases = server.watch_execution_phase();
+    let pingora = std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || server.run(RunArgs { shutdown_signal: Box::new(signals) }))
+        .context("cannot start the Pingora server thread")?;
+    loop {
+        match phases.blocking_recv() {
+            // Sent once Pingora has broadcast its shutdown: the listeners stop accepting.
+            Ok(ExecutionPhase::ShutdownStarted) => break,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return pingora.join().map_err(|_| anyhow::anyhow!("the Pingora server thread panicked"));
+            }
+        }
+    }
+    let in_flight = drain.in_flight();
+    let grace = Duration::from_secs(settings.grace_period_seconds);
+    let settled = drain.settle(grace, Duration::from_secs(settings.graceful_shutdown_timeout_seconds));
+    if settled.cut > 0 {
+        tracing::warn!(cut = settled.cut, "requests still in flight after the grace period are cut; none was charged after it ended");
+    }
+    tracing::info!(in_flight, cut = settled.cut, "stopped accepting; requests in flight drained");
+    Ok(())
 }
 
 /// Pingora keeps retrying a taken port instead of failing, so a stale instance could
@@ -393,6 +433,7 @@ fn build_balance_cache(config: &Config, key: Option<&PrivateKeySigner>) -> anyho
 /// and opens the upgrade window: from then on both processes serve from one journal.
 struct GracefulOnSignals {
     upgrade_window: Arc<UpgradeWindow>,
+    drain: Arc<Drain>,
 }
 
 #[async_trait]
@@ -404,13 +445,17 @@ impl ShutdownSignalWatch for GracefulOnSignals {
             tracing::error!("cannot install signal handlers; stop with SIGKILL only");
             return std::future::pending().await;
         };
-        tokio::select! {
+        let signal = tokio::select! {
             _ = term.recv() => ShutdownSignal::GracefulTerminate,
             _ = int.recv() => ShutdownSignal::GracefulTerminate,
             _ = quit.recv() => {
                 self.upgrade_window.open();
                 ShutdownSignal::GracefulUpgrade
             }
-        }
+        };
+        // From now on clients are told not to reuse their connections: during a hand-over
+        // they reconnect, and the new process takes their next requests.
+        self.drain.begin();
+        signal
     }
 }

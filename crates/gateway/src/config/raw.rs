@@ -153,7 +153,10 @@ impl Default for RawAdmin {
 pub struct RawServer {
     pub listen: std::net::SocketAddr,
     pub threads: Option<usize>,
+    /// Once the listener closes, how long requests in flight get to finish, at most; no
+    /// payment is charged after it.
     pub grace_period_seconds: u64,
+    /// After the grace period, how long requests already being charged get to finish.
     pub graceful_shutdown_timeout_seconds: u64,
     pub max_payment_header_bytes: usize,
     /// Threads that recover payment signatures off the workers; 0 recovers on the workers.
