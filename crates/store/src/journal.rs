@@ -329,6 +329,8 @@ static UNSETTLED_ROWS: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLU
 static UNSETTLED_COUNT: LazyLock<String> = LazyLock::new(|| format!("SELECT count(*) FROM payments WHERE {UNSETTLED}"));
 static OLDEST_UNSETTLED: LazyLock<String> = LazyLock::new(|| format!("SELECT min(accepted_at_ms) FROM payments WHERE {UNSETTLED}"));
 static EARLIEST_DEADLINE: LazyLock<String> = LazyLock::new(|| format!("SELECT min(valid_before) FROM payments WHERE {UNSETTLED}"));
+static UNSETTLED_DEADLINES: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT valid_before FROM payments WHERE {UNSETTLED} AND network = ?1 ORDER BY valid_before"));
 /// One seek in the `UNIQUE (chain_id, asset, payer, nonce)` index.
 const HOLDS_AUTHORIZATION: &str = "SELECT 1 FROM payments WHERE chain_id = ?1 AND asset = ?2 AND payer = ?3 AND nonce = ?4";
 
@@ -585,6 +587,15 @@ impl Journal {
     /// The earliest `validBefore` (Unix seconds) of a payment still unsettled.
     pub fn earliest_unsettled_deadline(&self) -> Result<Option<u64>, JournalError> {
         Ok(lock(&self.reader).prepare_cached(&EARLIEST_DEADLINE)?.query_row([], |row| row.get(0))?)
+    }
+
+    /// The `validBefore` (Unix seconds) of every payment still unsettled on `network`, earliest
+    /// first: the order the settler takes them in. Read from the index alone.
+    pub fn unsettled_deadlines(&self, network: &str) -> Result<Vec<u64>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement = reader.prepare_cached(&UNSETTLED_DEADLINES)?;
+        let rows = statement.query_map(params![network], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {

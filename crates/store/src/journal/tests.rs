@@ -53,6 +53,8 @@ fn accepted_is_earliest_deadline_first_per_network() {
         journal.set_state(early, PaymentState::Settled { transaction: "0xabc".into() }).await.unwrap();
         assert_eq!(journal.accepted("eip155:1", 10).unwrap().len(), 1);
         assert_eq!(journal.unsettled_count().unwrap(), 2);
+        assert_eq!(journal.unsettled_deadlines("eip155:1").unwrap(), vec![300], "settled payments are not backlog");
+        assert_eq!(journal.unsettled_deadlines("eip155:2").unwrap(), vec![50]);
         assert_eq!(journal.counts().unwrap().get("settled"), Some(&1));
     });
 }
@@ -182,6 +184,7 @@ fn frequent_queries_use_the_partial_indexes() {
         (&*UNSETTLED_COUNT, "payments_unsettled"),
         (&*OLDEST_UNSETTLED, "payments_unsettled"),
         (&*EARLIEST_DEADLINE, "payments_unsettled"),
+        (&*UNSETTLED_DEADLINES, "payments_unsettled"),
         (&*SUBMITTED_IN, "payments_in_flight"),
         (&*GIVEN_UP, "payments_given_up"),
     ] {
