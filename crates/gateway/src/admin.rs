@@ -41,6 +41,7 @@ pub struct AdminApi {
     pub journal: Arc<Journal>,
     pub exposure: Arc<Exposure>,
     pub health: Arc<x402_settle::stall::SettlementHealth>,
+    pub admission: Arc<x402_settle::admission::SettlementAdmission>,
     pub metrics: Arc<Metrics>,
     /// Set by `POST /drain`: readiness fails so load balancers move traffic away.
     pub draining: Arc<AtomicBool>,
@@ -173,12 +174,37 @@ impl AdminApi {
                 "oldestUnsettledAgeSeconds": oldest.map(|ms| unix_now_ms().saturating_sub(ms) / 1000),
                 "flushing": self.settle_flush.load(Ordering::Relaxed),
                 "stalled": self.health.stall().map(|stall| serde_json::json!({"cause": stall.cause, "message": stall.message})),
+                "admission": self.admission_json(),
             }))
         };
         match read() {
             Ok(body) => (StatusCode::OK, body),
             Err(error) => journal_unavailable(&error),
         }
+    }
+
+    /// Per network: backlog, measured capacity, time to clear, threshold and any refusal.
+    fn admission_json(&self) -> serde_json::Value {
+        let finite = |secs: f64| secs.is_finite().then_some(secs);
+        let networks: serde_json::Map<String, serde_json::Value> = self
+            .admission
+            .snapshot()
+            .into_iter()
+            .map(|(network, state)| {
+                let value = serde_json::json!({
+                    "backlog": state.backlog,
+                    "capacityPerSecond": state.capacity.per_second,
+                    "capacityMeasured": state.capacity.measured,
+                    "backlogSeconds": finite(state.backlog_secs),
+                    "thresholdSeconds": state.threshold_secs,
+                    "refusing": state.refusal.is_some(),
+                    "reason": state.refusal,
+                    "retryAfterSeconds": state.refusal.is_some().then_some(state.retry_after_secs),
+                });
+                (network, value)
+            })
+            .collect();
+        serde_json::Value::Object(networks)
     }
 
     fn exposure(&self) -> Answer {
@@ -259,6 +285,7 @@ impl AdminApi {
         if let Some(stall) = self.health.stall() {
             metrics.settlement_stalled.with_label_values(&[stall.cause]).set(1);
         }
+        metrics.admission.set(&self.admission.snapshot());
         metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));
         metrics.losses_total.set(i64::try_from(snapshot.lost_total).unwrap_or(i64::MAX));
         metrics.exposure_route.reset();

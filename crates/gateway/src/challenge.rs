@@ -114,10 +114,10 @@ pub fn verification_at_capacity(message: &str) -> LocalResponse {
 
 /// 503 for a payment the gateway cannot take now for a reason of its own (`code`); the
 /// payment was not used up, so the client may send it again after `Retry-After`.
-pub fn retry_later(code: &str, reason: ReasonCode, message: &str) -> LocalResponse {
+pub fn retry_later(code: &str, reason: ReasonCode, message: &str, retry_after_secs: u64) -> LocalResponse {
     let body = serde_json::json!({ "x402Version": v2::X402_VERSION, "error": code, "reason": reason.as_str(), "message": message });
     let mut response = json_response(503, &body);
-    response.headers.push(("Retry-After", "2".into()));
+    response.headers.push(("Retry-After", retry_after_secs.to_string()));
     response
 }
 

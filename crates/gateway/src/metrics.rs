@@ -6,7 +6,7 @@
 //! exception, the verify queue's depth, is an atomic counted by the verifier itself: it
 //! changes too fast to be read from anywhere else.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 use x402_settle::SettlementMetrics;
 
@@ -26,6 +26,7 @@ pub struct Metrics {
     pub exposure_total: IntGauge,
     pub losses_budget_used: IntGauge,
     pub settlement_stalled: IntGaugeVec,
+    pub admission: AdmissionGauges,
     pub losses_total: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
@@ -49,7 +50,11 @@ impl Metrics {
             )?,
             challenges: counter("x402_challenges_total", "402 challenges issued to requests without a payment", &["route"])?,
             payments_verified: counter("x402_payments_verified_total", "Payments that passed verification", &["route"])?,
-            payments_rejected: counter("x402_payments_rejected_total", "Payments refused, by x402 reason code", &["route", "reason"])?,
+            payments_rejected: counter(
+                "x402_payments_rejected_total",
+                "Payments refused, by x402 reason code (settlement_stalled, settlement_backlog: priced requests refused before any payment was read)",
+                &["route", "reason"],
+            )?,
             replay_rejections: counter("x402_replay_rejections_total", "Payments refused because their authorization was already used", &["route"])?,
             value_accepted: counter(
                 "x402_value_accepted_atomic_total",
@@ -62,6 +67,7 @@ impl Metrics {
             exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
             exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
             settlement_stalled: IntGaugeVec::new(Opts::new("x402_settlement_stalled", "1 while settlement is stalled and priced routes refuse payments, labelled with the cause"), &["cause"])?,
+            admission: AdmissionGauges::new()?,
             losses_budget_used: IntGauge::new("x402_loss_budget_used_usd_micros", "Served-but-unpaid value still counting against the loss budget, in micro-USD")?,
             losses_total: IntGauge::new("x402_losses_usd_micros", "Served-but-unpaid value since the process started (failed or expired settlements), in micro-USD")?,
             reloads: counter("x402_config_reloads_total", "Config reloads by outcome (success, failure)", &["outcome"])?,
@@ -91,6 +97,7 @@ impl Metrics {
         }
         registry.register(Box::new(self.exposure_route.clone()))?;
         registry.register(Box::new(self.settlement_stalled.clone()))?;
+        self.admission.register(registry)?;
         registry.register(Box::new(self.config_info.clone()))?;
         registry.register(Box::new(self.upstream_latency.clone()))?;
         registry.register(Box::new(self.verify_seconds.clone()))?;
@@ -121,6 +128,56 @@ impl Metrics {
 
     pub fn count_accepted(&self, route: &str, network: &str, asset: &str, amount: u64) {
         self.value_accepted.with_label_values(&[route, network, asset]).inc_by(amount);
+    }
+}
+
+/// Admission by settlement capacity, per network (CAIP-2 id), read from the admission guard
+/// at scrape time.
+pub struct AdmissionGauges {
+    pub backlog: IntGaugeVec,
+    pub capacity: GaugeVec,
+    pub backlog_seconds: GaugeVec,
+    pub threshold_seconds: GaugeVec,
+    pub refusing: IntGaugeVec,
+}
+
+impl AdmissionGauges {
+    fn new() -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["network"]);
+        let int_gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["network"]);
+        Ok(Self {
+            backlog: int_gauge("x402_settlement_backlog", "Payments accepted and not yet settled or failed")?,
+            capacity: gauge(
+                "x402_settlement_capacity_per_second",
+                "Payments settled per second while a full batch was waiting (a prior until measured)",
+            )?,
+            backlog_seconds: gauge("x402_settlement_backlog_seconds", "Estimated time to settle the backlog at the measured capacity (+Inf: nothing settles)")?,
+            threshold_seconds: gauge(
+                "x402_settlement_admission_threshold_seconds",
+                "Above this backlog_seconds priced routes answer 503 settlement_backlog",
+            )?,
+            refusing: int_gauge("x402_settlement_admission_refusing", "1 while priced routes on this network refuse new payments for the backlog")?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        for gauge in [&self.capacity, &self.backlog_seconds, &self.threshold_seconds] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        registry.register(Box::new(self.backlog.clone()))?;
+        registry.register(Box::new(self.refusing.clone()))
+    }
+
+    /// Shows `states` (by network) as they are now.
+    pub fn set(&self, states: &std::collections::BTreeMap<String, x402_settle::admission::NetworkAdmission>) {
+        for (network, state) in states {
+            let labels = [network.as_str()];
+            self.backlog.with_label_values(&labels).set(i64::try_from(state.backlog).unwrap_or(i64::MAX));
+            self.capacity.with_label_values(&labels).set(state.capacity.per_second);
+            self.backlog_seconds.with_label_values(&labels).set(state.backlog_secs);
+            self.threshold_seconds.with_label_values(&labels).set(state.threshold_secs.unwrap_or(f64::INFINITY));
+            self.refusing.with_label_values(&labels).set(i64::from(state.refusal.is_some()));
+        }
     }
 }
 

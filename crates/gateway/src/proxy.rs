@@ -40,6 +40,8 @@ pub struct PaywallProxy {
     pub journal: Arc<Journal>,
     /// Whether settlement keeps up; priced routes take no payment while it does not.
     pub health: Arc<x402_settle::stall::SettlementHealth>,
+    /// Whether each network's settlement backlog leaves room for new payments.
+    pub admission: Arc<x402_settle::admission::SettlementAdmission>,
     /// The settler's bounded queue for `settle: before` payments (with the chain checks they
     /// pass first), and how long a request waits.
     pub settle_before: Option<SettleBefore>,
@@ -176,13 +178,8 @@ impl PaywallProxy {
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
-        if let Some(stall) = self.health.stall() {
-            // Counted with the other refusals, so a stall's refused payments show by reason.
-            if payment::find_payment_header(&req.headers).is_some() {
-                self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), "settlement_stalled"]).inc();
-            }
-            let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
-            return Admission::Answer(challenge::retry_later("settlement_stalled", x402::ReasonCode::UnexpectedSettleError, &message));
+        if let Some(refusal) = self.settlement_refusal(route, pricing) {
+            return Admission::Answer(refusal);
         }
         if let Some(upgrade) = req.headers.get(http::header::UPGRADE) {
             // Only a WebSocket can be charged: an h2c upgrade would open a connection that
@@ -207,6 +204,24 @@ impl PaywallProxy {
                 Admission::Answer(self.refuse(route, pricing, &resource_url(req, host), rejection, ctx))
             }
         }
+    }
+
+    /// 503 while settlement cannot take new payments on this route: stalled, or a backlog on
+    /// one of its networks that a new payment would wait behind past its `validBefore`.
+    /// Answered before any payment is read, reserved or journaled.
+    fn settlement_refusal(&self, route: &Route, pricing: &Pricing) -> Option<LocalResponse> {
+        const STALL_RETRY_AFTER_SECS: u64 = 2;
+        let (code, message, retry_after) = if let Some(stall) = self.health.stall() {
+            let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
+            ("settlement_stalled", message, STALL_RETRY_AFTER_SECS)
+        } else {
+            let backlog = self.admission.refusal(pricing.requirements.iter().map(|r| r.network.as_str()))?;
+            let message = format!("settlement on {} is behind ({}); no payment is taken until it catches up, and nothing was charged", backlog.network, backlog.message);
+            ("settlement_backlog", message, backlog.retry_after_secs)
+        };
+        tracing::info!(route = %route.name, code, retry_after, "priced request refused before payment");
+        self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), code]).inc();
+        Some(challenge::retry_later(code, x402::ReasonCode::UnexpectedSettleError, &message, retry_after))
     }
 
     /// Recovers the signer of a payment that passed its cheap checks, off the worker thread,
@@ -270,7 +285,7 @@ impl PaywallProxy {
         }
         if let Some(code) = rejection.retry_later() {
             tracing::warn!(route = %route.name, code, error = %rejection, "payment refused for now");
-            return challenge::retry_later(code, rejection.reason(), &rejection.to_string());
+            return challenge::retry_later(code, rejection.reason(), &rejection.to_string(), 2);
         }
         tracing::info!(route = %route.name, reason = %rejection.reason(), error = %rejection, "payment refused");
         let message = rejection.to_string();

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use x402_settle::{ChainClient, NetworkSettlement, Settler};
+use x402_settle::admission::{AdmissionGuard, AdmissionPolicy, SettlementAdmission};
 use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
 use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
@@ -83,8 +84,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         .context("cannot start the journal upkeep thread")?;
     let health = Arc::new(SettlementHealth::default());
     if let Some(key) = &key {
-        spawn_stall_guard(&config, key, journal.clone(), health.clone(), shutdown_rx.clone())?;
+        spawn_stall_guard(&config, key, journal.clone(), health.clone(), metrics.settlement.clone(), shutdown_rx.clone())?;
     }
+    let admission_shutdown = shutdown_rx.clone();
     let drain_timeout = config.settlement.drain_timeout;
     let settler = settler.map(Arc::new);
     let (settle_before, settle_now_rx) = match &settler {
@@ -119,6 +121,10 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let (verify_threads, verify_queue) = (config.server.verify_threads, config.server.verify_queue);
     server.bootstrap();
     let live = Arc::new(ArcSwap::from_pointee(config));
+    let admission = Arc::new(SettlementAdmission::default());
+    if live.load().settlement.admission && key.is_some() {
+        spawn_admission_guard(&live, journal.clone(), metrics.settlement.clone(), admission.clone(), admission_shutdown)?;
+    }
     let reloader = Arc::new(Reloader::new(config_path, &text, live.clone(), exposure.clone(), metrics.clone()));
     crate::reload::spawn_reload_triggers(reloader.clone(), admin_settings.watch_config)?;
     let proxy = PaywallProxy {
@@ -128,6 +134,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         balances,
         journal: journal.clone(),
         health: health.clone(),
+        admission: admission.clone(),
         settle_before,
         // A settle-before request waits for its own transaction: simulation, then its receipt.
         settle_before_timeout,
@@ -153,6 +160,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             journal: journal.clone(),
             exposure,
             health,
+            admission,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             settle_flush,
@@ -398,6 +406,7 @@ fn spawn_stall_guard(
     key: &PrivateKeySigner,
     journal: Arc<Journal>,
     health: Arc<SettlementHealth>,
+    metrics: Arc<x402_settle::SettlementMetrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let networks = config.networks.iter().map(|n| n.name.clone()).zip(chain_clients(config, key)?).collect();
@@ -406,14 +415,53 @@ fn spawn_stall_guard(
         batch_window: config.settlement.policy.max_wait,
         expiry_guard: Duration::from_secs(config.verify_policy.settle_margin_secs / 2),
     };
-    let guard = StallGuard { journal, networks, policy, health };
-    std::thread::Builder::new().name("stall-guard".into()).spawn(move || {
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(guard.run(shutdown)),
-            Err(error) => tracing::error!(%error, "the stall guard could not start"),
-        }
+    let guard = StallGuard { journal, networks, policy, health, metrics };
+    spawn_guard("stall-guard", move || guard.run(shutdown))
+}
+
+/// Runs a guard's loop on a thread of its own with a runtime of its own: a guard reads the
+/// journal (and probes RPC nodes) every second and must not wait behind the settler or the
+/// workers.
+fn spawn_guard<F: std::future::Future<Output = ()>>(name: &'static str, guard: impl FnOnce() -> F + Send + 'static) -> anyhow::Result<()> {
+    std::thread::Builder::new().name(name.into()).spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(guard()),
+        Err(error) => tracing::error!(%error, guard = name, "a settlement guard could not start"),
     })?;
     Ok(())
+}
+
+/// Starts admission by settlement capacity on a thread of its own, beside the stall guard.
+/// The shortest quote per network is read from the serving config at every check, so a
+/// reload is followed.
+fn spawn_admission_guard(
+    live: &Arc<ArcSwap<Config>>,
+    journal: Arc<Journal>,
+    metrics: Arc<x402_settle::SettlementMetrics>,
+    admission: Arc<SettlementAdmission>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let config = live.load();
+    let policy = AdmissionPolicy {
+        max_batch: config.settlement.policy.first_batch_size(),
+        batch_window: config.settlement.policy.max_wait,
+        settle_margin_secs: config.verify_policy.settle_margin_secs,
+        min_time_left_secs: config.settlement.policy.min_time_left_secs,
+    };
+    let networks = config.networks.iter().map(|n| n.id.clone()).collect();
+    let live = live.clone();
+    let shortest_quotes = Box::new(move || shortest_quotes(&live.load()));
+    let guard = AdmissionGuard { journal, metrics, networks, policy, shortest_quotes, admission };
+    spawn_guard("admission-guard", move || guard.run(shutdown))
+}
+
+/// The shortest `maxTimeoutSeconds` each network (CAIP-2 id) is offered with by a priced route.
+fn shortest_quotes(config: &Config) -> std::collections::BTreeMap<String, u64> {
+    let mut quotes = std::collections::BTreeMap::new();
+    for requirement in config.routes.iter().filter_map(|r| r.pricing.as_ref()).flat_map(|p| &p.requirements) {
+        let quote = quotes.entry(requirement.network.clone()).or_insert(requirement.max_timeout_seconds);
+        *quote = (*quote).min(requirement.max_timeout_seconds);
+    }
+    quotes
 }
 
 /// Token balances for the balance check, read through the networks' RPC URLs.

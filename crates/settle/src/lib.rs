@@ -8,6 +8,7 @@
 //! landed (possibly through someone else's transaction), and a payment counts as settled only
 //! when the `Transfer` to its payTo that its authorization made is in a receipt.
 
+pub mod admission;
 mod chain;
 mod lane;
 mod metrics;

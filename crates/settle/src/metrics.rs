@@ -1,6 +1,7 @@
 //! What the settler reports to Prometheus: batches, gas, RPC errors, and value settled.
 //! The owner registers them in its registry; a settler nobody registers still counts.
 
+use prometheus::core::Collector;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct SettlementMetrics {
@@ -40,6 +41,14 @@ impl SettlementMetrics {
         }
     }
 
+    /// Payments settled since the process started, on every network.
+    pub fn settled_total(&self) -> u64 {
+        let families = self.payments.collect();
+        let metrics = families.iter().flat_map(|family| family.get_metric());
+        let settled = metrics.filter(|metric| metric.get_label().iter().any(|label| label.name() == "state" && label.value() == "settled"));
+        settled.map(|metric| metric.get_counter().get_value() as u64).sum()
+    }
+
     /// Adds every metric to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled, &self.replacements] {
@@ -69,5 +78,9 @@ mod tests {
         let families = registry.gather();
         assert!(families.iter().any(|f| f.name() == "x402_value_settled_atomic_total"));
         assert!(metrics.register(&registry).is_err(), "a second registration must be refused");
+        metrics.payments.with_label_values(&["eip155:1", "settled"]).inc_by(3);
+        metrics.payments.with_label_values(&["eip155:2", "settled"]).inc();
+        metrics.payments.with_label_values(&["eip155:1", "failed"]).inc();
+        assert_eq!(metrics.settled_total(), 4);
     }
 }

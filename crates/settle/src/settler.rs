@@ -86,6 +86,19 @@ impl Default for BatchPolicy {
     }
 }
 
+impl BatchPolicy {
+    /// Payments per transaction before any estimate is known: what `max_gas_per_transaction`
+    /// holds at a first guess of gas per payment, at most `max_batch`.
+    pub fn first_batch_size(&self) -> usize {
+        batch_size_for(self, GAS_PER_PAYMENT_GUESS)
+    }
+}
+
+fn batch_size_for(policy: &BatchPolicy, gas_per_payment: u64) -> usize {
+    let fits = policy.max_gas_per_transaction.saturating_mul(4) / 5 / gas_per_payment.max(1);
+    usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, policy.max_batch.max(1))
+}
+
 /// One network the settler settles on.
 pub struct NetworkSettlement {
     /// CAIP-2 id, as journal items carry it.
@@ -418,8 +431,7 @@ impl Settler {
             0 => GAS_PER_PAYMENT_GUESS,
             learned => learned,
         };
-        let fits = self.policy.max_gas_per_transaction.saturating_mul(4) / 5 / per_payment;
-        usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, self.policy.max_batch.max(1))
+        batch_size_for(&self.policy, per_payment)
     }
 
     /// Puts every transaction the journal holds open (a crash or stop came before its

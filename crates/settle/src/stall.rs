@@ -5,12 +5,15 @@
 //! cap, a settlement account out of gas money, a transaction stuck in the mempool), through
 //! three symptoms checked every second:
 //! - every RPC URL of a network has failed for `stall_after`;
-//! - the oldest unsettled payment has waited longer than `stall_after` plus a batch window;
+//! - the oldest unsettled payment has waited longer than `stall_after` plus a batch window,
+//!   and no payment has settled for as long (a settler that settles, however far behind, is
+//!   not stalled: admission by capacity, in [`crate::admission`], keeps its backlog in time);
 //! - an unsettled payment is less than `expiry_guard` away from its `validBefore`.
 //!
 //! [`SettlementHealth`] is what the request path reads: one atomic load per priced request.
 
 use crate::chain::ChainClient;
+use crate::metrics::SettlementMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,13 +77,20 @@ pub struct StallGuard {
     pub networks: Vec<(String, ChainClient)>,
     pub policy: StallPolicy,
     pub health: Arc<SettlementHealth>,
+    /// The settler's counters: whether any payment settled lately.
+    pub metrics: Arc<SettlementMetrics>,
 }
 
 impl StallGuard {
     /// Checks every second until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut unreachable_since: Vec<Option<(Instant, String)>> = vec![None; self.networks.len()];
+        let (mut settled, mut last_progress) = (self.metrics.settled_total(), Instant::now());
         loop {
+            let now_settled = self.metrics.settled_total();
+            if now_settled != settled {
+                (settled, last_progress) = (now_settled, Instant::now());
+            }
             for ((_, client), since) in self.networks.iter().zip(unreachable_since.iter_mut()) {
                 // Each RPC URL gets a bounded time to answer (see `ChainClient`), then the next.
                 match client.head().await {
@@ -88,7 +98,7 @@ impl StallGuard {
                     Err(error) => *since = Some(since.take().map_or_else(|| (Instant::now(), error.to_string()), |(at, _)| (at, error.to_string()))),
                 }
             }
-            self.health.set(self.diagnose(&unreachable_since));
+            self.health.set(self.diagnose(&unreachable_since, last_progress.elapsed()));
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}
@@ -99,7 +109,7 @@ impl StallGuard {
         }
     }
 
-    fn diagnose(&self, unreachable_since: &[Option<(Instant, String)>]) -> Option<Stall> {
+    fn diagnose(&self, unreachable_since: &[Option<(Instant, String)>], since_progress: Duration) -> Option<Stall> {
         for ((network, _), since) in self.networks.iter().zip(unreachable_since) {
             if let Some((at, error)) = since.as_ref().filter(|(at, _)| at.elapsed() >= self.policy.stall_after) {
                 let message = format!("no RPC node of {network} has answered for {} s ({error})", at.elapsed().as_secs());
@@ -110,8 +120,9 @@ impl StallGuard {
         match self.journal.oldest_unsettled_ms() {
             Ok(Some(oldest)) => {
                 let waited = Duration::from_millis(now_ms.saturating_sub(oldest));
-                if waited > self.policy.stall_after.saturating_add(self.policy.batch_window) {
-                    let message = format!("the oldest unsettled payment has waited {} s for settlement", waited.as_secs());
+                let tolerated = self.policy.stall_after.saturating_add(self.policy.batch_window);
+                if waited > tolerated && since_progress > tolerated {
+                    let message = format!("the oldest unsettled payment has waited {} s for settlement, and none has settled for {} s", waited.as_secs(), since_progress.as_secs());
                     return Some(Stall { cause: "not_progressing", message });
                 }
             }

@@ -424,6 +424,8 @@ const PRUNABLE_PAYMENTS: &str = "SELECT id FROM payments WHERE state IN ('settle
 const PRUNE_BATCHES: &str =
     "DELETE FROM batches WHERE rowid IN (SELECT rowid FROM batches WHERE done = 1 AND sent_at_ms < ?1 LIMIT ?2)";
 const TRANSACTIONS_OF: &str = "SELECT transaction_hash FROM payment_transactions WHERE payment_id = ?1 ORDER BY rowid DESC";
+static UNSETTLED_DEADLINES: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT valid_before FROM payments WHERE {UNSETTLED} AND network = ?1 ORDER BY valid_before"));
 /// One seek in the `UNIQUE (chain_id, asset, payer, nonce)` index.
 const HOLDS_AUTHORIZATION: &str = "SELECT 1 FROM payments WHERE chain_id = ?1 AND asset = ?2 AND payer = ?3 AND nonce = ?4";
 
@@ -720,6 +722,15 @@ impl Journal {
     /// The earliest `validBefore` (Unix seconds) of a payment still unsettled.
     pub fn earliest_unsettled_deadline(&self) -> Result<Option<u64>, JournalError> {
         Ok(lock(&self.reader).prepare_cached(&EARLIEST_DEADLINE)?.query_row([], |row| row.get(0))?)
+    }
+
+    /// The `validBefore` (Unix seconds) of every payment still unsettled on `network`, earliest
+    /// first: the order the settler takes them in. Read from the index alone.
+    pub fn unsettled_deadlines(&self, network: &str) -> Result<Vec<u64>, JournalError> {
+        let reader = lock(&self.reader);
+        let mut statement = reader.prepare_cached(&UNSETTLED_DEADLINES)?;
+        let rows = statement.query_map(params![network], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get(&self, id: u64) -> Result<Option<PaymentRecord>, JournalError> {

@@ -123,6 +123,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             },
             max_fee_per_gas_wei: settlement.max_fee_per_gas_gwei.map(|gwei| u128::from(gwei) * 1_000_000_000),
             stall_after: Duration::from_secs(settlement.stall_after_seconds),
+            admission: settlement.admission,
             settle_before_queue: settlement.settle_before_queue,
             journal_retention,
         },

@@ -117,6 +117,8 @@ pub struct SettlementSettings {
     pub journal_sync: x402_store::JournalSync,
     pub max_fee_per_gas_wei: Option<u128>,
     pub stall_after: Duration,
+    /// Admission by settlement capacity is on.
+    pub admission: bool,
     /// `settle: before` payments that may wait for the settler before 503.
     pub settle_before_queue: usize,
     /// How long a finished payment is kept past its `validBefore` (see `crate::upkeep`).

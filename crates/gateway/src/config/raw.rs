@@ -244,6 +244,9 @@ pub struct RawSettlement {
     /// How long an RPC outage, or a payment waiting beyond its batch window, is tolerated
     /// before priced routes stop taking payments (503 `settlement_stalled`).
     pub stall_after_seconds: u64,
+    /// Refuse priced requests (503 `settlement_backlog`) while the backlog could not be
+    /// settled before a new payment's `validBefore` at the measured settlement rate.
+    pub admission: bool,
     /// `settle: before` payments that may wait for the settler; beyond it they get 503.
     pub settle_before_queue: usize,
     /// Days a settled or failed payment is kept after its `validBefore` before it is pruned
@@ -268,6 +271,7 @@ impl Default for RawSettlement {
             max_fee_per_gas_gwei: None,
             max_gas_per_transaction: 16_000_000,
             stall_after_seconds: 30,
+            admission: true,
             settle_before_queue: 64,
             journal_retention_days: 30.0,
         }

@@ -53,6 +53,8 @@ fn accepted_is_earliest_deadline_first_per_network() {
         journal.set_state(early, PaymentState::Settled { transaction: "0xabc".into() }).await.unwrap();
         assert_eq!(journal.accepted("eip155:1", 10).unwrap().len(), 1);
         assert_eq!(journal.unsettled_count().unwrap(), 2);
+        assert_eq!(journal.unsettled_deadlines("eip155:1").unwrap(), vec![300], "settled payments are not backlog");
+        assert_eq!(journal.unsettled_deadlines("eip155:2").unwrap(), vec![50]);
         assert_eq!(journal.counts().unwrap().get("settled"), Some(&1));
     });
 }
@@ -178,12 +180,13 @@ fn frequent_queries_use_the_partial_indexes() {
     let connection = Connection::open(dir.path().join("journal.db")).unwrap();
     // Every query the settler, the stall guard, the probes, the receipt endpoint and the
     // upkeep pass run again and again, with the index it must be planned with.
-    let queries: [(&str, &str); 13] = [
+    let queries: [(&str, &str); 14] = [
         (&ACCEPTED, "payments_unsettled"),
         (&UNSETTLED_ROWS, "payments_unsettled"),
         (&UNSETTLED_COUNT, "payments_unsettled"),
         (&OLDEST_UNSETTLED, "payments_unsettled"),
         (&EARLIEST_DEADLINE, "payments_unsettled"),
+        (&UNSETTLED_DEADLINES, "payments_unsettled"),
         (&SUBMITTED_IN, "payments_in_flight"),
         (&GIVEN_UP, "payments_given_up"),
         (OPEN_BATCHES, "batches_open"),
