@@ -40,8 +40,10 @@ test("a batch above the gas cap is split into transactions under it, and every p
   }));
   assert.deepEqual(responses, Array(12).fill(200));
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 12_000n, 30_000, "all 12 settled");
-  const rows = runCli(["payments", "--journal", journalPath, "list", "--state", "settled", "--limit", "0"])
-    .stdout.trim().split("\n").map((line) => JSON.parse(line));
+  const settled = () => runCli(["payments", "--journal", journalPath, "list", "--state", "settled", "--limit", "0"])
+    .stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
+  // The journal follows the chain within a settler round.
+  const rows = await eventually(() => { const r = settled(); return r.length === 12 && r; }, 30_000, "all 12 journaled settled");
   const transactions = [...new Set(rows.map((r) => r.transaction))];
   assert.ok(transactions.length > 1, `split into ${transactions.length} transactions`);
   for (const hash of transactions) {

@@ -34,6 +34,11 @@ after(async () => {
   await env?.stop();
 });
 
+// A batch window longer than the test: payments are accepted and never sent. Admission by
+// settlement capacity would rightly refuse them (nothing queued could settle before its
+// validBefore), so it is off while the test builds that backlog on purpose.
+const NEVER_SENT = { max_wait_ms: 600_000, max_batch: 1000, admission: false };
+
 function gateway(settlement) {
   return startTestGateway(env, { payTo, settlement: { journal_path: journalPath, receipt_timeout_seconds: 60, ...settlement } });
 }
@@ -80,7 +85,7 @@ test("kill -9 before submit, between broadcast and receipt, and mid-traffic: eve
   const startBalance = await balanceOf(env.devnet.url, payTo);
 
   // 1. Accepted, never submitted: a batch window longer than the test, then SIGKILL.
-  gw = await gateway({ max_wait_ms: 600_000, max_batch: 1000 });
+  gw = await gateway(NEVER_SENT);
   assert.equal(await payMany(gw, 80), 80);
   assert.deepEqual(journalSummary(), { accepted: 80 }, "the CLI reads the live journal");
   await gw.stop("SIGKILL");
@@ -88,7 +93,7 @@ test("kill -9 before submit, between broadcast and receipt, and mid-traffic: eve
 
   // A payment accepted before the crash is still a replay after it.
   const [oldReceipt, old] = served.entries().next().value;
-  gw = await gateway({ max_wait_ms: 600_000, max_batch: 1000 });
+  gw = await gateway(NEVER_SENT);
   const replay = await fetch(gw.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(old.payment) } });
   assert.equal(replay.status, 402);
   assert.equal(unb64(replay.headers.get("payment-required")).error, "invalid_exact_evm_nonce_already_used");
@@ -170,7 +175,7 @@ test("journal_sync: normal: payments served before kill -9 are still journaled a
   };
   const startBalance = await balanceOf(env.devnet.url, payTo);
   const before = new Set(served.keys());
-  gw = await start({ max_wait_ms: 600_000, max_batch: 1000 });
+  gw = await start(NEVER_SENT);
   assert.equal(await payMany(gw, 40), 40);
   await gw.stop("SIGKILL");
   assert.deepEqual(summary(), { accepted: 40 }, "no fsync per commit, yet the kernel kept every commit through the kill");

@@ -178,7 +178,7 @@ impl PaywallProxy {
         ctx.route = Some(index);
         ctx.upstream = Some(route.upstream);
         let Some(pricing) = route.pricing.as_ref() else { return Admission::Forward };
-        if let Some(refusal) = self.settlement_refusal(route, pricing) {
+        if let Some(refusal) = self.settlement_refusal(route, pricing, payment::find_payment_header(&req.headers).is_some()) {
             return Admission::Answer(refusal);
         }
         if let Some(upgrade) = req.headers.get(http::header::UPGRADE) {
@@ -209,7 +209,7 @@ impl PaywallProxy {
     /// 503 while settlement cannot take new payments on this route: stalled, or a backlog on
     /// one of its networks that a new payment would wait behind past its `validBefore`.
     /// Answered before any payment is read, reserved or journaled.
-    fn settlement_refusal(&self, route: &Route, pricing: &Pricing) -> Option<LocalResponse> {
+    fn settlement_refusal(&self, route: &Route, pricing: &Pricing, carries_payment: bool) -> Option<LocalResponse> {
         const STALL_RETRY_AFTER_SECS: u64 = 2;
         let (code, message, retry_after) = if let Some(stall) = self.health.stall() {
             let message = format!("settlement has stalled ({}); no payment is taken until it recovers, and nothing was charged", stall.message);
@@ -220,7 +220,10 @@ impl PaywallProxy {
             ("settlement_backlog", message, backlog.retry_after_secs)
         };
         tracing::info!(route = %route.name, code, retry_after, "priced request refused before payment");
-        self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), code]).inc();
+        // Counted with the other refused payments; a request without one refused nothing.
+        if carries_payment {
+            self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), code]).inc();
+        }
         Some(challenge::retry_later(code, x402::ReasonCode::UnexpectedSettleError, &message, retry_after))
     }
 
