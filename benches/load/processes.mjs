@@ -5,7 +5,7 @@
 // the upstream and the dev chain ("the world"); core 1 carries the program measured (the
 // contender) alone.
 import { spawn, execFileSync } from "node:child_process";
-import { readFileSync, readdirSync, mkdirSync } from "node:fs";
+import { readFileSync, readdirSync, mkdirSync, createWriteStream } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,10 +36,14 @@ export function buildRelease() {
 }
 
 /** Starts `command` pinned to `cpu`; resolves once `port` answers `GET /health`. */
-export async function startPinned(cpu, command, args, port, { env = {} } = {}) {
+export async function startPinned(cpu, command, args, port, { env = {}, logFile = null } = {}) {
   const child = spawn("taskset", ["-c", cpu, command, ...args], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
   let stderr = "";
-  child.stderr.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
+  const log = logFile ? createWriteStream(logFile) : null;
+  child.stderr.on("data", (d) => {
+    stderr = (stderr + d).slice(-4000);
+    log?.write(d);
+  });
   const exited = new Promise((r) => child.once("exit", r));
   for (let i = 0; ; i++) {
     if (child.exitCode !== null) throw new Error(`${command} exited: ${stderr}`);

@@ -30,7 +30,7 @@ import { parseArgs } from "node:util";
 import { randomBytes } from "node:crypto";
 import { startDevnet, devPrivateKey, devAccount, rpc, balanceOf } from "../../deploy/devnet/devnet.mjs";
 import {
-  ROOT, RELEASE, WORLD_CPU, CONTENDER_CPU, sleep, freePort, buildRelease, startPinned, machineDescription, runLoadgen, resultStem,
+  ROOT, RELEASE, WORLD_CPU, CONTENDER_CPU, sleep, freePort, buildRelease, startPinned, cpuSeconds, machineDescription, runLoadgen, resultStem,
 } from "./processes.mjs";
 
 /** The gateway's settings for the soak (merged into a complete gateway.yaml; see `--set`). */
@@ -54,6 +54,8 @@ const SOAK_DEFAULTS = {
   connections: "64",
   // How long to wait for the backlog to drain after the load, per rate.
   "drain-limit-seconds": "300",
+  // The gateway's log level (X402_LOG); "info" shows every settlement batch with its timings.
+  "log-level": "warn",
 };
 const QUICK_RATE = 20;
 const QUICK_SECONDS = 15;
@@ -99,6 +101,7 @@ function options() {
     payers: number("payers"),
     connections: number("connections"),
     settings: withOverrides(GATEWAY_SETTINGS, values.set),
+    logLevel: values["log-level"],
   };
 }
 
@@ -166,8 +169,9 @@ function metricSamples(text, name) {
 const metricSum = (text, name, filter = () => true) => metricSamples(text, name).filter(([labels]) => filter(labels)).reduce((sum, [, v]) => sum + v, 0);
 
 /** One look at the gateway: backlog, oldest age, settled so far, gas so far, refusals so far. */
-async function sample(adminBase, token) {
+async function sample(adminBase, token, pids) {
   const [settlement, metrics] = await Promise.all([admin(adminBase, token, "/settlement"), admin(adminBase, token, "/metrics")]);
+  const cpu = Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, cpuSeconds(pid)]));
   const refusals = {};
   for (const [labels, value] of metricSamples(metrics, "x402_payments_rejected_total")) refusals[labels.reason] = (refusals[labels.reason] ?? 0) + value;
   return {
@@ -180,18 +184,20 @@ async function sample(adminBase, token) {
     gasUsed: metricSum(metrics, "x402_settlement_gas_used_total"),
     transactions: metricSum(metrics, "x402_settlement_batches_total"),
     refusals,
+    cpu,
   };
 }
 
-/** Samples once a second until `stop()`; the samples so far in `.samples`. */
-function startSampler(adminBase, token) {
+/** Samples once a second until `stop()`; the samples so far in `.samples`. `pids`: processes
+ *  whose CPU time each sample reads, by name. */
+function startSampler(adminBase, token, pids) {
   const samples = [];
   let running = true;
   const done = (async () => {
     while (running) {
       const next = Date.now() + 1000;
       try {
-        samples.push(await sample(adminBase, token));
+        samples.push(await sample(adminBase, token, pids));
       } catch (error) {
         // One missed sample is a gap in a curve; the gateway dying shows in the load's result.
         console.error(`sample failed: ${error.message}`);
@@ -249,9 +255,11 @@ async function soakRate(rate, run) {
   try {
     const balanceBefore = await balanceOf(chain.url, payTo);
     gateway = await startPinned(CONTENDER_CPU, join(RELEASE, "x402-gateway"), ["run", "--config", yaml], ports.port, {
-      env: { X402_SETTLEMENT_KEY: devPrivateKey(0), [ADMIN_TOKEN_ENV]: token, X402_LOG: "warn" },
+      env: { X402_SETTLEMENT_KEY: devPrivateKey(0), [ADMIN_TOKEN_ENV]: token, X402_LOG: run.logLevel },
+      logFile: join(dir, "gateway.log"),
     });
-    sampler = startSampler(adminBase, token);
+    console.log(`soak: ${rate}/s: the gateway logs (${run.logLevel}) to ${join(dir, "gateway.log")}`);
+    sampler = startSampler(adminBase, token, { chain: chain.process.pid, gateway: gateway.pid });
     const keys = Array.from({ length: run.payers }, (_, i) => devPrivateKey(FIRST_PAYER_INDEX + i));
     const launchedMs = Date.now();
     const load = await runLoadgen([
@@ -336,6 +344,8 @@ function summarize({ rate, run, load, samples, loadStartMs, loadEndMs, drainedAt
     refusals,
     stalls,
     settledPerSecond: window > 0 ? (atEnd.settled - atStart.settled) / window : 0,
+    // Share of one core each process used over the same window: which side ran out first.
+    cpuShare: window > 0 ? Object.fromEntries(Object.keys(atEnd.cpu).map((name) => [name, (atEnd.cpu[name] - atStart.cpu[name]) / window])) : {},
     maxBacklog: Math.max(0, ...samples.map((s) => s.unsettled)),
     maxOldestSeconds: Math.max(0, ...samples.map((s) => s.oldestSeconds)),
     drainSeconds: drainedAtMs === null ? null : Math.max(0, (drainedAtMs - loadEndMs) / 1000),
@@ -350,6 +360,7 @@ function summarize({ rate, run, load, samples, loadStartMs, loadEndMs, drainedAt
   return row;
 }
 
+const cpuText = (share) => ["chain", "gateway"].map((name) => (share?.[name] === undefined ? "—" : `${Math.round(share[name] * 100)}%`)).join(" / ");
 const fmt = (value, digits = 0) => (value === null || value === undefined ? "—" : Number(value).toFixed(digits));
 const pairs = (object) => Object.entries(object).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
 
@@ -367,12 +378,12 @@ function render(rows, run, started) {
   lines.push(JSON.stringify(run.settings));
   lines.push("```");
   lines.push("");
-  lines.push("| offered /s | served /s | answers | refusals by reason | settled /s during load¹ | largest backlog | oldest unsettled, max s | drain s | gas / payment | payments / tx | failed (reasons) | ledger |");
+  lines.push("| offered /s | served /s | answers | refusals by reason | settled /s during load¹ | largest backlog | oldest unsettled, max s | drain s | gas / payment | payments / tx | failed (reasons) | ledger | CPU used: chain / gateway² |");
   lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const l = r.ledger;
     const ledgerText = `${l.balanced ? "OK" : "MISMATCH"}: +${l.received} on-chain, ${l.settledValue} settled in the journal${l.leftUnsettled ? `, ${l.leftUnsettled} left unsettled` : ""}`;
-    lines.push(`| ${r.offered} | ${fmt(r.servedPerSecond)} | ${pairs(r.statuses)}${r.errors ? `, ${r.errors} errors` : ""} | ${pairs(r.refusals)} | ${fmt(r.settledPerSecond, 1)} | ${r.maxBacklog} | ${r.maxOldestSeconds} | ${r.drainSeconds === null ? `not drained in ${run.drainLimitSeconds}` : fmt(r.drainSeconds)} | ${fmt(r.gasPerPayment)} | ${fmt(r.paymentsPerTransaction, 1)} | ${l.failed}${l.failed ? ` (${pairs(l.failedReasons)})` : ""} | ${ledgerText} |`);
+    lines.push(`| ${r.offered} | ${fmt(r.servedPerSecond)} | ${pairs(r.statuses)}${r.errors ? `, ${r.errors} errors` : ""} | ${pairs(r.refusals)} | ${fmt(r.settledPerSecond, 1)} | ${r.maxBacklog} | ${r.maxOldestSeconds} | ${r.drainSeconds === null ? `not drained in ${run.drainLimitSeconds}` : fmt(r.drainSeconds)} | ${fmt(r.gasPerPayment)} | ${fmt(r.paymentsPerTransaction, 1)} | ${l.failed}${l.failed ? ` (${pairs(l.failedReasons)})` : ""} | ${ledgerText} | ${cpuText(r.cpuShare)} |`);
   }
   lines.push("");
   const notes = rows.flatMap((r) => [
@@ -381,6 +392,8 @@ function render(rows, run, started) {
     `- ${r.offered}/s: signing the payments took ${fmt(r.signingSeconds, 1)} s before the clock started.`,
   ]).filter(Boolean);
   lines.push(`¹ Over the load's last ${100 - RAMP_FRACTION * 100}%: the first payments settle a batch window and a block after the load starts. The drain after the load is not counted.`);
+  lines.push("");
+  lines.push("² Over the same window, as a share of one core: the dev chain (which executes every batch when it is simulated, estimated and mined) shares its core with the load generator and the upstream; the gateway has its core alone.");
   lines.push("");
   lines.push(...notes);
   lines.push("");

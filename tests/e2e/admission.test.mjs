@@ -28,7 +28,11 @@ before(async () => {
     payTo,
     admin: true,
     // The stall guard is kept out of the way: what refuses here must be admission.
-    settlement: { journal_path: journalPath, max_batch: 2, max_wait_ms: 500, stall_after_seconds: 600, ...(process.env.X402_TEST_ADMISSION === "off" ? { admission: false } : {}) },
+    // One transaction in flight of 2 payments per 2 s block: at most 1 payment/s settles.
+    settlement: {
+      journal_path: journalPath, max_batch: 2, max_transactions_in_flight: 1, max_wait_ms: 500, stall_after_seconds: 600,
+      ...(process.env.X402_TEST_ADMISSION === "off" ? { admission: false } : {}),
+    },
     payments: { max_timeout_seconds: 60, settle_margin_seconds: 20 },
   });
 });
@@ -39,18 +43,25 @@ after(async () => {
   await env?.stop();
 });
 
-/** One paid request from payer `i`: its status, the body's error code and Retry-After. */
-async function paidRequest(accepts, i) {
-  const payment = await signPayment(PAYERS[i % PAYERS.length], accepts);
+/** One paid request from payer `i`: its status, the body's error code and message, Retry-After. */
+async function paidRequest(accepts, i, payment = undefined) {
+  payment ??= await signPayment(PAYERS[i % PAYERS.length], accepts);
   const res = await fetch(gateway.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(payment) } });
   const text = await res.text();
-  let error;
+  let body = {};
   try {
-    error = JSON.parse(text).error;
+    body = JSON.parse(text);
   } catch {
-    error = undefined;
+    body = {};
   }
-  return { status: res.status, error, retryAfter: res.headers.get("retry-after") };
+  return { status: res.status, error: body.error, message: body.message, retryAfter: res.headers.get("retry-after") };
+}
+
+/** The journal's count of payments per state. */
+function journalSummary() {
+  const out = runCli(["payments", "--journal", journalPath, "summary"]);
+  assert.equal(out.status, 0, out.stderr);
+  return JSON.parse(out.stdout);
 }
 
 test("paid load above settlement capacity gets 503 settlement_backlog, free routes stay open, and no accepted payment expires", async () => {
@@ -92,7 +103,34 @@ test("paid load above settlement capacity gets 503 settlement_backlog, free rout
 
   // After the load stops, everything accepted settles: nothing expires or fails.
   await eventually(async () => (await (await gateway.admin("/settlement")).json()).unsettled === 0, 60_000, "the backlog drains");
-  const summary = JSON.parse(runCli(["payments", "--journal", journalPath, "summary"]).stdout);
-  assert.deepEqual(summary, { settled: accepted }, "every accepted payment settled, none failed or expired");
+  assert.deepEqual(journalSummary(), { settled: accepted }, "every accepted payment settled, none failed or expired");
   assert.equal(await balanceOf(env.devnet.url, payTo), BigInt(accepted) * PRICE_ATOMIC, "payTo received every accepted payment");
+});
+
+test("payments signed to end soon are refused when the backlog ahead of them would outlast them, and none that is accepted expires", async () => {
+  await eventually(async () => (await (await gateway.admin("/settlement")).json()).unsettled === 0, 60_000, "an empty backlog to start from");
+  const accepts = unb64((await fetch(gateway.base + "/weather")).headers.get("payment-required")).accepts[0];
+  const settledBefore = journalSummary().settled ?? 0;
+  const balanceBefore = await balanceOf(env.devnet.url, payTo);
+  // Signed as a client that signs ahead would: 30 s of validity (the least the route takes
+  // is the 20 s settle margin), sent all at once. At 1 payment/s the settler reaches only
+  // the first twenty-odd before they end; before, all were taken and the rest expired.
+  const validBefore = String(Math.floor(Date.now() / 1000) + 30);
+  const payments = await Promise.all(
+    Array.from({ length: 45 }, (_, i) => signPayment(PAYERS[i % PAYERS.length], accepts, { authorization: { validBefore } })),
+  );
+  const answers = [];
+  for (const [i, payment] of payments.entries()) answers.push(await paidRequest(accepts, i, payment));
+  const accepted = answers.filter((a) => a.status === 200).length;
+  const late = answers.filter((a) => a.status === 503 && a.error === "settlement_backlog");
+  assert.deepEqual(answers.filter((a) => a.status !== 200 && !(a.status === 503 && a.error === "settlement_backlog")), [], "served or refused for the backlog");
+  assert.ok(accepted > 0, "the first payments fit");
+  assert.ok(late.length > 0, `all ${accepted} payments ending in 30 s were taken at 1 payment/s`);
+  assert.match(late[0].message, /sign one valid for longer/);
+  assert.ok(Number(late[0].retryAfter) >= 1);
+
+  await eventually(async () => (await (await gateway.admin("/settlement")).json()).unsettled === 0, 60_000, "the backlog drains");
+  const summary = journalSummary();
+  assert.deepEqual(summary, { settled: settledBefore + accepted }, "every accepted payment settled before its validBefore, none expired");
+  assert.equal(await balanceOf(env.devnet.url, payTo) - balanceBefore, BigInt(accepted) * PRICE_ATOMIC, "payTo received every accepted payment");
 });

@@ -159,6 +159,12 @@ pub struct CheckedPayment {
 }
 
 impl CheckedPayment {
+    /// The offer the payment pays if its signature recovers to the first candidate: every
+    /// candidate is on the same network, which is what this is asked for.
+    pub fn first_candidate(&self) -> Option<usize> {
+        self.candidates.first().map(|&(requirement_index, _)| requirement_index)
+    }
+
     /// Recovers the signer and checks it is the authorization's `from`: the first candidate
     /// offer whose digest it signed is the one it pays.
     pub fn recover_signer(self) -> Result<VerifiedPayment, VerifyError> {

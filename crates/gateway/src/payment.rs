@@ -147,7 +147,23 @@ pub fn check_payment(
     Ok(PaymentCheck { version, checked, honoured })
 }
 
+/// The route's current pricing (`honoured: None`) or the earlier quote it still honours.
+fn paid_pricing(route: &Route, honoured: Option<usize>) -> Option<&Pricing> {
+    match honoured {
+        None => route.pricing.as_ref(),
+        Some(index) => route.honoured.get(index).map(|h| &h.pricing),
+    }
+}
+
 impl PaymentCheck {
+    /// (network, `validBefore`) of what the payment pays: what admission by settlement
+    /// capacity judges before the payment is reserved.
+    pub fn deadline<'r>(&self, route: &'r Route) -> Option<(&'r str, u64)> {
+        let pricing = paid_pricing(route, self.honoured)?;
+        let requirement = pricing.requirements.get(self.checked.first_candidate()?)?;
+        Some((requirement.network.as_str(), self.checked.authorization.valid_before_secs()))
+    }
+
     /// The CPU-heavy step: secp256k1 recovery must give the authorization's `from`.
     pub fn recover_signer(self) -> Result<SignedPayment, PaymentRejection> {
         let verified = self.checked.recover_signer()?;
@@ -159,10 +175,7 @@ impl PaymentCheck {
 impl SignedPayment {
     /// The route's pricing this payment pays: the current one or a quote still honoured.
     fn pricing<'r>(&self, route: &'r Route) -> Option<&'r Pricing> {
-        match self.honoured {
-            None => route.pricing.as_ref(),
-            Some(index) => route.honoured.get(index).map(|h| &h.pricing),
-        }
+        paid_pricing(route, self.honoured)
     }
 
     /// The payer's checksummed address.

@@ -198,7 +198,10 @@ impl PaywallProxy {
         let started = Instant::now();
         let checked = payment::check_payment(header, route, &config.verify_policy, config.server.max_payment_header_bytes, x402_store::unix_now());
         match checked {
-            Ok(check) => Admission::Recover { check, started },
+            Ok(check) => match self.late_payment(route, &check, ctx) {
+                Some(refusal) => Admission::Answer(refusal),
+                None => Admission::Recover { check, started },
+            },
             Err(rejection) => {
                 self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
                 Admission::Answer(self.refuse(route, pricing, &resource_url(req, host), rejection, ctx))
@@ -225,6 +228,23 @@ impl PaywallProxy {
             self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), code]).inc();
         }
         Some(challenge::retry_later(code, x402::ReasonCode::UnexpectedSettleError, &message, retry_after))
+    }
+
+    /// 503 for a payment the settler would reach too close to its `validBefore` behind the
+    /// backlog, though the route takes payments; answered before it is reserved.
+    fn late_payment(&self, route: &Route, check: &payment::PaymentCheck, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let (network, valid_before) = check.deadline(route)?;
+        let Some(late) = self.admission.late_payment(network, valid_before, x402_store::unix_now()) else {
+            // Taken as accepted from here: until the guard reads the journal again, it waits
+            // ahead of the next payment.
+            self.admission.payment_accepted();
+            return None;
+        };
+        tracing::info!(route = %route.name, network, valid_before, "payment refused: it would expire behind the settlement backlog");
+        self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), "settlement_backlog"]).inc();
+        ctx.outcome = PaymentOutcome::Refused(x402::ReasonCode::UnexpectedSettleError);
+        let message = format!("settlement on {} is behind ({}); nothing was charged", late.network, late.message);
+        Some(challenge::retry_later("settlement_backlog", x402::ReasonCode::UnexpectedSettleError, &message, late.retry_after_secs))
     }
 
     /// Recovers the signer of a payment that passed its cheap checks, off the worker thread,

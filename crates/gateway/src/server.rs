@@ -443,7 +443,9 @@ fn spawn_admission_guard(
     let config = live.load();
     let policy = AdmissionPolicy {
         max_batch: config.settlement.policy.first_batch_size(),
-        batch_window: config.settlement.policy.max_wait,
+        // A partial batch waits `max_wait` at most, and never past the point where one of
+        // its payments is `urgent_secs` from its deadline: then it goes at once.
+        batch_window: config.settlement.policy.max_wait.min(Duration::from_secs(config.settlement.policy.urgent_secs)),
         settle_margin_secs: config.verify_policy.settle_margin_secs,
         min_time_left_secs: config.settlement.policy.min_time_left_secs,
     };

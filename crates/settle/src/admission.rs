@@ -20,8 +20,8 @@
 
 use crate::metrics::SettlementMetrics;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use x402_store::{unix_now, Journal};
@@ -134,6 +134,48 @@ pub struct NetworkAdmission {
     pub refusal: Option<String>,
     /// When the backlog should be back under the reopening level.
     pub retry_after_secs: u64,
+    /// The backlog in the settler's order, to judge one more payment against.
+    pub schedule: Arc<Schedule>,
+}
+
+/// The backlog as the settler will take it, earliest `validBefore` first, at one look: a
+/// new payment goes in at its deadline's place, waits behind the payments ending no later,
+/// and makes every payment ending later wait one payment longer.
+#[derive(Debug, Default, PartialEq)]
+pub struct Schedule {
+    /// When the backlog was read (unix seconds).
+    at: u64,
+    /// Seconds of settling per payment at the measured capacity.
+    per_payment: f64,
+    /// Time a payment needs besides its place in the queue: a batch window and the time the
+    /// settler keeps in hand before `validBefore`.
+    reserve: f64,
+    deadlines: Vec<u64>,
+    /// `spare_from[k]`: the least time to spare of the queued payments from the k-th
+    /// (0-based) on, each reached after the ones before it; infinite past the end.
+    spare_from: Vec<f64>,
+}
+
+impl Schedule {
+    fn new(deadlines: &[u64], at: u64, per_payment: f64, reserve: f64) -> Self {
+        let mut spare_from = vec![f64::INFINITY; deadlines.len() + 1];
+        for (k, &deadline) in deadlines.iter().enumerate().rev() {
+            let spare = deadline as f64 - at as f64 - reserve - (k + 1) as f64 * per_payment;
+            spare_from[k] = spare.min(spare_from[k + 1]);
+        }
+        Self { at, per_payment, reserve, deadlines: deadlines.to_vec(), spare_from }
+    }
+
+    /// Whether a payment ending at `valid_before` fits: reached in time itself, and pushing
+    /// no queued payment past its deadline. `unseen`: payments accepted since the look,
+    /// taken to be ahead of it and of everyone. `Err` tells how many would settle first.
+    fn fits(&self, valid_before: u64, unseen: u64) -> Result<(), u64> {
+        let place = self.deadlines.partition_point(|&deadline| deadline <= valid_before);
+        let ahead = place as u64 + unseen;
+        let own_spare = valid_before as f64 - self.at as f64 - self.reserve - (ahead + 1) as f64 * self.per_payment;
+        let pushed_spare = self.spare_from[place] - (unseen + 1) as f64 * self.per_payment;
+        if own_spare >= 0.0 && pushed_spare >= 0.0 { Ok(()) } else { Err(ahead) }
+    }
 }
 
 /// A priced request refused for a settlement backlog.
@@ -150,7 +192,9 @@ pub struct BacklogRefusal {
 pub struct SettlementAdmission {
     /// Some network refuses: the request path looks at nothing else while it is false.
     refusing: AtomicBool,
-    networks: Mutex<BTreeMap<String, NetworkAdmission>>,
+    /// Payments accepted since the guard last read the backlogs: not in any schedule yet.
+    unseen: AtomicU64,
+    networks: RwLock<BTreeMap<String, NetworkAdmission>>,
 }
 
 impl SettlementAdmission {
@@ -160,7 +204,7 @@ impl SettlementAdmission {
         if !self.refusing.load(Ordering::Acquire) {
             return None;
         }
-        let states = self.lock();
+        let states = self.read();
         networks.into_iter().find_map(|network| {
             let state = states.get(network)?;
             let message = state.refusal.clone()?;
@@ -168,13 +212,36 @@ impl SettlementAdmission {
         })
     }
 
+    /// A refusal for one payment on `network` ending at `valid_before` that the settler,
+    /// at its measured capacity, would reach too close to its deadline, or that would push
+    /// a queued payment past its own, though the network takes payments: a payer that
+    /// signed long before sending, or that offers less time than the quote. Refused before
+    /// it is reserved, so the payer can send one valid for longer.
+    pub fn late_payment(&self, network: &str, valid_before: u64, now: u64) -> Option<BacklogRefusal> {
+        let states = self.read();
+        let state = states.get(network)?;
+        state.threshold_secs?;
+        let ahead = state.schedule.fits(valid_before, self.unseen.load(Ordering::Acquire)).err()?;
+        let message = format!(
+            "{ahead} payments settle before it or would then settle too late, at {:.2} payments/s, and its validBefore is {} s away; sign one valid for longer",
+            state.capacity.per_second,
+            valid_before.saturating_sub(now)
+        );
+        Some(BacklogRefusal { network: network.to_owned(), message, retry_after_secs: 1 })
+    }
+
+    /// A payment was accepted: it waits in a backlog the guard has not read yet.
+    pub fn payment_accepted(&self) {
+        self.unseen.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Every network's state, by CAIP-2 id.
     pub fn snapshot(&self) -> BTreeMap<String, NetworkAdmission> {
-        self.lock().clone()
+        self.read().clone()
     }
 
     fn publish(&self, network: &str, state: NetworkAdmission) {
-        let mut states = self.lock();
+        let mut states = self.networks.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let was = states.get(network).and_then(|s| s.refusal.as_deref());
         match (was, state.refusal.as_deref()) {
             (None, Some(reason)) => tracing::warn!(network, backlog = state.backlog, capacity_per_second = state.capacity.per_second, %reason, "settlement backlog: priced routes refuse new payments on this network"),
@@ -186,8 +253,8 @@ impl SettlementAdmission {
         self.refusing.store(any, Ordering::Release);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NetworkAdmission>> {
-        self.networks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NetworkAdmission>> {
+        self.networks.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -196,9 +263,11 @@ impl SettlementAdmission {
 /// whether it refuses now (then it reopens only below [`REOPEN_SHARE`] of the threshold).
 pub fn assess(deadlines: &[u64], now: u64, capacity: Capacity, threshold_secs: Option<f64>, refusing: bool, policy: &AdmissionPolicy) -> NetworkAdmission {
     let backlog = deadlines.len() as u64;
-    let per_payment = if capacity.per_second > 0.0 { 1.0 / capacity.per_second } else { f64::INFINITY };
+    let per_payment = per_payment_secs(capacity);
     let backlog_secs = if backlog == 0 { 0.0 } else { backlog as f64 * per_payment };
-    let mut state = NetworkAdmission { backlog, capacity, backlog_secs, threshold_secs, refusal: None, retry_after_secs: 0 };
+    let reserve = policy.batch_window.as_secs_f64() + policy.min_time_left_secs as f64;
+    let schedule = Arc::new(Schedule::new(deadlines, now, per_payment, reserve));
+    let mut state = NetworkAdmission { backlog, capacity, backlog_secs, threshold_secs, refusal: None, retry_after_secs: 0, schedule };
     let Some(threshold) = threshold_secs else { return state };
     let reopen_at = threshold * REOPEN_SHARE;
     let limit = if refusing { reopen_at } else { threshold };
@@ -221,6 +290,11 @@ pub fn assess(deadlines: &[u64], now: u64, capacity: Capacity, threshold_secs: O
         state.retry_after_secs = retry_after(reached);
     }
     state
+}
+
+/// Seconds of settling per payment at `capacity` (infinite when nothing settles).
+fn per_payment_secs(capacity: Capacity) -> f64 {
+    if capacity.per_second > 0.0 { 1.0 / capacity.per_second } else { f64::INFINITY }
 }
 
 /// The first queued payment (1-based position, deadline) the settler would reach, at
@@ -281,9 +355,13 @@ impl AdmissionGuard {
             .collect();
         loop {
             let quotes = (self.shortest_quotes)();
+            // Accepted before the backlogs are read: in them once published (a payment
+            // accepted meanwhile is counted twice, which only errs on the safe side).
+            let unseen = self.admission.unseen.load(Ordering::Acquire);
             for (network, watch) in self.networks.iter().zip(watches.iter_mut()) {
                 self.check(network, watch, quotes.get(network).copied());
             }
+            self.admission.unseen.fetch_sub(unseen, Ordering::AcqRel);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}
@@ -311,7 +389,7 @@ impl AdmissionGuard {
         let busy = watch.backlog >= self.policy.max_batch as u64;
         watch.estimator.observe(now.duration_since(watch.at).as_secs_f64(), settled.saturating_sub(watch.settled), busy);
         (watch.at, watch.settled, watch.backlog) = (now, settled, deadlines.len() as u64);
-        let refusing = self.admission.lock().get(network).is_some_and(|s| s.refusal.is_some());
+        let refusing = self.admission.read().get(network).is_some_and(|s| s.refusal.is_some());
         let threshold = shortest_quote.map(|quote| self.policy.threshold_secs(quote));
         let state = assess(&deadlines, unix_now(), watch.estimator.capacity(), threshold, refusing, &self.policy);
         self.admission.publish(network, state);
@@ -428,5 +506,54 @@ mod tests {
         assert_eq!((refusal.network.as_str(), refusal.retry_after_secs), ("eip155:1", refusing.retry_after_secs));
         admission.publish("eip155:1", assess(&[], 0, measured(1.0), Some(36.0), true, &POLICY));
         assert_eq!(admission.refusal(["eip155:1"]), None);
+    }
+
+    #[test]
+    fn a_payment_that_would_expire_behind_the_backlog_is_refused_though_the_network_takes_payments() {
+        let admission = SettlementAdmission::default();
+        let now = 1_000;
+        // 20 queued at 2/s ending in 16 s: the last is reached after 10 s, with the 2 s
+        // window and 4 s kept in hand just in time. Nothing refuses the network.
+        let state = assess(&[now + 16; 20], now, measured(2.0), Some(36.0), false, &POLICY);
+        assert_eq!(state.refusal, None);
+        admission.publish("eip155:1", state);
+        let late = admission.late_payment("eip155:1", now + 16, now).expect("behind all 20, reached after 10.5 s of work + 6 s");
+        assert!(late.message.starts_with("20 payments") && late.message.contains("16 s away"), "{late:?}");
+        assert_eq!(admission.late_payment("eip155:1", now + 17, now), None, "one second more is enough");
+        // Ending sooner, it would go first and push the 20th past its deadline.
+        assert!(admission.late_payment("eip155:1", now + 10, now).is_some_and(|late| late.message.starts_with("0 payments")));
+        assert_eq!(admission.late_payment("eip155:2", now + 1, now), None, "a network without state is not judged here");
+        admission.publish("eip155:1", assess(&[], now, measured(2.0), None, false, &POLICY));
+        assert_eq!(admission.late_payment("eip155:1", now + 1, now), None, "a network no priced route offers never refuses");
+    }
+
+    #[test]
+    fn payments_accepted_since_the_last_look_count_as_ahead() {
+        let admission = SettlementAdmission::default();
+        let now = 1_000;
+        admission.publish("eip155:1", assess(&[now + 300; 20], now, measured(2.0), Some(36.0), false, &POLICY));
+        assert_eq!(admission.late_payment("eip155:1", now + 301, now), None, "behind 20: 10.5 s + 6 s");
+        for _ in 0..600 {
+            admission.payment_accepted();
+        }
+        assert!(admission.late_payment("eip155:1", now + 301, now).is_some(), "600 unseen more: 310.5 s of work ahead");
+    }
+
+    #[test]
+    fn a_schedule_places_a_payment_at_its_deadline() {
+        let schedule = Schedule::new(&[10, 20, 30], 0, 1.0, 2.0);
+        // Spare time: 10-2-1 = 7, 20-2-2 = 16, 30-2-3 = 25; least from each on: 7, 16, 25, inf.
+        assert_eq!(schedule.spare_from, vec![7.0, 16.0, 25.0, f64::INFINITY]);
+        assert_eq!(schedule.fits(5, 0), Ok(()), "first in line: 2 s to spare, and the others still fit");
+        assert_eq!(schedule.fits(5, 2), Ok(()), "behind 2 unseen: 0 s to spare");
+        assert_eq!(schedule.fits(5, 3), Err(3));
+        assert_eq!(schedule.fits(30, 0), Ok(()), "last in line");
+        // One ending at 10, nine at 12: the ninth is reached at 10 s, just in time.
+        let mut deadlines = vec![10];
+        deadlines.extend([12; 9]);
+        let tight = Schedule::new(&deadlines, 0, 1.0, 2.0);
+        assert_eq!(tight.fits(11, 0), Err(1), "it would have time itself, but push the last of the nine past 12");
+        assert_eq!(tight.fits(12, 0), Err(10), "behind all ten it is reached too late itself");
+        assert_eq!(tight.fits(40, 0), Ok(()));
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod admission;
 mod chain;
+mod gas;
 mod lane;
 mod metrics;
 mod settle_before;

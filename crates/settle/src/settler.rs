@@ -20,11 +20,11 @@
 //! transaction of its own on a lane's next nonce.
 
 use crate::chain::{ChainClient, ChainError, Fees, Mined, NonceEnd, SignedFields};
+use crate::gas::GasModel;
 use crate::lane::{Attempt, Lane, OpenNonce, Step};
 use crate::metrics::SettlementMetrics;
 use crate::settle_before::{lock, Claims, SettleBefore, SettleNow, SettleNowOutcome};
 use alloy_primitives::{Address, Bytes, Signature, B256};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
@@ -115,8 +115,8 @@ struct Network {
     /// For reads: the first lane's client.
     client: ChainClient,
     lanes: Vec<Mutex<Lane>>,
-    /// Gas a payment adds to a batch, learned from estimates (0: not yet known).
-    gas_per_payment: AtomicU64,
+    /// What a batch costs, learned from estimates: sets gas limits between estimates.
+    gas: std::sync::Mutex<GasModel>,
     /// Journaled open transactions signed by a key no lane has any more (or unreadable):
     /// resolved from their receipts alone.
     orphans: std::sync::Mutex<Vec<BatchRecord>>,
@@ -130,7 +130,7 @@ impl Network {
             multicall: settlement.multicall,
             client,
             lanes: settlement.clients.into_iter().map(|client| Mutex::new(Lane::new(client))).collect(),
-            gas_per_payment: AtomicU64::new(0),
+            gas: std::sync::Mutex::default(),
             orphans: std::sync::Mutex::default(),
         })
     }
@@ -427,10 +427,7 @@ impl Settler {
     /// Payments per batch: what fits `max_gas_per_transaction` with the estimate's headroom,
     /// at most `max_batch`.
     fn batch_size(&self, network: &Network) -> usize {
-        let per_payment = match network.gas_per_payment.load(Ordering::Relaxed) {
-            0 => GAS_PER_PAYMENT_GUESS,
-            learned => learned,
-        };
+        let per_payment = lock(&network.gas).per_payment().unwrap_or(GAS_PER_PAYMENT_GUESS);
         batch_size_for(&self.policy, per_payment)
     }
 
@@ -486,18 +483,36 @@ impl Settler {
         }
         let head = network.client.head().await?;
         let mut in_flight = 0;
+        let mut mined = Vec::new();
         for lane in &network.lanes {
             let mut lane = lane.lock().await;
-            self.advance_lane(network, &mut lane, head).await?;
+            self.advance_lane(network, &mut lane, head, &mut mined).await?;
             in_flight += lane.open.len();
         }
         self.metrics.in_flight.with_label_values(&[network.network.as_str()]).set(in_flight as i64);
-        self.send_due(network, force, head).await
+        // Writing what landed is journal work and sending is mostly waiting on the node:
+        // done side by side, a round takes the longer of the two, not their sum.
+        let (written, sent) = tokio::join!(self.write_outcomes(network, mined), self.send_due(network, force, head));
+        written.and(sent)
+    }
+
+    /// Writes the outcomes of the nonces the chain passed; what cannot be written now is
+    /// resolved from its receipts next round.
+    async fn write_outcomes(&self, network: &Network, mined: Vec<ClosedNonce>) -> Result<(), SettleError> {
+        let mut closed = mined.into_iter();
+        while let Some(nonce) = closed.next() {
+            if let Err(error) = self.write_outcome(network, &nonce.hashes(), nonce.mined.as_ref(), Some(nonce.open.gas_limit)).await {
+                let unwritten = std::iter::once(nonce).chain(closed);
+                lock(&network.orphans).extend(unwritten.flat_map(|nonce| nonce.batch_records(&network.network)));
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// Moves each open transaction of `lane` on: resolve what the chain mined, resend what
     /// the node lost, replace what waits too long, fill a nonce gap.
-    async fn advance_lane(&self, network: &Network, lane: &mut Lane, head: u64) -> Result<(), SettleError> {
+    async fn advance_lane(&self, network: &Network, lane: &mut Lane, head: u64, closed: &mut Vec<ClosedNonce>) -> Result<(), SettleError> {
         if lane.open.is_empty() {
             return Ok(());
         }
@@ -512,7 +527,7 @@ impl Settler {
         let mut fees_now = None;
         for step in lane.plan(mined_nonce, pool_holds_next, head, self.policy.bump_after_blocks) {
             match step {
-                Step::Resolve(nonce) => self.resolve_nonce(network, lane, nonce).await?,
+                Step::Resolve(nonce) => closed.extend(self.resolve_nonce(network, lane, nonce).await?),
                 Step::CheckHeld(nonce) => check_held(lane, nonce, head).await?,
                 Step::Bump(nonce) => self.bump(network, lane, nonce, head, &mut fees_now).await?,
                 Step::FillGap(nonce) => self.fill_gap(network, lane, nonce, head).await?,
@@ -525,9 +540,10 @@ impl Settler {
         Ok(())
     }
 
-    /// The chain has passed `nonce`: writes what its mined attempt did to the payments.
-    async fn resolve_nonce(&self, network: &Network, lane: &mut Lane, nonce: u64) -> Result<(), SettleError> {
-        let Some(open) = lane.open.get(&nonce) else { return Ok(()) };
+    /// The chain has passed `nonce`: closes it in the lane with the attempt that was mined,
+    /// for its outcome to be written.
+    async fn resolve_nonce(&self, network: &Network, lane: &mut Lane, nonce: u64) -> Result<Option<ClosedNonce>, SettleError> {
+        let Some(open) = lane.open.get(&nonce) else { return Ok(None) };
         let mut mined = None;
         for hash in open.hashes().collect::<Vec<_>>().into_iter().rev() {
             if let Some(found) = network.client.receipt(hash).await? {
@@ -536,13 +552,13 @@ impl Settler {
             }
         }
         if mined.is_none() && !lane.receipt_missing(nonce) {
-            return Ok(()); // a node behind the one that counted the nonce: ask again next round
+            return Ok(None); // a node behind the one that counted the nonce: ask again next round
         }
-        let Some(open) = lane.open.remove(&nonce) else { return Ok(()) };
+        let Some(open) = lane.open.remove(&nonce) else { return Ok(None) };
         if mined.is_none() {
             tracing::warn!(network = %network.network, nonce, "account nonce used by a transaction the journal does not know; reconciling its payments one by one");
         }
-        self.write_outcome(network, &open.hashes().collect::<Vec<_>>(), mined).await
+        Ok(Some(ClosedNonce { open, mined }))
     }
 
     /// Replaces the newest attempt at `nonce` with the same calls and higher fees, journaled
@@ -638,12 +654,15 @@ impl Settler {
 
     /// Simulates, sizes, signs at the lane's next nonce, journals and broadcasts one batch.
     async fn send_batch(&self, network: &Network, lane: &mut Lane, batch: Vec<PaymentRecord>, head: u64, fees: &mut Option<Fees>) -> Result<(), SettleError> {
+        let started = std::time::Instant::now();
         let live = self.drop_unsettleable(batch).await?;
         let mut to_send = self.simulate(network, live).await?;
         if to_send.is_empty() {
             return Ok(());
         }
+        let simulated = started.elapsed();
         let gas_limit = self.fit_gas_cap(network, &mut to_send).await?;
+        let sized = started.elapsed();
         let fees = match fees {
             Some(fees) => *fees,
             None => *fees.insert(lane.client.fees().await?),
@@ -660,7 +679,11 @@ impl Settler {
         self.journal.record_batch(batch.clone(), to_send.iter().map(|p| p.record.id).collect()).await?;
         lane.next_nonce = Some(nonce + 1);
         lane.open.insert(nonce, open_nonce(network.multicall, data, gas_limit, Attempt { hash: signed.hash, raw: batch.raw.clone(), fees }, head));
-        tracing::info!(network = %network.network, tx = %batch.transaction, nonce, payments = to_send.len(), gas_limit, "settlement batch signed and journaled");
+        tracing::info!(
+            network = %network.network, tx = %batch.transaction, nonce, payments = to_send.len(), gas_limit,
+            simulate_ms = simulated.as_millis() as u64, gas_ms = (sized - simulated).as_millis() as u64, total_ms = started.elapsed().as_millis() as u64,
+            "settlement batch signed and journaled"
+        );
         match lane.client.send_raw(&batch.raw).await {
             Ok(()) => {}
             Err(ChainError::Rejected(reason)) if reason.contains("nonce too low") => {
@@ -678,14 +701,19 @@ impl Settler {
     /// stay `accepted` for the next batch) until it fits the per-transaction cap.
     async fn fit_gas_cap(&self, network: &Network, to_send: &mut Vec<Pending>) -> Result<u64, SettleError> {
         loop {
-            let estimate = network
-                .client
-                .estimate_gas(network.multicall, calldata::aggregate3_strict(to_send.iter().map(Pending::call)))
-                .await?;
-            network.gas_per_payment.store(estimate / to_send.len().max(1) as u64, Ordering::Relaxed);
-            // Headroom for state that changes between estimate and inclusion.
-            let gas_limit = estimate.saturating_add(estimate / 4);
+            let predicted = lock(&network.gas).predict(to_send.len());
+            let gas_limit = match predicted {
+                Some(gas_limit) => gas_limit,
+                None => {
+                    let calls = calldata::aggregate3_strict(to_send.iter().map(Pending::call));
+                    let estimate = network.client.estimate_gas(network.multicall, calls).await?;
+                    lock(&network.gas).estimated(estimate, to_send.len())
+                }
+            };
             if gas_limit <= self.policy.max_gas_per_transaction || to_send.len() == 1 {
+                if predicted.is_some() {
+                    lock(&network.gas).predicted_sent();
+                }
                 return Ok(gas_limit);
             }
             let fits = u128::from(self.policy.max_gas_per_transaction) * to_send.len() as u128 * 19 / 20 / u128::from(gas_limit);
@@ -713,12 +741,13 @@ impl Settler {
             }
             mined = network.client.wait_for_receipt(hash, self.policy.receipt_timeout).await?;
         }
-        self.write_outcome(network, &[hash], mined).await
+        self.write_outcome(network, &[hash], mined.as_ref(), None).await
     }
 
     /// Writes what the attempts of one nonce (`hashes`; `mined`: the one that was mined, if
     /// known) did to their payments, then closes them in the journal.
-    async fn write_outcome(&self, network: &Network, hashes: &[B256], mined: Option<Mined>) -> Result<(), SettleError> {
+    /// `gas_limit`: the limit the attempts were sent with, when known, to check the gas model.
+    async fn write_outcome(&self, network: &Network, hashes: &[B256], mined: Option<&Mined>, gas_limit: Option<u64>) -> Result<(), SettleError> {
         let mut records = Vec::new();
         for hash in hashes {
             records.extend(self.journal.submitted_in(&hash.to_string())?);
@@ -726,10 +755,13 @@ impl Settler {
         records.sort_by_key(|record| record.id);
         records.dedup_by_key(|record| record.id);
         let payments: Vec<Pending> = self.decode_all(records).await?;
-        self.count_batch(network, mined.as_ref());
+        self.count_batch(network, mined);
         let (landed, unclear): (Vec<&Pending>, Vec<&Pending>) =
-            payments.iter().partition(|pending| mined.as_ref().is_some_and(|mined| pending.paid_in(mined)));
-        if let Some(mined) = &mined {
+            payments.iter().partition(|pending| mined.is_some_and(|mined| pending.paid_in(mined)));
+        if let Some(mined) = mined {
+            if let (Some(gas_limit), false) = (gas_limit, payments.is_empty()) {
+                lock(&network.gas).mined(mined.success, unclear.is_empty(), mined.gas_used, gas_limit);
+            }
             self.settle(&landed, mined.transaction).await?;
         }
         for pending in unclear {
@@ -903,9 +935,13 @@ impl Settler {
 
     async fn fail(&self, record: &PaymentRecord, reason: String) -> Result<(), JournalError> {
         tracing::warn!(payment = record.id, payer = %record.payer, %reason, "payment failed to settle");
+        // Blocked before the failure is visible: a payer who reads its receipt as failed
+        // must not find the door still open for one more payment.
+        let block = self.block_payer_at_fault(record, &reason);
         self.journal.set_state(record.id, PaymentState::Failed { reason: reason.clone() }).await?;
         self.metrics.payments.with_label_values(&[record.item.network.as_str(), "failed"]).inc();
-        if let Some(block) = self.resolved(record, Some(&reason)) {
+        self.resolved(record, Some(&reason));
+        if let Some(block) = block {
             self.journal.block_payer(block).await?;
         }
         Ok(())
@@ -932,10 +968,9 @@ impl Settler {
         self.metrics.value_settled.with_label_values(&[record.route.as_str(), network, record.item.asset.as_str()]).inc_by(amount);
     }
 
-    /// A payment reached its end: it no longer counts as credit. Returns the block a payer
-    /// at fault earned, for the journal.
-    fn resolved(&self, record: &PaymentRecord, failure: Option<&str>) -> Option<PayerBlock> {
-        let credit = self.credit.as_ref()?;
+    /// A payment reached its end: it no longer counts as credit.
+    fn resolved(&self, record: &PaymentRecord, failure: Option<&str>) {
+        let Some(credit) = self.credit.as_ref() else { return };
         let payer = record.payer.as_str();
         credit.exposure.remove(payer, &record.route, record.usd_micros);
         // Served and never paid, whoever's fault: it counts against the loss budget. A
@@ -948,11 +983,43 @@ impl Settler {
                 paid(record);
             }
         }
-        let reason = failure.filter(|reason| payer_at_fault(reason))?;
-        let until = unix_now() + credit.block_payer_for_secs;
+    }
+
+    /// Refuses the payer of a payment that failed by its own doing (from now, in memory);
+    /// returns the block for the journal.
+    fn block_payer_at_fault(&self, record: &PaymentRecord, reason: &str) -> Option<PayerBlock> {
+        let credit = self.credit.as_ref()?;
+        if !payer_at_fault(reason) {
+            return None;
+        }
+        let (payer, until) = (record.payer.as_str(), unix_now() + credit.block_payer_for_secs);
         tracing::warn!(payer, until, reason, "payer refused until then");
         credit.exposure.block(payer, reason, until);
         Some(PayerBlock { payer: payer.to_owned(), until, reason: reason.to_owned() })
+    }
+}
+
+/// A nonce the chain has passed, taken out of its lane, whose outcome is still to be written.
+struct ClosedNonce {
+    open: OpenNonce,
+    /// The attempt that was mined, if a receipt of one was found.
+    mined: Option<Mined>,
+}
+
+impl ClosedNonce {
+    fn hashes(&self) -> Vec<B256> {
+        self.open.hashes().collect()
+    }
+
+    /// Each attempt as the journal holds it: what the next round resolves from receipts
+    /// when the outcome could not be written now.
+    fn batch_records(self, network: &str) -> impl Iterator<Item = BatchRecord> + '_ {
+        self.open.attempts.into_iter().map(move |attempt| BatchRecord {
+            transaction: attempt.hash.to_string(),
+            network: network.to_owned(),
+            raw: attempt.raw,
+            sent_at_ms: unix_now_ms(),
+        })
     }
 }
 
