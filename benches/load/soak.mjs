@@ -349,6 +349,8 @@ function summarize({ rate, run, load, samples, loadStartMs, loadEndMs, drainedAt
     maxBacklog: Math.max(0, ...samples.map((s) => s.unsettled)),
     maxOldestSeconds: Math.max(0, ...samples.map((s) => s.oldestSeconds)),
     drainSeconds: drainedAtMs === null ? null : Math.max(0, (drainedAtMs - loadEndMs) / 1000),
+    // With the load generator stopped the chain has its core to itself: what settles then.
+    drainPerSecond: drainedAtMs !== null && drainedAtMs > loadEndMs && atEnd ? atEnd.unsettled / ((drainedAtMs - loadEndMs) / 1000) : null,
     gasPerPayment: last && last.settled > 0 ? last.gasUsed / last.settled : null,
     paymentsPerTransaction: last && last.transactions > 0 ? last.settled / last.transactions : null,
     chainIdleAtEnd: idle,
@@ -378,12 +380,12 @@ function render(rows, run, started) {
   lines.push(JSON.stringify(run.settings));
   lines.push("```");
   lines.push("");
-  lines.push("| offered /s | served /s | answers | refusals by reason | settled /s during load¹ | largest backlog | oldest unsettled, max s | drain s | gas / payment | payments / tx | failed (reasons) | ledger | CPU used: chain / gateway² |");
-  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+  lines.push("| offered /s | served /s | answers | refusals by reason | settled /s during load¹ | largest backlog | oldest unsettled, max s | drain s (settled /s) | gas / payment | payments / tx | failed (reasons) | ledger | CPU used: chain / gateway² |");
+  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const l = r.ledger;
     const ledgerText = `${l.balanced ? "OK" : "MISMATCH"}: +${l.received} on-chain, ${l.settledValue} settled in the journal${l.leftUnsettled ? `, ${l.leftUnsettled} left unsettled` : ""}`;
-    lines.push(`| ${r.offered} | ${fmt(r.servedPerSecond)} | ${pairs(r.statuses)}${r.errors ? `, ${r.errors} errors` : ""} | ${pairs(r.refusals)} | ${fmt(r.settledPerSecond, 1)} | ${r.maxBacklog} | ${r.maxOldestSeconds} | ${r.drainSeconds === null ? `not drained in ${run.drainLimitSeconds}` : fmt(r.drainSeconds)} | ${fmt(r.gasPerPayment)} | ${fmt(r.paymentsPerTransaction, 1)} | ${l.failed}${l.failed ? ` (${pairs(l.failedReasons)})` : ""} | ${ledgerText} | ${cpuText(r.cpuShare)} |`);
+    lines.push(`| ${r.offered} | ${fmt(r.servedPerSecond)} | ${pairs(r.statuses)}${r.errors ? `, ${r.errors} errors` : ""} | ${pairs(r.refusals)} | ${fmt(r.settledPerSecond, 1)} | ${r.maxBacklog} | ${r.maxOldestSeconds} | ${r.drainSeconds === null ? `not drained in ${run.drainLimitSeconds}` : `${fmt(r.drainSeconds)} (${fmt(r.drainPerSecond)})`} | ${fmt(r.gasPerPayment)} | ${fmt(r.paymentsPerTransaction, 1)} | ${l.failed}${l.failed ? ` (${pairs(l.failedReasons)})` : ""} | ${ledgerText} | ${cpuText(r.cpuShare)} |`);
   }
   lines.push("");
   const notes = rows.flatMap((r) => [

@@ -15,7 +15,7 @@ const HEADROOM_NUMERATOR: u64 = 5;
 const HEADROOM_DENOMINATOR: u64 = 4;
 /// Gas a batch costs besides its payments (the transaction, the multicall's loop): counted
 /// once in a prediction so that a small batch is not under-provisioned.
-const BATCH_OVERHEAD: u64 = 60_000;
+pub const BATCH_OVERHEAD: u64 = 60_000;
 /// Batches sent on a prediction before the next one is estimated again.
 pub const REESTIMATE_EVERY_BATCHES: u32 = 32;
 /// A mined batch that used more than this share of its limit (in percent) means the

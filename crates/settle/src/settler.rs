@@ -20,7 +20,7 @@
 //! transaction of its own on a lane's next nonce.
 
 use crate::chain::{ChainClient, ChainError, Fees, Mined, NonceEnd, SignedFields};
-use crate::gas::GasModel;
+use crate::gas::{self, GasModel};
 use crate::lane::{Attempt, Lane, OpenNonce, Step};
 use crate::metrics::SettlementMetrics;
 use crate::settle_before::{lock, Claims, SettleBefore, SettleNow, SettleNowOutcome};
@@ -94,8 +94,9 @@ impl BatchPolicy {
     }
 }
 
+/// Payments whose gas, with a batch's overhead and the limit's 25% headroom, fits the cap.
 fn batch_size_for(policy: &BatchPolicy, gas_per_payment: u64) -> usize {
-    let fits = policy.max_gas_per_transaction.saturating_mul(4) / 5 / gas_per_payment.max(1);
+    let fits = (policy.max_gas_per_transaction.saturating_mul(4) / 5).saturating_sub(gas::BATCH_OVERHEAD) / gas_per_payment.max(1);
     usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, policy.max_batch.max(1))
 }
 
