@@ -108,7 +108,7 @@ test("a settled payment is not paid for twice by a balance read before it settle
 
 test("a payer whose balance cannot be read gets 503 with Retry-After, and its payment still works afterwards", async () => {
   const relay = await startRelay(Number(new URL(env.devnet.url).port));
-  const gateway = await startTestGateway(env, { payTo: freshAddress(), rpcUrls: [relay.url], extraYaml: "exposure: { balance_timeout_ms: 300 }\n" });
+  const gateway = await startTestGateway(env, { payTo: freshAddress(), rpcUrls: [relay.url], admin: true, extraYaml: "exposure: { balance_timeout_ms: 300 }\n" });
   try {
     const accepts = await offer(gateway);
     const payment = await signPayment(devPrivateKey(5), accepts);
@@ -118,6 +118,9 @@ test("a payer whose balance cannot be read gets 503 with Retry-After, and its pa
     assert.equal(refused.reason, "balance_unavailable");
     assert.ok(Number(refused.retryAfter) > 0);
     assert.ok(JSON.parse(refused.body).message.length > 0);
+    // Counted under the code the client saw, not the generic verify error.
+    const metrics = await (await gateway.admin("/metrics")).text();
+    assert.match(metrics, /^x402_payments_rejected_total\{reason="balance_unavailable",route="[^"]+"\} 1$/m);
     assert.equal((await fetch(gateway.base + "/health")).status, 200, "free routes keep working");
     await relay.up();
     assert.equal((await pay(gateway, payment)).status, 200, "the same payment is accepted once the balance can be read");

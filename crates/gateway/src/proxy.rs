@@ -317,7 +317,10 @@ impl PaywallProxy {
     }
 
     fn count_rejection(&self, route: &str, rejection: &PaymentRejection) {
-        self.metrics.payments_rejected.with_label_values(&[route, rejection.reason().as_str()]).inc();
+        // A refusal answered with a retry-later code is counted under that code, as the
+        // client saw it, not under the generic reason beside it.
+        let label = rejection.retry_later().unwrap_or(rejection.reason().as_str());
+        self.metrics.payments_rejected.with_label_values(&[route, label]).inc();
         if matches!(rejection, PaymentRejection::Replayed(_)) {
             self.metrics.replay_rejections.with_label_values(&[route]).inc();
         }
