@@ -11,7 +11,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import {
   createPublicClient, createWalletClient, http, encodeAbiParameters, encodeFunctionData, parseEventLogs,
-  toFunctionSelector, toEventSelector, getAddress,
+  toFunctionSelector, toEventSelector, getAddress, parseSignature, keccak256, toHex,
 } from "viem";
 import { baseSepolia } from "viem/chains";
 import { toClientEvmSigner } from "@x402/evm";
@@ -80,6 +80,18 @@ function onChainConfig(config) {
     withdrawDelay: Number(config.withdrawDelay),
     salt: config.salt,
   };
+}
+
+const AUTHORIZATION_FIELDS = [
+  { name: "from", type: "address" }, { name: "to", type: "address" }, { name: "value", type: "uint256" },
+  { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" },
+];
+
+/** Sends a TestUSDC call from `account` (with the dev chain's ether) and returns the receipt. */
+async function sendToken(account, functionName, args) {
+  const walletFor = createWalletClient({ chain: wallet.chain, transport: http(devnet.url), account });
+  const hash = await walletFor.writeContract({ address: USDC_ADDRESS, abi: TEST_USDC_ABI, functionName, args });
+  return publicClient.waitForTransactionReceipt({ hash });
 }
 
 const read = (functionName, args) =>
@@ -226,6 +238,48 @@ test("the contracts sit at the canonical addresses with the scheme's EIP-712 dom
   assert.equal(verifyingContract, getAddress(BATCH_SETTLEMENT_ADDRESS));
   const escrow = await publicClient.readContract({ address: DEPOSIT_COLLECTOR_ADDRESS, abi: DEPOSIT_COLLECTOR_ABI, functionName: "x402BatchSettlement" });
   assert.equal(escrow, getAddress(BATCH_SETTLEMENT_ADDRESS));
+});
+
+test("TestUSDC's EIP-3009 entry points: both overloads of transfer- and receiveWithAuthorization", async () => {
+  const from = devAccount(4);
+  const payee = devAccount(5);
+  const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600);
+  const sign = (primaryType, to, value, nonce) => from.signTypedData({
+    domain: { name: "USDC", version: "2", chainId: CHAIN_ID, verifyingContract: USDC_ADDRESS },
+    types: { [primaryType]: AUTHORIZATION_FIELDS },
+    primaryType,
+    message: { from: from.address, to, value, validAfter: 0n, validBefore, nonce },
+  });
+  const nonce = (label) => keccak256(toHex(`testusdc-${label}-${Date.now()}`));
+  const before = await balanceOf(devnet.url, payee.address);
+
+  let n = nonce("t-bytes");
+  let signature = await sign("TransferWithAuthorization", payee.address, 1n, n);
+  assert.equal((await sendToken(settler, "transferWithAuthorization", [from.address, payee.address, 1n, 0n, validBefore, n, signature])).status, "success");
+  n = nonce("t-vrs");
+  signature = await sign("TransferWithAuthorization", payee.address, 2n, n);
+  let { v, r, s } = parseSignature(signature);
+  assert.equal((await sendToken(settler, "transferWithAuthorization", [from.address, payee.address, 2n, 0n, validBefore, n, Number(v), r, s])).status, "success");
+  n = nonce("r-vrs");
+  signature = await sign("ReceiveWithAuthorization", payee.address, 4n, n);
+  ({ v, r, s } = parseSignature(signature));
+  // Only the payee may execute a receive authorization.
+  await assert.rejects(
+    publicClient.simulateContract({ address: USDC_ADDRESS, abi: TEST_USDC_ABI, functionName: "receiveWithAuthorization", args: [from.address, payee.address, 4n, 0n, validBefore, n, Number(v), r, s], account: settler }),
+    /caller must be the payee/,
+  );
+  assert.equal((await sendToken(payee, "receiveWithAuthorization", [from.address, payee.address, 4n, 0n, validBefore, n, Number(v), r, s])).status, "success");
+  n = nonce("r-bytes");
+  signature = await sign("ReceiveWithAuthorization", payee.address, 8n, n);
+  assert.equal((await sendToken(payee, "receiveWithAuthorization", [from.address, payee.address, 8n, 0n, validBefore, n, signature])).status, "success");
+  // A transfer authorization is no receive authorization.
+  n = nonce("mixed");
+  signature = await sign("TransferWithAuthorization", payee.address, 16n, n);
+  await assert.rejects(
+    publicClient.simulateContract({ address: USDC_ADDRESS, abi: TEST_USDC_ABI, functionName: "receiveWithAuthorization", args: [from.address, payee.address, 16n, 0n, validBefore, n, signature], account: payee }),
+    /invalid signature/,
+  );
+  assert.equal(await balanceOf(devnet.url, payee.address), before + 15n);
 });
 
 // One channel through its life: deposit, vouchers, claim + settle, top-up, replays and bad claims.
