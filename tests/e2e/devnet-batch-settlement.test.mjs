@@ -424,6 +424,100 @@ test("ten channels claimed in one transaction", async () => {
   assert.equal(await balanceOf(devnet.url, payTo10), 20n * PRICE);
 });
 
+const CHANNEL_DOMAIN = { name: "x402 Batch Settlement", version: "1", chainId: CHAIN_ID, verifyingContract: BATCH_SETTLEMENT_ADDRESS };
+
+test("relayed claims (ClaimBatch signature) and cooperative refunds, direct and relayed", async () => {
+  const payToR = freshAddress();
+  const req = requirementsFor(payToR);
+  const payer = payerClient(6);
+  let last;
+  for (let i = 0; i < 2; i++) last = (await pay(payer.scheme, req)).payload;
+  const config = onChainConfig(last.channelConfig);
+  const id = last.voucher.channelId.toLowerCase();
+  const row = claimRow(last);
+
+  const signBatch = (account, rows) => account.signTypedData({
+    domain: CHANNEL_DOMAIN,
+    types: {
+      ClaimBatch: [{ name: "claims", type: "ClaimEntry[]" }],
+      ClaimEntry: [
+        { name: "channelId", type: "bytes32" }, { name: "maxClaimableAmount", type: "uint128" }, { name: "totalClaimed", type: "uint128" },
+      ],
+    },
+    primaryType: "ClaimBatch",
+    message: { claims: rows.map((r) => ({ channelId: id, maxClaimableAmount: r.voucher.maxClaimableAmount, totalClaimed: r.totalClaimed })) },
+  });
+  await assertReverts("claimWithSignature", [[row], await signBatch(devAccount(7), [row])], "InvalidSignature", { account: payer.account });
+  const relayed = await send("claimWithSignature", [[row], await signBatch(settler, [row])], { account: payer.account });
+  const [claimed] = events(relayed, "Claimed");
+  assert.deepEqual(claimed.args, { channelId: id, sender: payer.account.address, claimAmount: 2n * PRICE, newTotalClaimed: 2n * PRICE });
+
+  // Direct refund by the receiver side; the payer side may not.
+  await assertReverts("refund", [config, 1n], "NotAuthorizedToRefund", { account: payer.account });
+  await assertReverts("refund", [config, 0n], "ZeroRefund");
+  const payerBefore = await balanceOf(devnet.url, payer.account.address);
+  const direct = await send("refund", [config, 3n * PRICE]);
+  assert.deepEqual(events(direct, "Refunded")[0].args, { channelId: id, sender: settler.address, amount: 3n * PRICE });
+  assert.equal(await read("refundNonce", [id]), 1n);
+
+  // Relayed refund of "everything": capped at the unclaimed rest; the nonce must be current.
+  const signRefund = (nonce, amount) => settler.signTypedData({
+    domain: CHANNEL_DOMAIN,
+    types: { Refund: [{ name: "channelId", type: "bytes32" }, { name: "nonce", type: "uint256" }, { name: "amount", type: "uint128" }] },
+    primaryType: "Refund",
+    message: { channelId: id, nonce, amount },
+  });
+  const all = 2n ** 100n;
+  await assertReverts("refundWithSignature", [config, all, 0n, await signRefund(0n, all)], "InvalidRefundNonce", { account: payer.account });
+  const relayedRefund = await send("refundWithSignature", [config, all, 1n, await signRefund(1n, all)], { account: payer.account });
+  const rest = MIN_DEPOSIT - 2n * PRICE - 3n * PRICE;
+  assert.deepEqual(events(relayedRefund, "Refunded")[0].args, { channelId: id, sender: payer.account.address, amount: rest });
+  assert.equal(await balanceOf(devnet.url, payer.account.address), payerBefore + 3n * PRICE + rest);
+  assert.deepEqual(await read("channels", [id]), [2n * PRICE, 2n * PRICE]);
+  await send("settle", [payToR, USDC_ADDRESS]);
+  assert.equal(await balanceOf(devnet.url, payToR), 2n * PRICE);
+});
+
+test("a channel without a payerAuthorizer takes vouchers signed by the payer itself", async () => {
+  const payer = devAccount(7);
+  const payToZ = freshAddress();
+  const config = {
+    payer: payer.address, payerAuthorizer: "0x0000000000000000000000000000000000000000", receiver: payToZ,
+    receiverAuthorizer: settler.address, token: USDC_ADDRESS, withdrawDelay: 900, salt: keccak256(toHex("zero-authorizer")),
+  };
+  const id = await read("getChannelId", [config]);
+  assert.equal(id, computeChannelId(config, NETWORK).toLowerCase());
+  const salt = BigInt(keccak256(toHex("deposit-salt")));
+  const validBefore = BigInt(Math.floor(Date.now() / 1000) + 3600);
+  const authorization = await payer.signTypedData({
+    domain: { name: "USDC", version: "2", chainId: CHAIN_ID, verifyingContract: USDC_ADDRESS },
+    types: { ReceiveWithAuthorization: AUTHORIZATION_FIELDS },
+    primaryType: "ReceiveWithAuthorization",
+    message: {
+      from: payer.address, to: DEPOSIT_COLLECTOR_ADDRESS, value: MIN_DEPOSIT, validAfter: 0n, validBefore,
+      nonce: keccak256(encodeAbiParameters([{ type: "bytes32" }, { type: "uint256" }], [id, salt])),
+    },
+  });
+  const collectorData = encodeAbiParameters(
+    [{ type: "uint256" }, { type: "uint256" }, { type: "uint256" }, { type: "bytes" }], [0n, validBefore, salt, authorization],
+  );
+  await send("deposit", [config, MIN_DEPOSIT, DEPOSIT_COLLECTOR_ADDRESS, collectorData]);
+  // The same authorization cannot be used twice.
+  await assertReverts("deposit", [config, MIN_DEPOSIT, DEPOSIT_COLLECTOR_ADDRESS, collectorData], "authorization is used or canceled");
+  const voucher = await payer.signTypedData({
+    domain: CHANNEL_DOMAIN, types: { Voucher: [{ name: "channelId", type: "bytes32" }, { name: "maxClaimableAmount", type: "uint128" }] },
+    primaryType: "Voucher", message: { channelId: id, maxClaimableAmount: 4n * PRICE },
+  });
+  const row = { voucher: { channel: config, maxClaimableAmount: 4n * PRICE }, signature: voucher, totalClaimed: 4n * PRICE };
+  await assertReverts("claim", [[{ ...row, signature: await devAccount(8).signTypedData({
+    domain: CHANNEL_DOMAIN, types: { Voucher: [{ name: "channelId", type: "bytes32" }, { name: "maxClaimableAmount", type: "uint128" }] },
+    primaryType: "Voucher", message: { channelId: id, maxClaimableAmount: 4n * PRICE },
+  }) }]], "InvalidSignature");
+  await send("claim", [[row]]);
+  assert.deepEqual(await read("channels", [id]), [MIN_DEPOSIT, 4n * PRICE]);
+});
+
+// Last: it moves the chain clock past the client's deposit authorizations (validBefore = now + 300 s).
 test("a payer's timed withdrawal: claims during the delay win, finalize returns only the unclaimed rest", async () => {
   const payToW = freshAddress();
   const req = requirementsFor(payToW);
