@@ -9,7 +9,7 @@ import solc from "solc";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const artifactPath = join(here, "contracts.json");
-const sources = ["TestUSDC.sol", "BatchCall.sol"];
+const sources = ["TestUSDC.sol", "BatchCall.sol", "BatchSettlement.sol", "DepositCollector.sol"];
 
 function compile() {
   const input = {
@@ -32,6 +32,8 @@ function compile() {
   const artifact = { compiler: solc.version(), contracts: {} };
   for (const file of sources) {
     for (const [name, contract] of Object.entries(output.contracts[file])) {
+      // Interfaces (no code) are not placed on the chain.
+      if (contract.evm.deployedBytecode.object === "") continue;
       artifact.contracts[name] = {
         source: `contracts/${file}`,
         abi: contract.abi,

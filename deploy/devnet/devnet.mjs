@@ -1,6 +1,11 @@
 // The x402-gateway dev chain: anvil (pinned npm build) as "Base Sepolia" (chain id 84532) with
 //  - TestUSDC (EIP-3009, EIP-712 name "USDC", version "2") at Base Sepolia's USDC address,
 //  - BatchCall (Multicall3's aggregate3 ABI) at Multicall3's canonical address,
+//  - BatchSettlement (the x402 `batch-settlement` escrow) and ERC3009DepositCollector at the
+//    scheme's canonical addresses (the official client hard-codes them): this project's own
+//    implementation, ABI-compatible with the official contracts. setCode runs no constructor;
+//    neither contract has immutables or constructor-set storage (the EIP-712 domain uses
+//    address(this), the collector's escrow address is a constant), so nothing else is set.
 //  - 1,000,000 test USDC minted to each of anvil's ten well-known accounts (or more accounts
 //    of the same mnemonic: payers need tokens, not ether, since EIP-3009 is gasless for them).
 // Usable as a module (startDevnet) by the tests and benches, or as a program:
@@ -24,6 +29,11 @@ export const MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11";
 export const TEST_MNEMONIC = "test test test test test test test test test test test junk";
 export const MINTED_PER_ACCOUNT = 1_000_000n * 10n ** 6n;
 export const TEST_USDC_ABI = artifact.contracts.TestUSDC.abi;
+/** The batch-settlement scheme's canonical addresses (hard-coded in @x402/evm). */
+export const BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
+export const DEPOSIT_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004";
+export const BATCH_SETTLEMENT_ABI = artifact.contracts.BatchSettlement.abi;
+export const DEPOSIT_COLLECTOR_ABI = artifact.contracts.ERC3009DepositCollector.abi;
 
 const derivedAccounts = new Map();
 
@@ -84,6 +94,8 @@ async function waitForRpc(url, child, deadlineMs) {
 export async function provisionChain(url, { fundedAccounts = 10 } = {}) {
   await rpc(url, "anvil_setCode", [USDC_ADDRESS, artifact.contracts.TestUSDC.deployedBytecode]);
   await rpc(url, "anvil_setCode", [MULTICALL3_ADDRESS, artifact.contracts.BatchCall.deployedBytecode]);
+  await rpc(url, "anvil_setCode", [BATCH_SETTLEMENT_ADDRESS, artifact.contracts.BatchSettlement.deployedBytecode]);
+  await rpc(url, "anvil_setCode", [DEPOSIT_COLLECTOR_ADDRESS, artifact.contracts.ERC3009DepositCollector.deployedBytecode]);
   const minter = devAccount(0).address;
   for (let i = 0; i < fundedAccounts; i++) {
     const data = encodeFunctionData({
@@ -133,6 +145,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   console.log(`dev chain ready: ${devnet.url} (chain id ${CHAIN_ID})`);
   console.log(`  test USDC  ${USDC_ADDRESS} (EIP-712 "USDC" / "2", 6 decimals)`);
   console.log(`  Multicall3 ${MULTICALL3_ADDRESS}`);
+  console.log(`  batch-settlement escrow ${BATCH_SETTLEMENT_ADDRESS}, ERC-3009 deposit collector ${DEPOSIT_COLLECTOR_ADDRESS}`);
   console.log(`  settlement key: anvil account 0 ${devAccount(0).address}`);
   console.log(`  payTo:          anvil account 1 ${devAccount(1).address}`);
   const stop = async () => {

@@ -4,7 +4,7 @@ pragma solidity ^0.8.24;
 /// @title TestUSDC: an EIP-3009 test token for the x402-gateway dev chain.
 /// @notice DEV CHAIN ONLY. Anyone may mint. It mirrors what the x402 `exact` scheme needs
 /// from Circle's FiatToken v2: EIP-712 domain ("USDC", "2"), 6 decimals,
-/// transferWithAuthorization (v/r/s and bytes overloads), receiveWithAuthorization,
+/// transferWithAuthorization and receiveWithAuthorization (v/r/s and bytes overloads),
 /// cancelAuthorization, authorizationState, and FiatToken's revert strings and events.
 /// @dev The code is placed with `anvil_setCode` at Base Sepolia's USDC address, so no
 /// constructor runs: name, version and the domain separator are derived, never stored.
@@ -91,14 +91,16 @@ contract TestUSDC {
         address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
         uint8 v, bytes32 r, bytes32 s
     ) external {
-        require(to == msg.sender, "FiatTokenV2: caller must be the payee");
-        _requireValidAuthorization(from, nonce, validAfter, validBefore);
-        bytes32 structHash = keccak256(
-            abi.encode(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce)
-        );
-        require(_recover(structHash, abi.encodePacked(r, s, v)) == from, "FiatTokenV2: invalid signature");
-        _markAuthorizationAsUsed(from, nonce);
-        _transfer(from, to, value);
+        _receiveWithAuthorization(from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v));
+    }
+
+    /// @notice FiatToken v2.2's bytes-signature overload (selector 0x88b7ab63): the one the
+    /// batch-settlement ERC-3009 deposit collector calls.
+    function receiveWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
+        bytes memory signature
+    ) external {
+        _receiveWithAuthorization(from, to, value, validAfter, validBefore, nonce, signature);
     }
 
     function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external {
@@ -116,6 +118,20 @@ contract TestUSDC {
         _requireValidAuthorization(from, nonce, validAfter, validBefore);
         bytes32 structHash = keccak256(
             abi.encode(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce)
+        );
+        require(_recover(structHash, signature) == from, "FiatTokenV2: invalid signature");
+        _markAuthorizationAsUsed(from, nonce);
+        _transfer(from, to, value);
+    }
+
+    function _receiveWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
+        bytes memory signature
+    ) internal {
+        require(to == msg.sender, "FiatTokenV2: caller must be the payee");
+        _requireValidAuthorization(from, nonce, validAfter, validBefore);
+        bytes32 structHash = keccak256(
+            abi.encode(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce)
         );
         require(_recover(structHash, signature) == from, "FiatTokenV2: invalid signature");
         _markAuthorizationAsUsed(from, nonce);
