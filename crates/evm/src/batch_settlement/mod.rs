@@ -93,7 +93,7 @@ impl ChannelDomain {
 }
 
 /// keccak256(0x1901 ‖ separator ‖ hashStruct(message)), the EIP-712 signing hash.
-pub(crate) fn signing_hash<T: SolStruct>(separator: B256, message: &T) -> B256 {
+pub fn signing_hash<T: SolStruct>(separator: B256, message: &T) -> B256 {
     let mut buf = [0u8; 66];
     buf[0] = 0x19;
     buf[1] = 0x01;

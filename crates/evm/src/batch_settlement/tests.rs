@@ -17,7 +17,7 @@ const NOW: u64 = 1_800_000_000;
 const CHAIN: u64 = 84532;
 const USDC: Address = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
 const PAY_TO: Address = address!("70997970C51812dc3A010C7d01b50e0d17dc79C8");
-const AUTHORIZER: Address = address!("3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+const AUTHORIZER: Address = address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
 const SALT: B256 = b256!("0101010101010101010101010101010101010101010101010101010101010101");
 
 fn payer() -> PrivateKeySigner {
@@ -705,7 +705,7 @@ fn payment_requirements_have_the_official_shape() {
         "scheme": "batch-settlement", "network": "eip155:84532", "amount": "1000",
         "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "payTo": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
         "maxTimeoutSeconds": 300,
-        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+        "extra": {"name": "USDC", "version": "2", "receiverAuthorizer": "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
                   "withdrawDelay": 900, "minDeposit": "10000"}
     });
     assert_eq!(entry, expected.to_string());
