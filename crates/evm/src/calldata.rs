@@ -25,8 +25,7 @@ sol! {
 }
 
 /// Multicall3's address, the same on every chain that has it.
-pub const MULTICALL3_ADDRESS: Address =
-    alloy_primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");
+pub const MULTICALL3_ADDRESS: Address = alloy_primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");
 
 /// `transferWithAuthorization(..., v, r, s)` calldata for one verified payment.
 pub fn transfer_with_authorization(authorization: &Authorization, signature: &Signature) -> Bytes {
@@ -57,17 +56,10 @@ pub fn aggregate3_strict(calls: impl IntoIterator<Item = (Address, Bytes)>) -> B
     aggregate3_with(calls, false)
 }
 
-fn aggregate3_with(
-    calls: impl IntoIterator<Item = (Address, Bytes)>,
-    allow_failure: bool,
-) -> Bytes {
+fn aggregate3_with(calls: impl IntoIterator<Item = (Address, Bytes)>, allow_failure: bool) -> Bytes {
     let calls = calls
         .into_iter()
-        .map(|(target, call_data)| IMulticall3::Call3 {
-            target,
-            allowFailure: allow_failure,
-            callData: call_data,
-        })
+        .map(|(target, call_data)| IMulticall3::Call3 { target, allowFailure: allow_failure, callData: call_data })
         .collect();
     IMulticall3::aggregate3Call { calls }.abi_encode().into()
 }
@@ -75,22 +67,15 @@ fn aggregate3_with(
 /// Decodes `aggregate3`'s return data into (success, returnData) per call.
 pub fn decode_aggregate3_result(data: &[u8]) -> Result<Vec<(bool, Bytes)>, alloy_sol_types::Error> {
     let results = IMulticall3::aggregate3Call::abi_decode_returns(data)?;
-    Ok(results
-        .into_iter()
-        .map(|r| (r.success, r.returnData))
-        .collect())
+    Ok(results.into_iter().map(|r| (r.success, r.returnData)).collect())
 }
 
 /// `authorizationState(authorizer, nonce)` calldata.
 pub fn authorization_state(authorizer: Address, nonce: B256) -> Bytes {
-    IEip3009::authorizationStateCall { authorizer, nonce }
-        .abi_encode()
-        .into()
+    IEip3009::authorizationStateCall { authorizer, nonce }.abi_encode().into()
 }
 
 /// Decodes a revert's `Error(string)` message, if it is one.
 pub fn revert_reason(data: &[u8]) -> Option<String> {
-    alloy_sol_types::Revert::abi_decode(data)
-        .ok()
-        .map(|r| r.reason)
+    alloy_sol_types::Revert::abi_decode(data).ok().map(|r| r.reason)
 }

@@ -68,12 +68,7 @@ mod tests {
 
     #[test]
     fn precomputed_separator_gives_the_standard_signing_hash() {
-        let domain = TokenDomain::new(
-            "USDC",
-            "2",
-            84532,
-            address!("036CbD53842c5426634e7929541eC2318f3dCF7e"),
-        );
+        let domain = TokenDomain::new("USDC", "2", 84532, address!("036CbD53842c5426634e7929541eC2318f3dCF7e"));
         let message = TransferWithAuthorization {
             from: address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
             to: address!("70997970C51812dc3A010C7d01b50e0d17dc79C8"),
@@ -89,9 +84,6 @@ mod tests {
             Some(domain.verifying_contract),
             None,
         );
-        assert_eq!(
-            domain.signing_hash(&message),
-            message.eip712_signing_hash(&reference)
-        );
+        assert_eq!(domain.signing_hash(&message), message.eip712_signing_hash(&reference));
     }
 }

@@ -17,7 +17,6 @@ pub mod verify;
 pub use eip712::TokenDomain;
 pub use network::{chain_id_from_caip2, known_asset, v1_name_for_chain, KnownAsset};
 pub use verify::{
-    check_v1, check_v2, parse_authorization, parse_signature, verify_exact_evm, verify_v1,
-    verify_v2, Authorization, CheckedPayment, ExactEvmRequirement, VerifiedPayment, VerifyError,
-    VerifyPolicy,
+    check_v1, check_v2, parse_authorization, parse_signature, verify_exact_evm, verify_v1, verify_v2, Authorization, CheckedPayment,
+    ExactEvmRequirement, VerifiedPayment, VerifyError, VerifyPolicy,
 };

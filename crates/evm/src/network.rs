@@ -30,10 +30,7 @@ const V1_NAMES: &[(&str, u64)] = &[
 
 /// The v1 name of a chain, where the v1 protocol has one (a local chain has none).
 pub fn v1_name_for_chain(chain_id: u64) -> Option<&'static str> {
-    V1_NAMES
-        .iter()
-        .find(|(_, id)| *id == chain_id)
-        .map(|(name, _)| *name)
+    V1_NAMES.iter().find(|(_, id)| *id == chain_id).map(|(name, _)| *name)
 }
 
 /// The chain id behind a v1 network name.
@@ -44,11 +41,7 @@ pub fn chain_id_for_v1_name(name: &str) -> Option<u64> {
 /// Parses `eip155:<decimal chain id>`.
 pub fn chain_id_from_caip2(network: &str) -> Option<u64> {
     let id = network.strip_prefix("eip155:")?;
-    if id.is_empty()
-        || id.len() > 19
-        || !id.bytes().all(|b| b.is_ascii_digit())
-        || id.starts_with('0')
-    {
+    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) || id.starts_with('0') {
         return None;
     }
     id.parse().ok()
@@ -88,10 +81,7 @@ const KNOWN_ASSETS: &[KnownAsset] = &[
 
 /// A known asset by chain and symbol (case-insensitive), e.g. (84532, "usdc").
 pub fn known_asset(chain_id: u64, symbol: &str) -> Option<KnownAsset> {
-    KNOWN_ASSETS
-        .iter()
-        .copied()
-        .find(|a| a.chain_id == chain_id && a.symbol.eq_ignore_ascii_case(symbol))
+    KNOWN_ASSETS.iter().copied().find(|a| a.chain_id == chain_id && a.symbol.eq_ignore_ascii_case(symbol))
 }
 
 #[cfg(test)]
@@ -102,14 +92,7 @@ mod tests {
     fn caip2_parsing_is_strict() {
         assert_eq!(chain_id_from_caip2("eip155:84532"), Some(84532));
         assert_eq!(chain_id_from_caip2("eip155:1"), Some(1));
-        for bad in [
-            "eip155:",
-            "eip155:0x1",
-            "eip155:01",
-            "eip155:-1",
-            "solana:abc",
-            "eip155:99999999999999999999",
-        ] {
+        for bad in ["eip155:", "eip155:0x1", "eip155:01", "eip155:-1", "solana:abc", "eip155:99999999999999999999"] {
             assert_eq!(chain_id_from_caip2(bad), None, "{bad}");
         }
     }
@@ -123,14 +106,8 @@ mod tests {
 
     #[test]
     fn base_mainnet_and_sepolia_usdc_have_different_domain_names() {
-        assert_eq!(
-            known_asset(8453, "usdc").map(|a| a.eip712_name),
-            Some("USD Coin")
-        );
-        assert_eq!(
-            known_asset(84532, "USDC").map(|a| a.eip712_name),
-            Some("USDC")
-        );
+        assert_eq!(known_asset(8453, "usdc").map(|a| a.eip712_name), Some("USD Coin"));
+        assert_eq!(known_asset(84532, "USDC").map(|a| a.eip712_name), Some("USDC"));
         assert_eq!(known_asset(1, "USDC"), None);
     }
 }

@@ -38,10 +38,7 @@ pub struct VerifyPolicy {
 
 impl Default for VerifyPolicy {
     fn default() -> Self {
-        Self {
-            settle_margin_secs: 30,
-            clock_skew_secs: 60,
-        }
+        Self { settle_margin_secs: 30, clock_skew_secs: 60 }
     }
 }
 
@@ -100,9 +97,7 @@ pub enum VerifyError {
     Payload(String),
     #[error("authorization pays {got}, but this route's payTo is {want}")]
     Recipient { got: Address, want: Address },
-    #[error(
-        "authorization value {got} differs from the price {want} (atomic units); it must be exact"
-    )]
+    #[error("authorization value {got} differs from the price {want} (atomic units); it must be exact")]
     Value { got: U256, want: U256 },
     #[error("authorization is not valid until {valid_after}; now is {now}")]
     NotYetValid { valid_after: U256, now: u64 },
@@ -132,9 +127,7 @@ impl VerifyError {
             Self::Recipient { .. } => ReasonCode::InvalidExactEvmRecipientMismatch,
             Self::Value { .. } => ReasonCode::InvalidExactEvmAuthorizationValue,
             Self::NotYetValid { .. } => ReasonCode::InvalidExactEvmValidAfter,
-            Self::ExpiresTooSoon { .. } | Self::ValidTooLong { .. } => {
-                ReasonCode::InvalidExactEvmValidBefore
-            }
+            Self::ExpiresTooSoon { .. } | Self::ValidTooLong { .. } => ReasonCode::InvalidExactEvmValidBefore,
             Self::SignatureLength(_)
             | Self::SignatureMalformed(_)
             | Self::SignatureHighS
@@ -147,11 +140,7 @@ impl VerifyError {
     pub fn is_offer_mismatch(&self) -> bool {
         matches!(
             self,
-            Self::Network(_)
-                | Self::RequirementsMismatch
-                | Self::Recipient { .. }
-                | Self::Value { .. }
-                | Self::ValidTooLong { .. }
+            Self::Network(_) | Self::RequirementsMismatch | Self::Recipient { .. } | Self::Value { .. } | Self::ValidTooLong { .. }
         )
     }
 }
@@ -173,9 +162,7 @@ impl CheckedPayment {
     /// The offer the payment pays if its signature recovers to the first candidate: every
     /// candidate is on the same network, which is what this is asked for.
     pub fn first_candidate(&self) -> Option<usize> {
-        self.candidates
-            .first()
-            .map(|&(requirement_index, _)| requirement_index)
+        self.candidates.first().map(|&(requirement_index, _)| requirement_index)
     }
 
     /// Recovers the signer and checks it is the authorization's `from`: the first candidate
@@ -185,18 +172,8 @@ impl CheckedPayment {
         for &(requirement_index, digest) in &self.candidates {
             match recover_matching(&self.signature, &digest, self.authorization.from) {
                 Ok(()) => {
-                    let Self {
-                        payload,
-                        authorization,
-                        signature,
-                        ..
-                    } = self;
-                    return Ok(VerifiedPayment {
-                        payload,
-                        authorization,
-                        signature,
-                        requirement_index,
-                    });
+                    let Self { payload, authorization, signature, .. } = self;
+                    return Ok(VerifiedPayment { payload, authorization, signature, requirement_index });
                 }
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -225,37 +202,20 @@ pub fn check_v2(
     now: u64,
 ) -> Result<CheckedPayment, VerifyError> {
     check_version(&payment.x402_version, v2::X402_VERSION)?;
-    let scheme = payment
-        .accepted
-        .get("scheme")
-        .and_then(|s| s.as_str())
-        .unwrap_or_default();
+    let scheme = payment.accepted.get("scheme").and_then(|s| s.as_str()).unwrap_or_default();
     if scheme != SCHEME_EXACT {
         return Err(VerifyError::Scheme(scheme.to_owned()));
     }
-    let Some(index) = offers
-        .iter()
-        .position(|offer| offer.wire == payment.accepted)
-    else {
-        let network = payment
-            .accepted
-            .get("network")
-            .and_then(|n| n.as_str())
-            .unwrap_or_default();
+    let Some(index) = offers.iter().position(|offer| offer.wire == payment.accepted) else {
+        let network = payment.accepted.get("network").and_then(|n| n.as_str()).unwrap_or_default();
         if offers.iter().all(|offer| offer.network != network) {
             return Err(VerifyError::Network(network.to_owned()));
         }
         return Err(VerifyError::RequirementsMismatch);
     };
     let payload = parse_payload(&payment.payload)?;
-    let (authorization, signature, digest) =
-        check_exact_evm(&payload, &offers[index], policy, now)?;
-    Ok(CheckedPayment {
-        payload,
-        authorization,
-        signature,
-        candidates: vec![(index, digest)],
-    })
+    let (authorization, signature, digest) = check_exact_evm(&payload, &offers[index], policy, now)?;
+    Ok(CheckedPayment { payload, authorization, signature, candidates: vec![(index, digest)] })
 }
 
 /// Verifies a v1 `X-PAYMENT` payload. v1 payloads name only scheme and network, so each
@@ -299,12 +259,7 @@ pub fn check_v1(
         }
     }
     match checked {
-        Some((authorization, signature)) => Ok(CheckedPayment {
-            payload,
-            authorization,
-            signature,
-            candidates,
-        }),
+        Some((authorization, signature)) => Ok(CheckedPayment { payload, authorization, signature, candidates }),
         None => Err(first_error.unwrap_or_else(|| VerifyError::Network(payment.network.clone()))),
     }
 }
@@ -330,35 +285,20 @@ fn check_exact_evm(
 ) -> Result<(Authorization, Signature, B256), VerifyError> {
     let authorization = parse_authorization(&payload.authorization)?;
     if authorization.to != requirement.pay_to {
-        return Err(VerifyError::Recipient {
-            got: authorization.to,
-            want: requirement.pay_to,
-        });
+        return Err(VerifyError::Recipient { got: authorization.to, want: requirement.pay_to });
     }
     if authorization.value != requirement.amount {
-        return Err(VerifyError::Value {
-            got: authorization.value,
-            want: requirement.amount,
-        });
+        return Err(VerifyError::Value { got: authorization.value, want: requirement.amount });
     }
     check_time_window(&authorization, requirement, policy, now)?;
     let signature = parse_signature(&payload.signature)?;
-    Ok((
-        authorization,
-        signature,
-        requirement.domain.signing_hash(&authorization.message()),
-    ))
+    Ok((authorization, signature, requirement.domain.signing_hash(&authorization.message())))
 }
 
 /// Recovery through libsecp256k1 must give `from`.
-fn recover_matching(
-    signature: &Signature,
-    digest: &B256,
-    from: Address,
-) -> Result<(), VerifyError> {
-    let recovered = signature
-        .recover_address_from_prehash(digest)
-        .map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
+fn recover_matching(signature: &Signature, digest: &B256, from: Address) -> Result<(), VerifyError> {
+    let recovered =
+        signature.recover_address_from_prehash(digest).map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
     if recovered != from {
         return Err(VerifyError::SignatureMismatch { recovered, from });
     }
@@ -380,26 +320,15 @@ fn check_time_window(
     now: u64,
 ) -> Result<(), VerifyError> {
     if authorization.valid_after > U256::from(now) {
-        return Err(VerifyError::NotYetValid {
-            valid_after: authorization.valid_after,
-            now,
-        });
+        return Err(VerifyError::NotYetValid { valid_after: authorization.valid_after, now });
     }
     let min = now.saturating_add(policy.settle_margin_secs);
     if authorization.valid_before < U256::from(min) {
-        return Err(VerifyError::ExpiresTooSoon {
-            valid_before: authorization.valid_before,
-            min,
-        });
+        return Err(VerifyError::ExpiresTooSoon { valid_before: authorization.valid_before, min });
     }
-    let max = now
-        .saturating_add(requirement.max_timeout_seconds)
-        .saturating_add(policy.clock_skew_secs);
+    let max = now.saturating_add(requirement.max_timeout_seconds).saturating_add(policy.clock_skew_secs);
     if authorization.valid_before > U256::from(max) {
-        return Err(VerifyError::ValidTooLong {
-            valid_before: authorization.valid_before,
-            max,
-        });
+        return Err(VerifyError::ValidTooLong { valid_before: authorization.valid_before, max });
     }
     Ok(())
 }
@@ -426,21 +355,15 @@ fn is_hex(s: &str) -> bool {
 
 fn parse_address(field: &str, s: &str) -> Result<Address, VerifyError> {
     match s.strip_prefix("0x") {
-        Some(hex) if hex.len() == 40 && is_hex(hex) => hex
-            .parse()
-            .map_err(|_| VerifyError::Payload(format!("{field} is not an address"))),
-        _ => Err(VerifyError::Payload(format!(
-            "{field} must be 0x followed by 40 hex digits"
-        ))),
+        Some(hex) if hex.len() == 40 && is_hex(hex) => {
+            hex.parse().map_err(|_| VerifyError::Payload(format!("{field} is not an address")))
+        }
+        _ => Err(VerifyError::Payload(format!("{field} must be 0x followed by 40 hex digits"))),
     }
 }
 
 fn parse_decimal(field: &str, s: &str) -> Result<U256, VerifyError> {
-    let malformed = || {
-        VerifyError::Payload(format!(
-            "{field} must be a decimal integer string below 2^256"
-        ))
-    };
+    let malformed = || VerifyError::Payload(format!("{field} must be a decimal integer string below 2^256"));
     if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed());
     }
@@ -449,12 +372,10 @@ fn parse_decimal(field: &str, s: &str) -> Result<U256, VerifyError> {
 
 fn parse_nonce(s: &str) -> Result<B256, VerifyError> {
     match s.strip_prefix("0x") {
-        Some(hex) if hex.len() == 64 && is_hex(hex) => hex
-            .parse()
-            .map_err(|_| VerifyError::Payload("nonce is not 32 bytes of hex".into())),
-        _ => Err(VerifyError::Payload(
-            "nonce must be 0x followed by 64 hex digits".into(),
-        )),
+        Some(hex) if hex.len() == 64 && is_hex(hex) => {
+            hex.parse().map_err(|_| VerifyError::Payload("nonce is not 32 bytes of hex".into()))
+        }
+        _ => Err(VerifyError::Payload("nonce must be 0x followed by 64 hex digits".into())),
     }
 }
 
@@ -470,13 +391,9 @@ pub fn parse_signature(s: &str) -> Result<Signature, VerifyError> {
     let raw: [u8; 65] =
         hex::decode_to_array(digits).map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
     if !matches!(raw[64], 0 | 1 | 27 | 28) {
-        return Err(VerifyError::SignatureMalformed(format!(
-            "v is {}, expected 27 or 28",
-            raw[64]
-        )));
+        return Err(VerifyError::SignatureMalformed(format!("v is {}, expected 27 or 28", raw[64])));
     }
-    let signature = Signature::from_raw_array(&raw)
-        .map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
+    let signature = Signature::from_raw_array(&raw).map_err(|e| VerifyError::SignatureMalformed(e.to_string()))?;
     if signature.normalize_s().is_some() {
         return Err(VerifyError::SignatureHighS);
     }

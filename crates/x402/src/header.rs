@@ -33,18 +33,13 @@ pub fn encode_header<T: Serialize>(value: &T) -> String {
 /// Decodes a header value into a protocol object, refusing anything over `max_len` bytes.
 pub fn decode_header<T: DeserializeOwned>(value: &[u8], max_len: usize) -> Result<T, HeaderError> {
     if value.len() > max_len {
-        return Err(HeaderError::TooLarge {
-            len: value.len(),
-            max: max_len,
-        });
+        return Err(HeaderError::TooLarge { len: value.len(), max: max_len });
     }
     let trimmed = value.trim_ascii();
     if trimmed.is_empty() {
         return Err(HeaderError::Empty);
     }
-    let json = STANDARD
-        .decode(trimmed)
-        .map_err(|e| HeaderError::Base64(e.to_string()))?;
+    let json = STANDARD.decode(trimmed).map_err(|e| HeaderError::Base64(e.to_string()))?;
     serde_json::from_slice(&json).map_err(|e| HeaderError::Json(e.to_string()))
 }
 
@@ -68,26 +63,14 @@ mod tests {
 
     #[test]
     fn refuses_base64url_and_garbage() {
-        assert!(matches!(
-            decode_header::<serde_json::Value>(b"e30_", 64),
-            Err(HeaderError::Base64(_))
-        ));
-        assert!(matches!(
-            decode_header::<serde_json::Value>(b"!!!!", 64),
-            Err(HeaderError::Base64(_))
-        ));
-        assert_eq!(
-            decode_header::<serde_json::Value>(b"   ", 64),
-            Err(HeaderError::Empty)
-        );
+        assert!(matches!(decode_header::<serde_json::Value>(b"e30_", 64), Err(HeaderError::Base64(_))));
+        assert!(matches!(decode_header::<serde_json::Value>(b"!!!!", 64), Err(HeaderError::Base64(_))));
+        assert_eq!(decode_header::<serde_json::Value>(b"   ", 64), Err(HeaderError::Empty));
     }
 
     #[test]
     fn refuses_non_json() {
         let encoded = STANDARD.encode("not json");
-        assert!(matches!(
-            decode_header::<serde_json::Value>(encoded.as_bytes(), 64),
-            Err(HeaderError::Json(_))
-        ));
+        assert!(matches!(decode_header::<serde_json::Value>(encoded.as_bytes(), 64), Err(HeaderError::Json(_))));
     }
 }

@@ -196,7 +196,8 @@ fn refund_voucher_charges_nothing() {
 #[test]
 fn config_mismatches_are_refused() {
     let other = address!("90F79bf6EB2c4f870365E785982E1f101E93b906");
-    let cases: [(fn(&mut ChannelConfig, Address), x402::ReasonCode); 3] = [
+    type Mutate = fn(&mut ChannelConfig, Address);
+    let cases: [(Mutate, x402::ReasonCode); 3] = [
         (
             |c, a| c.receiver = a,
             x402::ReasonCode::InvalidBatchSettlementEvmReceiverMismatch,
