@@ -126,7 +126,51 @@ fn verify_path(c: &mut Criterion) {
     group.bench_function("requirement_match (accepted == offered)", |b| {
         b.iter(|| offers.iter().position(|offer| offer.wire == black_box(&payload).accepted))
     });
+    voucher(&mut group, &fixture);
     group.finish();
+}
+
+/// `batch-settlement`: one voucher on a funded channel, parsed and verified (config checks,
+/// channel id digest, voucher digest, recovery, cumulative, balance).
+fn voucher(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, fixture: &Fixture) {
+    use x402_evm::batch_settlement::{verify_batch_voucher, BatchOffer, BatchPayload, ChannelConfig, ChannelDomain, ChannelView};
+    let offer = BatchOffer {
+        channel_domain: ChannelDomain::new(84532),
+        token: fixture.requirement.domain.clone(),
+        pay_to: fixture.requirement.pay_to,
+        receiver_authorizer: address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65"),
+        withdraw_delay: 900,
+        price: 1000,
+        enforced_min_deposit: None,
+    };
+    let payer = fixture.signer.address();
+    let config = ChannelConfig {
+        payer,
+        payerAuthorizer: payer,
+        receiver: offer.pay_to,
+        receiverAuthorizer: offer.receiver_authorizer,
+        token: offer.token.verifying_contract,
+        withdrawDelay: 900,
+        salt: B256::ZERO,
+    };
+    let channel_id = offer.channel_domain.channel_id(&config);
+    let signature = fixture.signer.sign_hash_sync(&offer.channel_domain.voucher_hash(channel_id, 4000)).expect("sign");
+    let wire = serde_json::json!({
+        "type": "voucher",
+        "channelConfig": {
+            "payer": payer.to_checksum(None), "payerAuthorizer": payer.to_checksum(None),
+            "receiver": config.receiver.to_checksum(None), "receiverAuthorizer": config.receiverAuthorizer.to_checksum(None),
+            "token": config.token.to_checksum(None), "withdrawDelay": 900, "salt": B256::ZERO.to_string(),
+        },
+        "voucher": {"channelId": channel_id.to_string(), "maxClaimableAmount": "4000", "signature": format!("0x{}", hex::encode(signature.as_bytes()))},
+    });
+    let view = ChannelView { charged_cumulative: Some(3000), balance: 10_000, total_claimed: 0 };
+    group.bench_function("voucher (batch-settlement: parse, digests, recover, cumulative)", |b| {
+        b.iter(|| {
+            let payload = BatchPayload::from_json(black_box(&wire)).expect("parses");
+            verify_batch_voucher(&payload, &offer, &view, fixture.now).expect("valid")
+        })
+    });
 }
 
 /// One paid route whose offer is the fixture's requirement.

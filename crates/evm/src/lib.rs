@@ -5,7 +5,10 @@
 //!   computed once per (chain, token).
 //! - [`verify`]: how a payment is checked, locally and without any network call.
 //! - [`calldata`]: the contract ABIs the settler needs (EIP-3009 token, Multicall3).
+//! - [`batch_settlement`]: the `batch-settlement` scheme (payment channels on the x402
+//!   escrow): payload, local voucher verification, escrow calldata, response extras.
 
+pub mod batch_settlement;
 pub mod calldata;
 pub mod eip712;
 pub mod network;

@@ -383,6 +383,7 @@ pub fn receipt_header(payment: &AcceptedPayment, receipt_id: &str, transaction: 
         transaction: transaction.unwrap_or_default().to_owned(),
         network: payment.network.clone(),
         amount: Some(payment.amount.to_string()),
+        extra: serde_json::Map::new(),
         extensions: serde_json::Map::from_iter([(
             "x402-gateway".to_owned(),
             serde_json::json!({

@@ -30,6 +30,9 @@ pub mod headers {
 /// The `exact` scheme's name.
 pub const SCHEME_EXACT: &str = "exact";
 
+/// The `batch-settlement` scheme's name (payment channels: one deposit, many vouchers).
+pub const SCHEME_BATCH_SETTLEMENT: &str = "batch-settlement";
+
 /// The EIP-3009 authorization an `exact` EVM payment carries, as on the wire: every field
 /// is a string (0x-hex addresses and nonce, decimal amounts and times).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

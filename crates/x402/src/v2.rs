@@ -72,6 +72,10 @@ pub struct SettleResponse {
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
+    /// Scheme-specific receipt data; `batch-settlement` puts `chargedAmount` and
+    /// `channelState` here, which the official client reads to advance its cumulative.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extensions: Map<String, Value>,
 }
