@@ -47,12 +47,37 @@ pub fn payment_required(route: &Route, pricing: &Pricing, resource_url: &str, re
     if browser && refusal.is_none() {
         return paywall_page(route, pricing, resource_url);
     }
+    required_with_accepts(pricing, resource_url, refusal, &pricing.accepts_raw)
+}
+
+/// The corrective 402 of the `batch-settlement` scheme: the route's offers, the channel's
+/// offer carrying the channel's state and the last voucher the gateway holds, so the
+/// official client can check it against its own key and resume from our charged total.
+pub fn channel_resync(route: &Route, pricing: &Pricing, resource_url: &str, refusal: Refusal<'_>, record: &x402_store::ChannelRecord) -> LocalResponse {
+    let mut accepts: Vec<serde_json::Value> = serde_json::from_str(pricing.accepts_raw.get()).unwrap_or_default();
+    let snapshot = crate::channel_payment::snapshot(record);
+    let last_voucher = crate::channel_payment::last_voucher(record);
+    for offer in pricing.channel_offers.iter().filter(|offer| offer.batch.chain_id() == record.chain_id && offer.offer.pay_to.into_array() == record.terms.receiver) {
+        for entry in accepts.iter_mut().filter(|entry| **entry == offer.wire) {
+            if let Some(extra) = entry.get_mut("extra").and_then(serde_json::Value::as_object_mut) {
+                x402_evm::batch_settlement::response::corrective_extra(extra, &snapshot, last_voucher.as_ref().map(|(max, signature)| (*max, signature)));
+            }
+        }
+    }
+    let Ok(accepts) = serde_json::value::to_raw_value(&accepts) else {
+        tracing::error!(route = %route.name, "corrective 402 could not be built; answering the plain one");
+        return required_with_accepts(pricing, resource_url, Some(refusal), &pricing.accepts_raw);
+    };
+    required_with_accepts(pricing, resource_url, Some(refusal), &accepts)
+}
+
+fn required_with_accepts(pricing: &Pricing, resource_url: &str, refusal: Option<Refusal<'_>>, accepts: &RawValue) -> LocalResponse {
     let error = refusal.map_or("Payment required", |r| r.reason.as_str());
     let v2_header = PaymentRequiredOut {
         x402_version: v2::X402_VERSION,
         error,
         resource: ResourceOut { url: resource_url, description: &pricing.description, mime_type: &pricing.mime_type },
-        accepts: &pricing.accepts_raw,
+        accepts,
     };
     let v1_body = v1::PaymentRequirementsResponse {
         x402_version: v1::X402_VERSION,

@@ -7,6 +7,7 @@
 //! - [`balance`]: the optional payer balance check, read off the request path.
 //! - [`challenge`]: the 402 answers (v2 header, v1 body, browser page).
 //! - [`payment`]: from a request's payment header to a reserved, verified payment.
+//! - [`channel_payment`]: the same for `batch-settlement` vouchers: channel held, deposit landed, charge after a billable answer.
 //! - [`receipts`]: a journaled payment as the payer and the operator see it.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation, one job per phase.
 //! - [`reload`]: hot reload of `gateway.yaml` (file watch, SIGHUP, admin call), quotes honoured across it.
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod balance;
 pub mod canonical;
 pub mod challenge;
+pub mod channel_payment;
 pub mod config;
 pub mod drain;
 pub mod inspect;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub verify_seconds: Histogram,
     pub verify_queue_depth: IntGauge,
     pub journal_pruned: IntCounterVec,
+    pub channel_vouchers: IntCounterVec,
+    pub channel_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -82,6 +84,11 @@ impl Metrics {
                 "Payments waiting for a verify thread; at server.verify_queue new payments get 503",
             )?,
             journal_pruned: counter("x402_journal_pruned_rows_total", "Rows the journal's upkeep deleted past retention, by table", &["table"])?,
+            channel_vouchers: counter("x402_channel_vouchers_total", "batch-settlement vouchers charged (one per billable response)", &["route"])?,
+            channel_in_flight: IntGauge::new(
+                "x402_channel_requests_in_flight",
+                "batch-settlement requests holding their channel (a second voucher on a held channel gets 402 channel_busy)",
+            )?,
         };
         metrics.register_all()?;
         Ok(metrics)
@@ -89,10 +96,10 @@ impl Metrics {
 
     fn register_all(&self) -> prometheus::Result<()> {
         let registry = &self.registry;
-        for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads, &self.journal_pruned] {
+        for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads, &self.journal_pruned, &self.channel_vouchers] {
             registry.register(Box::new(metric.clone()))?;
         }
-        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth] {
+        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth, &self.channel_in_flight] {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(self.exposure_route.clone()))?;

@@ -16,6 +16,7 @@ use crate::config::raw::{ChargeOn, SettleMode, UpgradePolicy};
 use crate::metrics::Metrics;
 use crate::config::{Config, Pricing, Route, Unmatched};
 use crate::payment::{self, AcceptedPayment, PaymentRejection};
+use crate::channel_payment::{ChannelPayments, ChannelRejection, HeldVoucher};
 use crate::canonical::{self, CanonicalPath, TargetRefusal};
 use crate::drain::{Drain, InFlightRequest};
 use arc_swap::ArcSwap;
@@ -53,6 +54,8 @@ pub struct PaywallProxy {
     pub upgrade_window: Arc<crate::upgrade::UpgradeWindow>,
     /// Requests in flight, waited for at shutdown before the process exits.
     pub drain: Arc<Drain>,
+    /// `batch-settlement` payments: channel records and the chain work they need.
+    pub channels: Arc<ChannelPayments>,
 }
 
 /// What one request carries from phase to phase.
@@ -86,6 +89,8 @@ pub struct RequestContext {
     canonical_path: Option<String>,
     /// Held until the request is finished: shutdown waits for it.
     in_flight: Option<InFlightRequest>,
+    /// A `batch-settlement` voucher holding its channel, until charged or released.
+    voucher: Option<HeldVoucher>,
 }
 
 impl RequestContext {
@@ -108,6 +113,8 @@ enum Admission {
     Forward,
     /// A payment passed its cheap checks; its signature is next.
     Recover { check: payment::PaymentCheck, started: Instant },
+    /// A `batch-settlement` payment for the route's channel offer at this index.
+    Channel { payment: x402::v2::PaymentPayload, offer: usize },
 }
 
 /// What became of a request's payment: the access log's `payment` field.
@@ -195,6 +202,9 @@ impl PaywallProxy {
             self.metrics.challenges.with_label_values(&[route.name.as_str()]).inc();
             return Admission::Answer(challenge::payment_required(route, pricing, &resource_url(req, host), None, browser));
         };
+        if let Some(channel) = self.channel_admission(config, route, pricing, req, header, ctx) {
+            return channel;
+        }
         let started = Instant::now();
         let checked = payment::check_payment(header, route, &config.verify_policy, config.server.max_payment_header_bytes, x402_store::unix_now());
         match checked {
@@ -205,6 +215,61 @@ impl PaywallProxy {
             Err(rejection) => {
                 self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
                 Admission::Answer(self.refuse(route, pricing, &resource_url(req, host), rejection, ctx))
+            }
+        }
+    }
+
+    /// A `batch-settlement` payment on a route that offers channels: its admission, or `None`
+    /// to check the payment as `exact`.
+    fn channel_admission(&self, config: &Config, route: &Route, pricing: &Pricing, req: &RequestHeader, header: payment::PaymentHeader<'_>, ctx: &mut RequestContext) -> Option<Admission> {
+        let payment::PaymentHeader::V2(raw) = header else { return None };
+        if pricing.channel_offers.is_empty() {
+            return None;
+        }
+        let payment: x402::v2::PaymentPayload = match x402::decode_header(raw, config.server.max_payment_header_bytes) {
+            Ok(payment) => payment,
+            Err(error) => return Some(Admission::Answer(self.refuse(route, pricing, &resource_url(req, request_host(req)), PaymentRejection::Malformed(error), ctx))),
+        };
+        if payment.accepted.get("scheme").and_then(|s| s.as_str()) != Some(crate::config::SCHEME_BATCH_SETTLEMENT) {
+            return None;
+        }
+        let Some(offer) = pricing.channel_offers.iter().position(|offer| offer.wire == payment.accepted) else {
+            let rejection = PaymentRejection::Invalid(x402_evm::VerifyError::RequirementsMismatch);
+            return Some(Admission::Answer(self.refuse(route, pricing, &resource_url(req, request_host(req)), rejection, ctx)));
+        };
+        Some(Admission::Channel { payment, offer })
+    }
+
+    /// Checks a channel payment and holds its channel (sending its deposit first, if any).
+    async fn hold_channel_payment(&self, config: &Config, req: &RequestHeader, payment: x402::v2::PaymentPayload, offer: usize, ctx: &mut RequestContext) -> Option<LocalResponse> {
+        let (route, pricing) = Self::route(config, ctx)?;
+        let offer = pricing.channel_offers.get(offer)?;
+        match self.channels.hold(offer, &payment, pricing.max_timeout_seconds).await {
+            Ok(held) => {
+                self.metrics.payments_verified.with_label_values(&[route.name.as_str()]).inc();
+                self.metrics.channel_in_flight.inc();
+                ctx.outcome = PaymentOutcome::Verified;
+                ctx.voucher = Some(held);
+                None
+            }
+            Err(rejection) => Some(self.refuse_channel_payment(route, pricing, req, rejection, ctx)),
+        }
+    }
+
+    /// The answer to a refused channel payment: 400 unreadable, 503 when the chain cannot be
+    /// asked, else 402 (the corrective one, with the channel's state, on a cumulative mismatch).
+    fn refuse_channel_payment(&self, route: &Route, pricing: &Pricing, req: &RequestHeader, rejection: ChannelRejection, ctx: &mut RequestContext) -> LocalResponse {
+        let reason = rejection.reason();
+        self.metrics.payments_rejected.with_label_values(&[route.name.as_str(), reason.as_str()]).inc();
+        ctx.outcome = PaymentOutcome::Refused(reason);
+        tracing::info!(route = %route.name, %reason, error = %rejection, "channel payment refused");
+        let message = rejection.to_string();
+        match rejection {
+            ChannelRejection::Malformed(_) => challenge::malformed_payment(&message),
+            ChannelRejection::Unavailable(_) => challenge::retry_later("channel_unavailable", reason, &message, 2),
+            ChannelRejection::Resync { record, .. } => challenge::channel_resync(route, pricing, &resource_url(req, request_host(req)), Refusal { reason, message: &message }, &record),
+            ChannelRejection::Invalid(_) | ChannelRejection::Deposit(_) => {
+                challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(Refusal { reason, message: &message }), false)
             }
         }
     }
@@ -471,6 +536,37 @@ impl PaywallProxy {
         }
     }
 
+    /// A held voucher after the upstream answered: charged (durably, before the answer leaves)
+    /// when the status is billable; otherwise given back in `logging`.
+    async fn charge_voucher(&self, route: &str, pricing: &Pricing, status: u16, response: &mut ResponseHeader, ctx: &mut RequestContext) -> Result<()> {
+        if !pricing.is_billable(status) {
+            return Ok(());
+        }
+        if !self.drain.may_charge() {
+            tracing::warn!(route, request_id = %ctx.request_id, "shutting down: voucher not charged, response withheld");
+            return Err(Error::explain(SHUTTING_DOWN, "payment not charged"));
+        }
+        let Some(held) = ctx.voucher.take() else { return Ok(()) };
+        self.metrics.channel_in_flight.dec();
+        let payer = held.payer.clone();
+        match self.channels.charge(held).await {
+            Ok(charged) => {
+                self.metrics.channel_vouchers.with_label_values(&[route]).inc();
+                ctx.charged = true;
+                ctx.outcome = PaymentOutcome::Charged;
+                let (name, value) = charged.header;
+                response.insert_header(name, value)?;
+                response.insert_header("Access-Control-Expose-Headers", challenge::EXPOSE_HEADERS)?;
+                tracing::info!(route, payer, charged = %charged.record.charged, channel = %alloy_primitives::B256::from(charged.record.id), "voucher charged");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(route, payer, %error, "voucher not charged; response withheld");
+                Err(Error::explain(ErrorType::HTTPStatus(503), "payment could not be recorded"))
+            }
+        }
+    }
+
     fn guards(&self) -> payment::PaymentGuards<'_> {
         payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, shared_journal: None }
     }
@@ -494,6 +590,11 @@ impl PaywallProxy {
     /// up, or an upstream that times out, leaves it used up until its `validBefore`, so one
     /// signature cannot make the upstream work again and again.
     fn release_uncharged(&self, ctx: &mut RequestContext) {
+        if let Some(held) = ctx.voucher.take() {
+            self.metrics.channel_in_flight.dec();
+            // Nothing charged: the channel's next voucher repeats the amount.
+            self.channels.release(held);
+        }
         let Some(payment) = ctx.payment.take() else { return };
         if ctx.charged || self.journaled_after_all(ctx) {
             return;
@@ -531,6 +632,7 @@ impl ProxyHttp for PaywallProxy {
             upstream_sent: None,
             canonical_path: None,
             in_flight: None,
+            voucher: None,
         }
     }
 
@@ -553,6 +655,7 @@ impl ProxyHttp for PaywallProxy {
             Admission::Answer(response) => Some(response),
             Admission::Forward => None,
             Admission::Recover { check, started } => self.verify_signature(&config, session.req_header(), check, started, ctx).await,
+            Admission::Channel { payment, offer } => self.hold_channel_payment(&config, session.req_header(), payment, offer, ctx).await,
         };
         ctx.config = Some(config.clone());
         if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {
@@ -666,6 +769,9 @@ impl ProxyHttp for PaywallProxy {
         let status = response.status.as_u16();
         if response.status.is_informational() && status != 101 {
             return Ok(());
+        }
+        if ctx.voucher.is_some() {
+            return self.charge_voucher(&route.name, pricing, status, response, ctx).await;
         }
         let (receipt_id, transaction) = match (ctx.settled_before.clone(), ctx.charged_up_front.clone()) {
             // Paid on-chain before the upstream was called, whatever it answered.

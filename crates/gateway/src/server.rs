@@ -40,7 +40,9 @@ use x402_settle::{ChainClient, NetworkSettlement, Settler};
 use x402_settle::admission::{AdmissionGuard, AdmissionPolicy, SettlementAdmission};
 use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
-use x402_store::{Exposure, Journal, JournalOptions, MemoryReplayStore, ReplayStore};
+use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, MemoryChannelStore, MemoryReplayStore, ReplayStore};
+use x402_settle::channels::ChannelSettlement;
+use crate::channel_payment::ChannelPayments;
 
 /// How the process starts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,6 +91,12 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let admission_shutdown = shutdown_rx.clone();
     let drain_timeout = config.settlement.drain_timeout;
     let settler = settler.map(Arc::new);
+    let channel_store: Arc<dyn ChannelStore> =
+        Arc::new(MemoryChannelStore::with_records(journal.channels().context("cannot read payment channels from the journal")?));
+    let channel_settlement = settler
+        .as_ref()
+        .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
+    let claimer = channel_settlement.clone();
     let (settle_before, settle_now_rx) = match &settler {
         Some(settler) => {
             let (queue, requests) = settler.settle_before(config.settlement.settle_before_queue);
@@ -109,7 +117,12 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         if options.upgrade {
             close_upgrade_window(&window, &window_journal, longest_quote);
         }
-        runtime.block_on(settler.run(shutdown_rx, drain_timeout, settle_now_rx));
+        let claims = async {
+            if let Some(claimer) = claimer {
+                claimer.run(shutdown_rx.clone()).await;
+            }
+        };
+        runtime.block_on(async { tokio::join!(settler.run(shutdown_rx.clone(), drain_timeout, settle_now_rx), claims) });
         Ok(())
     })?;
 
@@ -144,6 +157,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             .context("starting the signature verifier threads")?,
         upgrade_window: upgrade_window.clone(),
         drain: drain.clone(),
+        channels: Arc::new(ChannelPayments { store: channel_store, settlement: channel_settlement, journal: journal.clone() }),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());

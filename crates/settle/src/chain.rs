@@ -51,6 +51,8 @@ pub struct Mined {
     pub gas_used: u64,
     /// Every authorization the transaction used, with the transfer it made, if any.
     pub used: Vec<UsedAuthorization>,
+    /// Every log, for callers that read other contracts' events (payment channels).
+    pub logs: Vec<alloy_primitives::Log>,
 }
 
 /// An `AuthorizationUsed(authorizer, nonce)` log and the `Transfer` that proves what it paid:
@@ -227,6 +229,14 @@ impl ChainClient {
         calldata::decode_aggregate3_result(&output).map_err(|e| ChainError::Decode(e.to_string()))
     }
 
+    /// Runs `data` against `to` as an `eth_call` from the settlement account, at the latest
+    /// block; a revert is `ChainError::Rejected` with the node's message.
+    pub async fn call(&self, to: Address, data: Bytes) -> Result<Bytes, ChainError> {
+        let request = self.request(to, data);
+        // Mined state only: what a transaction still in the pool would change is no fact yet.
+        self.first_answer(|p| { let r = request.clone(); async move { p.call(r).block(alloy::eips::BlockId::latest()).await } }).await
+    }
+
     /// Gas for `data` sent to `multicall`, as `eth_estimateGas` answers it.
     pub async fn estimate_gas(&self, multicall: Address, data: Bytes) -> Result<u64, ChainError> {
         let request = self.request(multicall, data);
@@ -316,6 +326,7 @@ impl ChainClient {
             success: receipt.status(),
             gas_used: receipt.gas_used,
             used: used_authorizations(receipt.logs()),
+            logs: receipt.logs().iter().map(|log| log.inner.clone()).collect(),
         }))
     }
 
@@ -388,7 +399,7 @@ mod tests {
     }
 
     fn mined(logs: &[alloy::rpc::types::Log]) -> Mined {
-        Mined { transaction: B256::ZERO, success: true, gas_used: 0, used: used_authorizations(logs) }
+        Mined { transaction: B256::ZERO, success: true, gas_used: 0, used: used_authorizations(logs), logs: Vec::new() }
     }
 
     const TOKEN: Address = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");

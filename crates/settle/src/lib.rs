@@ -7,9 +7,13 @@
 //! failure on its word: the chain's `AuthorizationUsed` event decides whether the payment
 //! landed (possibly through someone else's transaction), and a payment counts as settled only
 //! when the `Transfer` to its payTo that its authorization made is in a receipt.
+//!
+//! [`channels`] does the same for payment channels (`batch-settlement`): deposits, claims of
+//! many channels' vouchers per transaction, and the escrow state read back after each.
 
 pub mod admission;
 mod chain;
+pub mod channels;
 mod gas;
 mod lane;
 mod metrics;
@@ -17,7 +21,7 @@ mod settle_before;
 mod settler;
 pub mod stall;
 
-pub use chain::{ChainClient, ChainError, Fees};
+pub use chain::{ChainClient, ChainError, Fees, Mined};
 pub use metrics::SettlementMetrics;
 pub use settle_before::{SettleBefore, SettleBeforeRefusal, SettleNow, SettleNowOutcome, SettleTicket};
-pub use settler::{BatchPolicy, CreditControl, PayerPaid, NetworkSettlement, SettleError, Settler};
+pub use settler::{BatchPolicy, CreditControl, LaneCallError, PayerPaid, NetworkSettlement, SettleError, Settler};

@@ -18,6 +18,14 @@ pub struct SettlementMetrics {
     pub in_flight: IntGaugeVec,
     /// Transactions replaced at their nonce with higher fees, by network.
     pub replacements: IntCounterVec,
+    /// `batch-settlement` claim transactions by network and outcome (`mined`, `reverted`, `unconfirmed`, `unsent`).
+    pub channel_claims: IntCounterVec,
+    /// Gas used by mined claim transactions, by network.
+    pub channel_claim_gas: IntCounterVec,
+    /// Atomic units the escrow paid to payTo through claims, by network and asset.
+    pub channel_value_settled: IntCounterVec,
+    /// Channel deposits the gateway sent, by network and outcome (`credited`, `refused`, `unconfirmed`, `unsent`).
+    pub channel_deposits: IntCounterVec,
 }
 
 impl SettlementMetrics {
@@ -38,6 +46,14 @@ impl SettlementMetrics {
             in_flight: IntGaugeVec::new(Opts::new("x402_settlement_transactions_in_flight", "Settlement transactions signed and not yet mined"), &["network"])
                 .unwrap_or_else(|error| unreachable!("static metric: {error}")),
             replacements: counter("x402_settlement_replacements_total", "Settlement transactions replaced with higher fees", &["network"]),
+            channel_claims: counter("x402_channel_claims_total", "batch-settlement claim transactions (claim + settle) by outcome", &["network", "outcome"]),
+            channel_claim_gas: counter("x402_channel_claim_gas_used_total", "Gas used by mined batch-settlement claim transactions", &["network"]),
+            channel_value_settled: counter(
+                "x402_channel_value_settled_atomic_total",
+                "Value the escrow paid to payTo through claims, in the asset's atomic units",
+                &["network", "asset"],
+            ),
+            channel_deposits: counter("x402_channel_deposits_total", "Channel deposits sent for payers, by outcome", &["network", "outcome"]),
         }
     }
 
@@ -51,7 +67,8 @@ impl SettlementMetrics {
 
     /// Adds every metric to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled, &self.replacements] {
+        let channel = [&self.channel_claims, &self.channel_claim_gas, &self.channel_value_settled, &self.channel_deposits];
+        for metric in [&self.batches, &self.gas_used, &self.rpc_errors, &self.payments, &self.value_settled, &self.replacements].into_iter().chain(channel) {
             registry.register(Box::new(metric.clone()))?;
         }
         registry.register(Box::new(self.in_flight.clone()))?;

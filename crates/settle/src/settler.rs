@@ -27,7 +27,7 @@ use crate::settle_before::{lock, Claims, SettleBefore, SettleNow, SettleNowOutco
 use alloy_primitives::{Address, Bytes, Signature, B256};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
 use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
@@ -121,6 +121,8 @@ struct Network {
     /// Journaled open transactions signed by a key no lane has any more (or unreadable):
     /// resolved from their receipts alone.
     orphans: std::sync::Mutex<Vec<BatchRecord>>,
+    /// Who waits for a lane call's outcome, by the hash of its first attempt.
+    call_replies: std::sync::Mutex<std::collections::HashMap<B256, oneshot::Sender<Option<Mined>>>>,
 }
 
 impl Network {
@@ -133,12 +135,27 @@ impl Network {
             lanes: settlement.clients.into_iter().map(|client| Mutex::new(Lane::new(client))).collect(),
             gas: std::sync::Mutex::default(),
             orphans: std::sync::Mutex::default(),
+            call_replies: std::sync::Mutex::default(),
         })
     }
 }
 
 /// A first guess of a payment's gas in a batch, until an estimate says better.
 const GAS_PER_PAYMENT_GUESS: u64 = 45_000;
+
+/// Why [`Settler::send_call`] sent nothing, or lost track of what it sent.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneCallError {
+    #[error("no settlement is configured on {0}")]
+    NoNetwork(String),
+    /// The call would revert as the chain stands: nothing was signed.
+    #[error("the call would revert: {0}")]
+    Reverts(String),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
@@ -235,6 +252,11 @@ impl Settler {
     pub fn settle_before(&self, capacity: usize) -> (SettleBefore, mpsc::Receiver<SettleNow>) {
         let chains = self.networks.iter().map(|n| (n.network.clone(), n.client.clone())).collect();
         SettleBefore::new(capacity, chains, self.claims.clone())
+    }
+
+    /// Where this settler counts (for work that borrows its lanes, such as channel claims).
+    pub fn metrics(&self) -> Arc<SettlementMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Counts into `metrics` (registered by the caller).
@@ -407,6 +429,54 @@ impl Settler {
         })
     }
 
+    /// A client for reads on `network` (the first lane's).
+    pub fn reader(&self, network: &str) -> Option<ChainClient> {
+        self.networks.iter().find(|n| n.network == network).map(|n| n.client.clone())
+    }
+
+    /// Sends a call to `to` on `network` in a transaction of its own, on the least busy lane
+    /// (signed at its next nonce, journaled before it is sent, replaced with higher fees if it
+    /// waits, like any batch), and waits up to `receipt_timeout` for it to be mined. A call
+    /// that would revert is refused before anything is signed.
+    ///
+    /// `Ok(None)`: sent, outcome not known in time (the lane keeps at it).
+    pub async fn send_call(&self, network: &str, to: Address, data: Bytes) -> Result<Option<Mined>, LaneCallError> {
+        let network = self.networks.iter().find(|n| n.network == network).ok_or_else(|| LaneCallError::NoNetwork(network.to_owned()))?;
+        let estimate = network.client.estimate_gas(to, data.clone()).await.map_err(|error| match error {
+            ChainError::Rejected(reason) => LaneCallError::Reverts(reason),
+            other => LaneCallError::Chain(other),
+        })?;
+        // Estimates are exact for the state they ran on; a block later the call may cost a bit more.
+        let gas_limit = estimate.saturating_add(estimate / 4);
+        let reply = {
+            let lane = self.least_busy_lane(network).await;
+            let mut lane = lane.lock().await;
+            let head = network.client.head().await?;
+            let fees = lane.client.fees().await?;
+            let nonce = match lane.next_nonce {
+                Some(nonce) => nonce,
+                None => lane.client.account_nonce(true).await?,
+            };
+            let signed = lane.client.sign_call(to, data.clone(), gas_limit, nonce, fees).await?;
+            let batch = BatchRecord { transaction: signed.hash.to_string(), network: network.network.clone(), raw: signed.raw, sent_at_ms: unix_now_ms() };
+            self.journal.record_batch(batch.clone(), Vec::new()).await.map_err(SettleError::from)?;
+            lane.next_nonce = Some(nonce + 1);
+            lane.open.insert(nonce, open_nonce(to, data, gas_limit, Attempt { hash: signed.hash, raw: batch.raw.clone(), fees }, head));
+            let (reply_to, reply) = oneshot::channel();
+            lock(&network.call_replies).insert(signed.hash, reply_to);
+            tracing::info!(network = %network.network, tx = %batch.transaction, nonce, gas_limit, %to, "lane call signed and journaled");
+            if let Err(error) = lane.client.send_raw(&batch.raw).await {
+                tracing::warn!(tx = %batch.transaction, %error, "broadcast failed; the transaction stays open and is sent again");
+            }
+            reply
+        };
+        match tokio::time::timeout(self.policy.receipt_timeout, reply).await {
+            Ok(Ok(mined)) => Ok(mined),
+            // Timed out, or the settler stopped: the lane (or the next start) resolves it.
+            Ok(Err(_)) | Err(_) => Ok(None),
+        }
+    }
+
     fn unsettled(&self) -> u64 {
         // Unknown counts as "not drained": keep trying until the deadline.
         self.journal.unsettled_count().unwrap_or(u64::MAX)
@@ -501,11 +571,15 @@ impl Settler {
     /// resolved from its receipts next round.
     async fn write_outcomes(&self, network: &Network, mined: Vec<ClosedNonce>) -> Result<(), SettleError> {
         let mut closed = mined.into_iter();
-        while let Some(nonce) = closed.next() {
+        while let Some(mut nonce) = closed.next() {
             if let Err(error) = self.write_outcome(network, &nonce.hashes(), nonce.mined.as_ref(), Some(nonce.open.gas_limit)).await {
                 let unwritten = std::iter::once(nonce).chain(closed);
                 lock(&network.orphans).extend(unwritten.flat_map(|nonce| nonce.batch_records(&network.network)));
                 return Err(error);
+            }
+            let waiting = nonce.open.attempts.first().and_then(|first| lock(&network.call_replies).remove(&first.hash));
+            if let Some(reply) = waiting {
+                let _ = reply.send(nonce.mined.take());
             }
         }
         Ok(())

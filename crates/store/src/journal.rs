@@ -391,6 +391,30 @@ CREATE TABLE IF NOT EXISTS batches (
 -- Open batches are few whatever the journal's age: recovery and the settler read only these.
 CREATE INDEX IF NOT EXISTS batches_open ON batches (network, sent_at_ms) WHERE done = 0;
 CREATE INDEX IF NOT EXISTS batches_done ON batches (sent_at_ms) WHERE done = 1;
+-- Payment channels of the batch-settlement scheme: one row each, rewritten on every charge.
+-- Ids, addresses and salts are raw bytes; amounts are uint128 in decimal text (SQLite's
+-- integers stop at 2^63).
+CREATE TABLE IF NOT EXISTS channels (
+    id BLOB PRIMARY KEY,
+    network TEXT NOT NULL,
+    chain_id INTEGER NOT NULL,
+    payer BLOB NOT NULL,
+    payer_authorizer BLOB NOT NULL,
+    receiver BLOB NOT NULL,
+    receiver_authorizer BLOB NOT NULL,
+    token BLOB NOT NULL,
+    withdraw_delay INTEGER NOT NULL,
+    salt BLOB NOT NULL,
+    charged TEXT NOT NULL,
+    signed_max TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    balance TEXT NOT NULL,
+    total_claimed TEXT NOT NULL,
+    withdraw_requested_at INTEGER NOT NULL,
+    refund_nonce INTEGER NOT NULL,
+    synced_at_ms INTEGER NOT NULL,
+    last_charged_at_ms INTEGER NOT NULL
+);
 ";
 
 /// The `payments_unsettled` index's condition, which a query must repeat to use it.
@@ -1106,6 +1130,8 @@ fn counts(connection: &Connection) -> Result<BTreeMap<String, u64>, JournalError
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+mod channel_rows;
 
 #[cfg(test)]
 mod tests;

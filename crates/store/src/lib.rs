@@ -6,7 +6,10 @@
 //! - [`exposure`]: unsettled value per payer, per route and in total, against limits.
 //! - [`journal`]: the settlement journal: every payment whose response was released, and
 //!   its way to the chain (`accepted → submitted → settled | failed`), durable in SQLite.
+//! - [`channels`]: payment-channel state of the `batch-settlement` scheme, one request in
+//!   flight per channel.
 
+pub mod channels;
 pub mod exposure;
 pub mod journal;
 pub mod replay;
@@ -15,6 +18,7 @@ pub use journal::{
     clear_payer_block, record_loss_reset, BatchRecord, ExportFilter, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter,
     PaymentRecord, PaymentState, PrunePolicy, PruneReport, SettlementItem, LOSS_WINDOW_MS,
 };
+pub use channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, MemoryChannelStore, OnchainChannel};
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 

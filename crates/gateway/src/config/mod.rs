@@ -5,7 +5,8 @@ pub mod model;
 pub mod price;
 pub mod raw;
 
-pub use model::{Config, RequestSettings, RouteMatch, HonouredPricing, Network, Pricing, Route, Unmatched, Upstream};
+pub use model::{ChannelOffer, Config, RequestSettings, RouteMatch, HonouredPricing, Network, Pricing, Route, Unmatched, Upstream};
+pub use x402::SCHEME_BATCH_SETTLEMENT;
 
 use model::RouteContext;
 use raw::{Prelude, RawConfig};
@@ -41,6 +42,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
         max_timeout_seconds: prelude.payments.max_timeout_seconds,
         settle_margin_seconds: prelude.payments.settle_margin_seconds,
         billable: prelude.payments.billable_statuses.clone(),
+        receiver_authorizer: first_settlement_address(&prelude.settlement),
     };
     let raw: RawConfig =
         raw::with_context(context.clone(), || serde_yaml::from_str(text)).map_err(|e| invalid(e.to_string()))?;
@@ -88,6 +90,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
         return Err("settlement.max_gas_per_transaction: below 100000 not even one transfer fits".into());
     }
     let journal_retention = journal_retention(settlement.journal_retention_days)?;
+    let claims = claim_policy(&settlement.channels)?;
     let journal_path = beside(path, &settlement.journal_path);
     Ok(Config {
         source: path.to_owned(),
@@ -126,6 +129,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             admission: settlement.admission,
             settle_before_queue: settlement.settle_before_queue,
             journal_retention,
+            claims,
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {
@@ -142,6 +146,37 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             watch_config: raw.admin.watch_config,
         },
     })
+}
+
+fn claim_policy(raw: &raw::RawClaims) -> Result<x402_settle::channels::ClaimPolicy, String> {
+    if !(1..=86_400).contains(&raw.claim_interval_seconds) {
+        return Err("settlement.channels.claim_interval_seconds: must be between 1 and 86400".into());
+    }
+    if !(1..=3_600).contains(&raw.refresh_interval_seconds) {
+        return Err("settlement.channels.refresh_interval_seconds: must be between 1 and 3600 (a withdrawal must be seen well within the withdraw delay)".into());
+    }
+    if !(1..=1_000).contains(&raw.max_claims_per_transaction) {
+        return Err("settlement.channels.max_claims_per_transaction: must be between 1 and 1000".into());
+    }
+    Ok(x402_settle::channels::ClaimPolicy {
+        claim_interval: Duration::from_secs(raw.claim_interval_seconds),
+        refresh_interval: Duration::from_secs(raw.refresh_interval_seconds),
+        max_claims_per_transaction: raw.max_claims_per_transaction,
+    })
+}
+
+/// The address of the first settlement key (the one the settler claims channels with), read
+/// from its environment variable.
+fn first_settlement_address(settlement: &raw::PreludeSettlement) -> Result<alloy_primitives::Address, String> {
+    let env = settlement
+        .private_key_envs
+        .first()
+        .cloned()
+        .or_else(|| settlement.private_key_env.clone())
+        .unwrap_or_else(|| raw::RawSettlement::default().private_key_env);
+    let key = std::env::var(&env).map_err(|_| format!("set the environment variable {env} (0x-hex private key)"))?;
+    let signer: alloy::signers::local::PrivateKeySigner = key.trim().parse().map_err(|_| format!("the settlement key in {env} is not a valid private key"))?;
+    Ok(signer.address())
 }
 
 /// Metrics, logs, exposure limits and the journal key on a route's name: two routes with

@@ -2,7 +2,7 @@
 //! [`RawConfig`](super::raw::RawConfig) or not at all.
 
 use super::price::{atomic_to_dollars, dollars_to_atomic, parse_atomic};
-use super::raw::{self, ChargeOn, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction, UpgradePolicy};
+use super::raw::{self, ChargeOn, OfferScheme, RawOffer, RawRoute, SettleMode, StatusClass, UnmatchedAction, UpgradePolicy};
 use crate::routing::PathPattern;
 use alloy_primitives::{Address, U256};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -123,6 +123,8 @@ pub struct SettlementSettings {
     pub settle_before_queue: usize,
     /// How long a finished payment is kept past its `validBefore` (see `crate::upkeep`).
     pub journal_retention: Duration,
+    /// When payment channels are claimed.
+    pub claims: x402_settle::channels::ClaimPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -179,8 +181,11 @@ pub struct HonouredPricing {
 /// every time (official clients deep-compare what they echo with what was offered).
 #[derive(Debug, Clone)]
 pub struct Pricing {
+    /// The `exact` offers, in the order of `requirements`.
     pub offers: Vec<Offer>,
     pub requirements: Vec<ExactEvmRequirement>,
+    /// The `batch-settlement` offers.
+    pub channel_offers: Vec<ChannelOffer>,
     /// The v2 `accepts` array, serialized once.
     pub accepts_raw: Box<serde_json::value::RawValue>,
     pub description: String,
@@ -202,6 +207,32 @@ pub struct Offer {
     pub dollars: String,
     pub pay_to: Address,
 }
+
+/// A `batch-settlement` offer: the payer opens a channel to `pay_to` and pays each request
+/// with a voucher for `offer.amount` more than the last.
+#[derive(Debug, Clone)]
+pub struct ChannelOffer {
+    pub offer: Offer,
+    /// The offer as the scheme's checks take it (domains cached).
+    pub batch: x402_evm::batch_settlement::BatchOffer,
+    /// Who may claim the channel's vouchers: the gateway's (first) settlement key.
+    pub receiver_authorizer: Address,
+    pub withdraw_delay_seconds: u64,
+    /// The deposit asked for, in atomic units.
+    pub min_deposit: U256,
+    /// The `accepts[]` entry as offered; a client echoes it verbatim.
+    pub wire: serde_json::Value,
+}
+
+/// Withdraw delays the escrow contract accepts (seconds).
+pub const WITHDRAW_DELAY_RANGE: std::ops::RangeInclusive<u64> = 900..=2_592_000;
+/// A day: long enough that a claim round missed for hours still lands before a payer who
+/// asked to withdraw may take back what it owes.
+pub const DEFAULT_WITHDRAW_DELAY_SECONDS: u64 = 86_400;
+/// Default deposit: this many requests' worth, at most [`DEFAULT_MIN_DEPOSIT_CAP_DOLLARS`] (the
+/// official client deposits at most 5 × its per-payment cap, $1 by default).
+const DEFAULT_DEPOSIT_REQUESTS: u64 = 1_000;
+const DEFAULT_MIN_DEPOSIT_CAP_DOLLARS: &str = "$5";
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,7 +347,7 @@ fn build_network(name: &str, raw: &raw::RawNetwork) -> Result<Network, String> {
 }
 
 /// What a route needs from the rest of the file to validate on its own.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct RouteContext {
     pub networks: Vec<Network>,
     pub upstream_names: Vec<String>,
@@ -324,6 +355,23 @@ pub struct RouteContext {
     pub max_timeout_seconds: u64,
     pub settle_margin_seconds: u64,
     pub billable: Vec<StatusClass>,
+    /// The first settlement key's address (the `receiverAuthorizer` of channels), or why it
+    /// is unknown; needed only by `batch-settlement` offers.
+    pub receiver_authorizer: Result<Address, String>,
+}
+
+impl Default for RouteContext {
+    fn default() -> Self {
+        Self {
+            networks: Vec::new(),
+            upstream_names: Vec::new(),
+            pay_to: None,
+            max_timeout_seconds: 0,
+            settle_margin_seconds: 0,
+            billable: Vec::new(),
+            receiver_authorizer: Err("no settlement key is configured".into()),
+        }
+    }
 }
 
 /// Validates one route against the rest of the file.
@@ -374,38 +422,47 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
     if raw.charge_on == ChargeOn::Forward && raw.settle == SettleMode::Before {
         return Err("`charge_on: forward` and `settle: before` together: `settle: before` already charges (on-chain) before forwarding; drop `charge_on`".into());
     }
-    let offers = offers_raw.iter().map(|o| build_offer(o, cx)).collect::<Result<Vec<_>, _>>()?;
-    let wire: Vec<v2::PaymentRequirements> = offers
-        .iter()
-        .map(|offer| v2::PaymentRequirements {
-            scheme: x402::SCHEME_EXACT.into(),
-            network: offer.network_id.clone(),
-            amount: offer.amount.to_string(),
-            asset: offer.asset.address.to_checksum(None),
-            pay_to: offer.pay_to.to_checksum(None),
-            max_timeout_seconds,
-            extra: serde_json::Map::from_iter([
-                ("name".to_owned(), serde_json::Value::from(offer.asset.domain.name.clone())),
-                ("version".to_owned(), serde_json::Value::from(offer.asset.domain.version.clone())),
-            ]),
-        })
-        .collect();
+    let mut offers = Vec::new();
+    let mut channel_offers = Vec::new();
+    let mut wire = Vec::new();
+    for raw_offer in offers_raw {
+        let offer = build_offer(raw_offer, cx)?;
+        match raw_offer.scheme {
+            OfferScheme::Exact => {
+                wire.push(serde_json::to_value(exact_wire(&offer, max_timeout_seconds)).map_err(|e| e.to_string())?);
+                offers.push(offer);
+            }
+            OfferScheme::BatchSettlement => {
+                let channel = build_channel_offer(offer, &raw.channel, max_timeout_seconds, cx)?;
+                wire.push(channel.wire.clone());
+                channel_offers.push(channel);
+            }
+        }
+    }
+    if channel_offers.is_empty() && (raw.channel.withdraw_delay_seconds.is_some() || raw.channel.min_deposit.is_some()) {
+        return Err("`channel` terms apply to `scheme: batch-settlement` offers, and this route has none".into());
+    }
+    if !channel_offers.is_empty() && (raw.settle == SettleMode::Before || raw.charge_on == ChargeOn::Forward) {
+        return Err("a batch-settlement offer is charged when the upstream answers and claimed in batches later: drop `settle: before` and `charge_on: forward` from this route".into());
+    }
     let requirements = offers
         .iter()
-        .zip(&wire)
-        .map(|(offer, wire)| ExactEvmRequirement {
-            network: offer.network_id.clone(),
-            v1_network: x402_evm::v1_name_for_chain(offer.asset.domain.chain_id),
-            domain: offer.asset.domain.clone(),
-            pay_to: offer.pay_to,
-            amount: offer.amount,
-            max_timeout_seconds,
-            wire: serde_json::to_value(wire).unwrap_or_default(),
+        .map(|offer| {
+            Ok(ExactEvmRequirement {
+                network: offer.network_id.clone(),
+                v1_network: x402_evm::v1_name_for_chain(offer.asset.domain.chain_id),
+                domain: offer.asset.domain.clone(),
+                pay_to: offer.pay_to,
+                amount: offer.amount,
+                max_timeout_seconds,
+                wire: serde_json::to_value(exact_wire(offer, max_timeout_seconds)).map_err(|e| e.to_string())?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Pricing {
         offers,
         requirements,
+        channel_offers,
         accepts_raw: serde_json::value::to_raw_value(&wire).map_err(|e| e.to_string())?,
         description: raw.description.clone().unwrap_or_default(),
         mime_type: raw.mime_type.clone().unwrap_or_default(),
@@ -414,6 +471,63 @@ fn build_pricing(raw: &RawRoute, offers_raw: &[RawOffer], cx: &RouteContext) -> 
         charge_on: raw.charge_on,
         upgrades: raw.upgrades,
         max_timeout_seconds,
+    })
+}
+
+/// An `exact` offer's `accepts[]` entry.
+fn exact_wire(offer: &Offer, max_timeout_seconds: u64) -> v2::PaymentRequirements {
+    v2::PaymentRequirements {
+        scheme: x402::SCHEME_EXACT.into(),
+        network: offer.network_id.clone(),
+        amount: offer.amount.to_string(),
+        asset: offer.asset.address.to_checksum(None),
+        pay_to: offer.pay_to.to_checksum(None),
+        max_timeout_seconds,
+        extra: serde_json::Map::from_iter([
+            ("name".to_owned(), serde_json::Value::from(offer.asset.domain.name.clone())),
+            ("version".to_owned(), serde_json::Value::from(offer.asset.domain.version.clone())),
+        ]),
+    }
+}
+
+fn build_channel_offer(offer: Offer, terms: &raw::RawChannelTerms, max_timeout_seconds: u64, cx: &RouteContext) -> Result<ChannelOffer, String> {
+    let receiver_authorizer = cx.receiver_authorizer.clone().map_err(|why| format!("a batch-settlement offer needs the settlement key's address as its receiverAuthorizer: {why}"))?;
+    let withdraw_delay_seconds = terms.withdraw_delay_seconds.unwrap_or(DEFAULT_WITHDRAW_DELAY_SECONDS);
+    if !WITHDRAW_DELAY_RANGE.contains(&withdraw_delay_seconds) {
+        return Err(format!(
+            "channel.withdraw_delay_seconds: {withdraw_delay_seconds} is outside what the escrow contract accepts ({} to {})",
+            WITHDRAW_DELAY_RANGE.start(),
+            WITHDRAW_DELAY_RANGE.end()
+        ));
+    }
+    let min_deposit = match &terms.min_deposit {
+        Some(dollars) => dollars_to_atomic(dollars, offer.asset.decimals).map_err(|e| format!("channel.min_deposit: {e}"))?,
+        None => {
+            let cap = dollars_to_atomic(DEFAULT_MIN_DEPOSIT_CAP_DOLLARS, offer.asset.decimals)?;
+            offer.amount.saturating_mul(U256::from(DEFAULT_DEPOSIT_REQUESTS)).min(cap).max(offer.amount)
+        }
+    };
+    if min_deposit < offer.amount {
+        return Err(format!("channel.min_deposit: {} is below one request's price ({})", atomic_to_dollars(min_deposit, offer.asset.decimals), offer.dollars));
+    }
+    let batch = x402_evm::batch_settlement::BatchOffer {
+        channel_domain: x402_evm::batch_settlement::ChannelDomain::new(offer.asset.domain.chain_id),
+        token: offer.asset.domain.clone(),
+        pay_to: offer.pay_to,
+        receiver_authorizer,
+        withdraw_delay: withdraw_delay_seconds,
+        price: u128::try_from(offer.amount).map_err(|_| "the price does not fit 128 bits".to_owned())?,
+        enforced_min_deposit: None,
+    };
+    let min_deposit_atomic = u128::try_from(min_deposit).map_err(|_| "channel.min_deposit does not fit 128 bits".to_owned())?;
+    let wire = x402_evm::batch_settlement::response::payment_requirements(&batch, max_timeout_seconds, min_deposit_atomic);
+    Ok(ChannelOffer {
+        offer,
+        batch,
+        receiver_authorizer,
+        withdraw_delay_seconds,
+        min_deposit,
+        wire: serde_json::to_value(wire).map_err(|e| e.to_string())?,
     })
 }
 

@@ -80,6 +80,16 @@ pub struct Prelude {
     pub networks: BTreeMap<String, RawNetwork>,
     #[serde(default)]
     pub payments: RawPayments,
+    #[serde(default)]
+    pub settlement: PreludeSettlement,
+}
+
+/// The settlement keys' variables, read early: a channel offer names the first key's address.
+#[derive(Debug, Default, Deserialize)]
+pub struct PreludeSettlement {
+    pub private_key_env: Option<String>,
+    #[serde(default)]
+    pub private_key_envs: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +262,27 @@ pub struct RawSettlement {
     /// Days a settled or failed payment is kept after its `validBefore` before it is pruned
     /// from the journal; fractions allowed.
     pub journal_retention_days: f64,
+    /// When payment channels (`batch-settlement`) are claimed.
+    pub channels: RawClaims,
+}
+
+/// When payment channels are claimed and read again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClaims {
+    /// Unclaimed voucher value waits at most this long before it is claimed on-chain.
+    pub claim_interval_seconds: u64,
+    /// Channels holding unclaimed value have their escrow state read this often: a payer's
+    /// request to withdraw is seen within it, and its channel claimed at once.
+    pub refresh_interval_seconds: u64,
+    /// Channels claimed per transaction.
+    pub max_claims_per_transaction: usize,
+}
+
+impl Default for RawClaims {
+    fn default() -> Self {
+        Self { claim_interval_seconds: 60, refresh_interval_seconds: 30, max_claims_per_transaction: 100 }
+    }
 }
 
 impl Default for RawSettlement {
@@ -274,6 +305,7 @@ impl Default for RawSettlement {
             admission: true,
             settle_before_queue: 64,
             journal_retention_days: 30.0,
+            channels: RawClaims::default(),
         }
     }
 }
@@ -408,6 +440,36 @@ pub struct RawRoute {
     /// looked at. `charge`: the payment is charged when the upstream switches protocols.
     #[serde(default)]
     pub upgrades: UpgradePolicy,
+    /// The inline offer's scheme: `exact` (default) or `batch-settlement`.
+    #[serde(default)]
+    pub scheme: OfferScheme,
+    /// Terms of this route's `batch-settlement` offers.
+    #[serde(default)]
+    pub channel: RawChannelTerms,
+}
+
+/// How an offer is paid.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OfferScheme {
+    /// One EIP-3009 authorization per request, settled in batches.
+    #[default]
+    #[serde(rename = "exact")]
+    Exact,
+    /// A payment channel per payer: one deposit, then a voucher per request, claimed in batches.
+    #[serde(rename = "batch-settlement")]
+    BatchSettlement,
+}
+
+/// The terms a route's `batch-settlement` offers announce.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannelTerms {
+    /// How long a payer's withdrawal waits (900 to 2,592,000 s): the time the gateway has to
+    /// claim what the payer owes once it asks to withdraw.
+    pub withdraw_delay_seconds: Option<u64>,
+    /// The deposit the payer is asked for (dollars), a hint the official client follows up to
+    /// its own cap.
+    pub min_deposit: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -444,6 +506,8 @@ pub enum SettleMode {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOffer {
+    #[serde(default)]
+    pub scheme: OfferScheme,
     pub price: Option<String>,
     pub amount: Option<String>,
     pub network: Option<NetworkRef>,
@@ -456,6 +520,7 @@ impl RawRoute {
     /// if any of its fields is set.
     pub fn inline_offer(&self) -> Option<RawOffer> {
         let offer = RawOffer {
+            scheme: self.scheme,
             price: self.price.clone(),
             amount: self.amount.clone(),
             network: self.network.clone(),

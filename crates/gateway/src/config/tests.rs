@@ -184,3 +184,59 @@ fn the_journal_retention_has_a_default_takes_fractions_and_refuses_nonsense() {
         assert!(err.contains("settlement.journal_retention_days: must be above 0"), "{bad}: {err}");
     }
 }
+
+/// Anvil's first dev key, under a variable no other test uses.
+const CHANNEL_KEY_ENV: &str = "X402_CONFIG_TEST_CHANNEL_KEY";
+const CHANNEL_KEY_ADDRESS: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+fn channel_yaml(route_extra: &str) -> String {
+    std::env::set_var(CHANNEL_KEY_ENV, "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80");
+    format!("settlement:\n  private_key_env: {CHANNEL_KEY_ENV}\n{BASE}").replace("    price: \"$0.001\"\n", &format!("    price: \"$0.001\"\n{route_extra}"))
+}
+
+#[test]
+fn a_batch_settlement_offer_announces_the_channel_terms() {
+    let config = parse(&channel_yaml("    accepts:\n      - { price: \"$0.001\", scheme: batch-settlement }\n    channel: { withdraw_delay_seconds: 3600, min_deposit: \"$2\" }\n")).unwrap();
+    let pricing = config.routes[0].pricing.as_ref().unwrap();
+    assert_eq!(pricing.offers.len(), 1, "the inline price stays an exact offer");
+    let channel = &pricing.channel_offers[0];
+    assert_eq!(channel.receiver_authorizer.to_checksum(None), CHANNEL_KEY_ADDRESS);
+    assert_eq!((channel.withdraw_delay_seconds, channel.min_deposit), (3600, U256::from(2_000_000u64)));
+    let accepts: serde_json::Value = serde_json::from_str(pricing.accepts_raw.get()).unwrap();
+    assert_eq!(accepts[0]["scheme"], "exact", "offers keep the file's order");
+    assert_eq!(accepts[1]["scheme"], "batch-settlement");
+    assert_eq!(accepts[1]["amount"], "1000");
+    assert_eq!(accepts[1]["extra"]["receiverAuthorizer"], CHANNEL_KEY_ADDRESS);
+    assert_eq!(accepts[1]["extra"]["withdrawDelay"], 3600, "the official client reads it only as a number");
+    assert_eq!(accepts[1]["extra"]["minDeposit"], "2000000");
+    assert_eq!((accepts[1]["extra"]["name"].as_str(), accepts[1]["extra"]["version"].as_str()), (Some("USDC"), Some("2")));
+}
+
+#[test]
+fn channel_terms_default_to_a_day_and_a_thousand_requests() {
+    let config = parse(&channel_yaml("    scheme: batch-settlement\n")).unwrap();
+    let pricing = config.routes[0].pricing.as_ref().unwrap();
+    assert!(pricing.offers.is_empty());
+    assert_eq!((pricing.channel_offers[0].withdraw_delay_seconds, pricing.channel_offers[0].min_deposit), (86_400, U256::from(1_000_000u64)));
+}
+
+#[test]
+fn bad_channel_terms_are_refused_with_the_field() {
+    for (extra, expected) in [
+        ("    scheme: batch-settlement\n    channel: { withdraw_delay_seconds: 60 }\n", "withdraw_delay_seconds: 60 is outside"),
+        ("    scheme: batch-settlement\n    channel: { min_deposit: \"$0.0001\" }\n", "below one request's price"),
+        ("    channel: { withdraw_delay_seconds: 3600 }\n", "this route has none"),
+        ("    scheme: batch-settlement\n    settle: before\n", "drop `settle: before`"),
+        ("    scheme: batch-settlment\n", "unknown variant"),
+    ] {
+        let error = parse(&channel_yaml(extra)).unwrap_err();
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+}
+
+#[test]
+fn a_batch_settlement_offer_needs_the_settlement_key() {
+    let text = format!("settlement:\n  private_key_env: X402_CONFIG_TEST_UNSET_KEY\n{BASE}").replace("    price: \"$0.001\"\n", "    price: \"$0.001\"\n    scheme: batch-settlement\n");
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("receiverAuthorizer") && error.contains("X402_CONFIG_TEST_UNSET_KEY"), "{error}");
+}
