@@ -13,6 +13,7 @@
 //! | `GET /exposure` | unsettled value per route and in total, the largest debtors, blocked payers, the loss budget |
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
 //! | `POST /exposure/losses/reset` | empty the loss budget, so priced routes take payments again |
+//! | `GET /channels` | batch-settlement channels, most unclaimed value first: payer, deposit, charged, claimed, unclaimed, withdraw deadline |
 //! | `POST /drain` | stop being ready and settle everything queued now, before a shutdown |
 //!
 //! Everything but `/health` and `/ready` needs `Authorization: Bearer <token>`, the token
@@ -43,6 +44,7 @@ pub struct AdminApi {
     pub health: Arc<x402_settle::stall::SettlementHealth>,
     pub admission: Arc<x402_settle::admission::SettlementAdmission>,
     pub metrics: Arc<Metrics>,
+    pub channels: Arc<dyn x402_store::ChannelStore>,
     /// Set by `POST /drain`: readiness fails so load balancers move traffic away.
     pub draining: Arc<AtomicBool>,
     /// Shared with the settler: send queued payments without waiting for batches to fill.
@@ -99,6 +101,7 @@ impl AdminApi {
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure(),
+            (&Method::GET, "/channels") => self.channels(),
             (&Method::POST, "/drain") => self.drain(),
             (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
@@ -163,6 +166,12 @@ impl AdminApi {
                 (StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"error": code, "message": message}))
             }
         }
+    }
+
+    fn channels(&self) -> Answer {
+        let records = crate::channel_payment::channels_by_unclaimed(self.channels.list());
+        let channels: Vec<serde_json::Value> = records.iter().map(crate::channel_payment::channel_json).collect();
+        (StatusCode::OK, serde_json::json!({"count": channels.len(), "channels": channels}))
     }
 
     fn settlement(&self) -> Answer {

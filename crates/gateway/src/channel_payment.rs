@@ -24,6 +24,11 @@ const MIRROR_TTL: Duration = Duration::from_secs(300);
 const MIN_SLOT: Duration = Duration::from_secs(5);
 const MAX_SLOT: Duration = Duration::from_secs(600);
 
+/// Time a claim needs to land after a request's charge: claim rounds run every second and a
+/// claim is due at once on a channel with a pending withdrawal; this leaves room for blocks
+/// and fee bumps.
+const WITHDRAW_CLAIM_MARGIN: Duration = Duration::from_secs(120);
+
 /// A voucher that passed its checks and holds its channel's request slot.
 #[derive(Debug)]
 pub struct HeldVoucher {
@@ -104,7 +109,7 @@ impl ChannelPayments {
             Ok(held) => held,
             Err(_) => return Err(BatchError::ChannelBusy.into()),
         };
-        match self.check(offer, &payload, channel_id, stored).await {
+        match self.check(offer, &payload, channel_id, stored, slot).await {
             Ok((voucher, onchain)) => self.finish_hold(offer, ticket, voucher, onchain).await,
             Err(rejection) => {
                 self.store.cancel(ticket);
@@ -113,12 +118,16 @@ impl ChannelPayments {
         }
     }
 
-    async fn check(&self, offer: &ChannelOffer, payload: &BatchPayload, channel_id: B256, stored: Option<ChannelRecord>) -> Result<(CheckedVoucher, OnchainChannel), ChannelRejection> {
-        let fresh = stored.as_ref().filter(|record| unix_now_ms().saturating_sub(record.onchain.synced_at_ms) < MIRROR_TTL.as_millis() as u64);
+    async fn check(&self, offer: &ChannelOffer, payload: &BatchPayload, channel_id: B256, stored: Option<ChannelRecord>, slot: Duration) -> Result<(CheckedVoucher, OnchainChannel), ChannelRejection> {
+        // A pending withdrawal is always read again: its balance may be about to leave.
+        let fresh = stored.as_ref().filter(|record| {
+            record.onchain.withdraw_requested_at == 0 && unix_now_ms().saturating_sub(record.onchain.synced_at_ms) < MIRROR_TTL.as_millis() as u64
+        });
         let onchain = match fresh {
             Some(record) => record.onchain,
             None => self.read_channel(&offer.offer.network_id, channel_id).await?,
         };
+        refuse_near_withdrawal(&onchain, payload.channel_config().withdrawDelay, slot)?;
         let view = ChannelView { charged_cumulative: stored.as_ref().map(|record| record.charged), balance: onchain.balance, total_claimed: onchain.total_claimed };
         match scheme::verify_batch_voucher(payload, &offer.batch, &view, unix_now()) {
             Ok(voucher) => Ok((voucher, onchain)),
@@ -215,6 +224,20 @@ impl ChannelPayments {
     }
 }
 
+/// Refuses a voucher whose charge could not be claimed before the payer's pending withdrawal
+/// may be finalized: after that the payer can take back what the voucher pays.
+fn refuse_near_withdrawal(onchain: &OnchainChannel, withdraw_delay: u64, slot: Duration) -> Result<(), BatchError> {
+    if onchain.withdraw_requested_at == 0 {
+        return Ok(());
+    }
+    let finalize_after = onchain.withdraw_requested_at.saturating_add(withdraw_delay);
+    let now = unix_now();
+    if now.saturating_add((slot + WITHDRAW_CLAIM_MARGIN).as_secs()) >= finalize_after {
+        return Err(BatchError::WithdrawalFinalizing { finalize_after, now });
+    }
+    Ok(())
+}
+
 /// A record for a channel the gateway has no copy of, to answer a corrective 402 with: the
 /// chain's claimed total is what it has surely been charged.
 fn unknown_record(offer: &ChannelOffer, payload: &BatchPayload, channel_id: B256, onchain: OnchainChannel) -> ChannelRecord {
@@ -265,4 +288,53 @@ fn receipt_header(network: &str, payer: &str, record: &ChannelRecord, price: u12
         extensions: serde_json::Map::new(),
     };
     (x402::headers::PAYMENT_RESPONSE, x402::encode_header(&receipt))
+}
+
+/// One channel as operators see it (admin `GET /channels`, `x402-gateway channels`):
+/// amounts in the token's atomic units, as strings; times in Unix seconds.
+pub fn channel_json(record: &ChannelRecord) -> serde_json::Value {
+    let address = |bytes: [u8; 20]| alloy_primitives::Address::from(bytes).to_checksum(None);
+    let requested_at = record.onchain.withdraw_requested_at;
+    serde_json::json!({
+        "channelId": B256::from(record.id).to_string(),
+        "network": record.network,
+        "payer": address(record.terms.payer),
+        "payTo": address(record.terms.receiver),
+        "token": address(record.terms.token),
+        "withdrawDelaySeconds": record.terms.withdraw_delay,
+        "deposit": record.onchain.balance.to_string(),
+        "charged": record.charged.to_string(),
+        "claimed": record.onchain.total_claimed.to_string(),
+        "unclaimed": record.unclaimed().to_string(),
+        "withdrawRequestedAt": (requested_at > 0).then_some(requested_at),
+        "withdrawDeadline": (requested_at > 0).then(|| requested_at.saturating_add(record.terms.withdraw_delay)),
+        "lastChargedAt": (record.last_charged_at_ms > 0).then_some(record.last_charged_at_ms / 1000),
+        "chainReadAt": (record.onchain.synced_at_ms > 0).then_some(record.onchain.synced_at_ms / 1000),
+    })
+}
+
+/// Channels for operators, most unclaimed value first.
+pub fn channels_by_unclaimed(mut records: Vec<ChannelRecord>) -> Vec<ChannelRecord> {
+    records.sort_by(|a, b| b.unclaimed().cmp(&a.unclaimed()).then(b.last_charged_at_ms.cmp(&a.last_charged_at_ms)));
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending_since(requested_at: u64) -> OnchainChannel {
+        OnchainChannel { balance: 100, withdraw_requested_at: requested_at, ..OnchainChannel::default() }
+    }
+
+    #[test]
+    fn vouchers_stop_when_a_claim_could_not_land_before_the_withdrawal() {
+        let slot = Duration::from_secs(30);
+        assert!(refuse_near_withdrawal(&OnchainChannel::default(), 900, slot).is_ok(), "no withdrawal pending");
+        assert!(refuse_near_withdrawal(&pending_since(unix_now()), 900, slot).is_ok(), "900 s left");
+        let late = unix_now() - 900 + 30 + 120;
+        let error = refuse_near_withdrawal(&pending_since(late), 900, slot).unwrap_err();
+        assert_eq!(error.reason(), x402::ReasonCode::InvalidBatchSettlementEvmInsufficientBalance);
+        assert!(refuse_near_withdrawal(&pending_since(unix_now() - 2_000), 900, slot).is_err(), "finalizable already");
+    }
 }

@@ -80,6 +80,19 @@ enum Command {
         #[command(subcommand)]
         query: PaymentsQuery,
     },
+    /// List the batch-settlement channels in the journal, most unclaimed value first, one
+    /// JSON object per line: payer, deposit, charged, claimed, unclaimed, withdraw deadline.
+    Channels {
+        /// The configuration file; its `settlement.journal_path` names the journal.
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// The journal file itself, instead of the one the config names.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+        /// Only this payer's channels.
+        #[arg(long)]
+        payer: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +177,7 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => x402_gateway::server::run(&config, x402_gateway::server::RunOptions { upgrade }),
         Command::Validate { config } => validate(&config),
         Command::Payments { config, journal, query } => payments(&config, journal, query),
+        Command::Channels { config, journal, payer } => channels(&config, journal, payer),
         Command::Routes { config, explain: None } => load(&config).map(|c| print!("{}", x402_gateway::inspect::route_table(&c))),
         Command::Routes { config, explain: Some(request) } => explain(&config, &request),
         Command::Quote { config, method, url } => quote(&config, &method, &url),
@@ -214,11 +228,29 @@ fn explain(config: &std::path::Path, request: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQuery) -> anyhow::Result<()> {
-    let path = match journal {
-        Some(path) => path,
-        None => load(config)?.settlement.journal_path,
+fn journal_path(config: &std::path::Path, journal: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match journal {
+        Some(path) => Ok(path),
+        None => Ok(load(config)?.settlement.journal_path),
+    }
+}
+
+fn channels(config: &std::path::Path, journal: Option<PathBuf>, payer: Option<String>) -> anyhow::Result<()> {
+    let path = journal_path(config, journal)?;
+    let payer = match payer {
+        Some(text) => Some(text.parse::<alloy_primitives::Address>().with_context(|| format!("--payer {text:?} is not an address"))?),
+        None => None,
     };
+    let reader = x402_store::Journal::open_read_only(&path).with_context(|| format!("cannot read the journal {}", path.display()))?;
+    let records = reader.channels()?.into_iter().filter(|record| payer.map_or(true, |payer| record.terms.payer == payer.into_array())).collect();
+    for record in x402_gateway::channel_payment::channels_by_unclaimed(records) {
+        println!("{}", x402_gateway::channel_payment::channel_json(&record));
+    }
+    Ok(())
+}
+
+fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQuery) -> anyhow::Result<()> {
+    let path = journal_path(config, journal)?;
     if let PaymentsQuery::Unblock { payer } = &query {
         let cleared = x402_store::clear_payer_block(&path, payer)?;
         println!("{}", if cleared { format!("{payer}: unblocked") } else { format!("{payer}: was not blocked") });

@@ -157,7 +157,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             .context("starting the signature verifier threads")?,
         upgrade_window: upgrade_window.clone(),
         drain: drain.clone(),
-        channels: Arc::new(ChannelPayments { store: channel_store, settlement: channel_settlement, journal: journal.clone() }),
+        channels: Arc::new(ChannelPayments { store: channel_store.clone(), settlement: channel_settlement, journal: journal.clone() }),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
@@ -176,6 +176,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             health,
             admission,
             metrics,
+            channels: channel_store,
             draining: Arc::new(AtomicBool::new(false)),
             settle_flush,
         };

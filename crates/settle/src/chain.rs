@@ -366,6 +366,13 @@ impl ChainClient {
         self.first_answer(|p| async move { p.get_block_number().await }).await
     }
 
+    /// The logs `address` emitted with one of `topics` in blocks `from..=to`.
+    pub async fn logs(&self, address: Address, topics: Vec<B256>, from: u64, to: u64) -> Result<Vec<alloy_primitives::Log>, ChainError> {
+        let filter = Filter::new().address(address).event_signature(topics).from_block(from).to_block(to);
+        let logs = self.first_answer(|p| { let f = filter.clone(); async move { p.get_logs(&f).await } }).await?;
+        Ok(logs.into_iter().map(|log| log.inner).collect())
+    }
+
     /// What used or cancelled `nonce` of `authorizer` on `token`, if the token's events say
     /// so within the last `lookback` blocks: the transaction's receipt (with the transfer it
     /// made, if any) or the cancellation.

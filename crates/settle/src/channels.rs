@@ -64,11 +64,19 @@ pub struct ChannelSettlement {
     unclaimed_since: Mutex<HashMap<ChannelId, u64>>,
     /// Channels in a claim transaction not yet resolved.
     claiming: Mutex<HashSet<ChannelId>>,
+    /// The last block whose `WithdrawInitiated` events were read, per network.
+    watched_to: Mutex<HashMap<String, u64>>,
 }
+
+/// On start, `WithdrawInitiated` events are read this far back; channels holding unclaimed
+/// value are read again from the contract anyway, since their journaled mirror is stale.
+const WATCH_LOOKBACK_BLOCKS: u64 = 1_000;
+/// Blocks per `eth_getLogs` request (nodes cap the range).
+const WATCH_MAX_RANGE: u64 = 2_000;
 
 impl ChannelSettlement {
     pub fn new(settler: Arc<Settler>, store: Arc<dyn ChannelStore>, journal: Arc<Journal>, policy: ClaimPolicy) -> Self {
-        Self { settler, store, journal, policy, unclaimed_since: Mutex::default(), claiming: Mutex::default() }
+        Self { settler, store, journal, policy, unclaimed_since: Mutex::default(), claiming: Mutex::default(), watched_to: Mutex::default() }
     }
 
     fn reader(&self, network: &str) -> Result<ChainClient, ChainError> {
@@ -140,8 +148,10 @@ impl ChannelSettlement {
         }
     }
 
-    /// One pass: refresh stale mirrors of channels holding unclaimed value, then claim what is due.
+    /// One pass: mirror the withdrawals payers asked for, refresh stale mirrors of channels
+    /// holding unclaimed value, then claim what is due.
     async fn round(self: &Arc<Self>) -> Result<(), ChainError> {
+        self.watch_withdrawals().await?;
         let now_ms = unix_now_ms();
         let open: Vec<ChannelRecord> = self.store.list().into_iter().filter(|record| record.unclaimed() > 0).collect();
         self.track_unclaimed(&open, now_ms);
@@ -157,6 +167,39 @@ impl ChannelSettlement {
                 self.claim(&network, receiver, token, chunk.to_vec()).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Reads the escrow's `WithdrawInitiated` events since the last round and mirrors each
+    /// one of a channel this gateway serves: its claim is then due at once, and its vouchers
+    /// are checked against the withdrawal (see the request path).
+    async fn watch_withdrawals(&self) -> Result<(), ChainError> {
+        let networks: HashSet<String> = self.store.list().into_iter().map(|record| record.network).collect();
+        for network in networks {
+            let client = self.reader(&network)?;
+            let head = client.head().await?;
+            let from = lock(&self.watched_to).get(&network).map_or(head.saturating_sub(WATCH_LOOKBACK_BLOCKS), |last| last + 1);
+            if from > head {
+                continue;
+            }
+            let to = head.min(from + WATCH_MAX_RANGE - 1);
+            for log in client.logs(SETTLEMENT_CONTRACT, vec![calldata::WITHDRAW_INITIATED_TOPIC], from, to).await? {
+                if let Some(BatchEvent::WithdrawInitiated { channel_id, amount, finalize_after }) = calldata::decode_event(&log.data) {
+                    self.mirror_withdrawal(&network, channel_id, amount, finalize_after).await?;
+                }
+            }
+            lock(&self.watched_to).insert(network, to);
+        }
+        Ok(())
+    }
+
+    async fn mirror_withdrawal(&self, network: &str, channel_id: B256, amount: u128, finalize_after: u64) -> Result<(), ChainError> {
+        let Some(mut record) = self.store.get(&channel_id.0) else { return Ok(()) };
+        let onchain = self.read_channel(network, channel_id).await?;
+        tracing::warn!(channel = %channel_id, payer = %Address::from(record.terms.payer), amount, finalize_after, unclaimed = record.unclaimed(), "payer asked to withdraw; its channel is claimed now");
+        record.onchain = onchain;
+        self.store.mirror(&record.id, onchain);
+        self.save(vec![record]).await;
         Ok(())
     }
 

@@ -156,6 +156,10 @@ pub enum BatchEvent {
     },
 }
 
+/// topic0 of `WithdrawInitiated`, the event a server watches to claim before a payer can
+/// take back what it owes.
+pub const WITHDRAW_INITIATED_TOPIC: B256 = Escrow::WithdrawInitiated::SIGNATURE_HASH;
+
 /// Decodes an escrow log by its topic0; `None` for other events or malformed data.
 pub fn decode_event(log: &LogData) -> Option<BatchEvent> {
     let topic0 = *log.topics().first()?;

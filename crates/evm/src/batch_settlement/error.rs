@@ -16,6 +16,8 @@ pub enum BatchError {
         "voucher ceiling {signed} exceeds the channel's deposited balance {balance}; deposit more"
     )]
     CumulativeExceedsBalance { signed: u128, balance: u128 },
+    #[error("the payer asked to withdraw from this channel; the withdrawal can be finalized at {finalize_after} (now {now}), too soon for a claim to land, so the channel takes no more vouchers")]
+    WithdrawalFinalizing { finalize_after: u64, now: u64 },
     #[error("channelConfig.receiver is {got}, but this route pays {want}")]
     ReceiverMismatch { got: Address, want: Address },
     #[error("channelConfig.receiverAuthorizer is {got}, but this route's is {want}")]
@@ -78,6 +80,7 @@ impl BatchError {
             Self::Payload(_) | Self::ZeroPayer => ReasonCode::InvalidPayload,
             Self::PayloadType(_) => ReasonCode::InvalidBatchSettlementEvmPayloadType,
             Self::ChannelBusy => ReasonCode::InvalidBatchSettlementEvmChannelBusy,
+            Self::WithdrawalFinalizing { .. } => ReasonCode::InvalidBatchSettlementEvmInsufficientBalance,
             Self::CumulativeExceedsBalance { .. } => {
                 ReasonCode::InvalidBatchSettlementEvmCumulativeExceedsBalance
             }

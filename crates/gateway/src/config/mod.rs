@@ -91,6 +91,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     }
     let journal_retention = journal_retention(settlement.journal_retention_days)?;
     let claims = claim_policy(&settlement.channels)?;
+    refuse_slow_withdrawal_watch(&routes, &claims)?;
     let journal_path = beside(path, &settlement.journal_path);
     Ok(Config {
         source: path.to_owned(),
@@ -146,6 +147,24 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             watch_config: raw.admin.watch_config,
         },
     })
+}
+
+/// The mirror of a channel holding unclaimed value must be read several times within the
+/// shortest withdraw delay offered, or a withdrawal the event watch missed could finalize
+/// before its claim.
+fn refuse_slow_withdrawal_watch(routes: &[Route], claims: &x402_settle::channels::ClaimPolicy) -> Result<(), String> {
+    let offers = routes.iter().filter_map(|route| route.pricing.as_ref().map(|pricing| (route, pricing))).flat_map(|(route, pricing)| pricing.channel_offers.iter().map(move |offer| (route, offer)));
+    for (route, offer) in offers {
+        if claims.refresh_interval.as_secs().saturating_mul(3) > offer.withdraw_delay_seconds {
+            return Err(format!(
+                "settlement.channels.refresh_interval_seconds: {} is more than a third of route {:?}'s withdraw delay ({} s); a payer's withdrawal must be seen well before it can be finalized",
+                claims.refresh_interval.as_secs(),
+                route.name,
+                offer.withdraw_delay_seconds
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn claim_policy(raw: &raw::RawClaims) -> Result<x402_settle::channels::ClaimPolicy, String> {

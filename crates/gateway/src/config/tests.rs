@@ -240,3 +240,13 @@ fn a_batch_settlement_offer_needs_the_settlement_key() {
     let error = parse(&text).unwrap_err();
     assert!(error.contains("receiverAuthorizer") && error.contains("X402_CONFIG_TEST_UNSET_KEY"), "{error}");
 }
+
+#[test]
+fn a_withdrawal_must_be_seen_well_within_the_shortest_withdraw_delay() {
+    let route = "    scheme: batch-settlement\n    channel: { withdraw_delay_seconds: 900 }\n";
+    let slow = channel_yaml(route).replace("settlement:\n", "settlement:\n  channels: { refresh_interval_seconds: 301 }\n");
+    let error = parse(&slow).unwrap_err();
+    assert!(error.contains("refresh_interval_seconds: 301") && error.contains("900"), "{error}");
+    let enough = channel_yaml(route).replace("settlement:\n", "settlement:\n  channels: { refresh_interval_seconds: 300 }\n");
+    assert!(parse(&enough).is_ok());
+}

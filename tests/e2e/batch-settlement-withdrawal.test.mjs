@@ -1,0 +1,138 @@
+// A payer that asks the escrow to withdraw from a batch-settlement channel must not take back
+// what it owes: the gateway watches `WithdrawInitiated` and claims the channel at once, long
+// before its claim interval and before the withdraw delay ends. Operators see the channel,
+// its unclaimed value and its withdraw deadline through the admin API and the CLI. A client
+// restarted without its channel state carries on through the corrective 402.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createPublicClient, createWalletClient, http } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { x402Client, wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
+import { toClientEvmSigner } from "@x402/evm";
+import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
+import { devPrivateKey, rpc, USDC_ADDRESS, BATCH_SETTLEMENT_ADDRESS, BATCH_SETTLEMENT_ABI } from "../../deploy/devnet/devnet.mjs";
+import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli } from "./harness.mjs";
+
+const PRICE = 1000n;
+const DEPOSIT = 100_000n; // min_deposit $0.1
+const ZERO_SALT = `0x${"00".repeat(32)}`;
+const ROUTE = `
+  - name: metered
+    methods: [GET]
+    path: /echo/{name}
+    upstream: sample
+    price: "$0.001"
+    scheme: batch-settlement
+    channel: { withdraw_delay_seconds: 900, min_deposit: "$0.1" }
+`;
+
+let env;
+let gateway;
+const payTo = freshAddress();
+const journalPath = join(mkdtempSync(join(tmpdir(), "x402-withdraw-")), "journal.db");
+
+before(async () => {
+  env = await startChainAndUpstream();
+  // Claims would wait an hour: only the payer's withdrawal can make one happen during this test.
+  gateway = await startTestGateway(env, {
+    payTo,
+    extraRoutes: ROUTE,
+    admin: true,
+    settlement: { journal_path: journalPath, channels: { claim_interval_seconds: 3600, refresh_interval_seconds: 300 } },
+  });
+});
+
+after(async () => {
+  if (process.env.X402_TEST_SHOW_LOGS) console.error(gateway?.logs());
+  await gateway?.stop();
+  await env?.stop();
+});
+
+function channelClient(privateKey) {
+  const account = privateKeyToAccount(privateKey);
+  const publicClient = createPublicClient({ transport: http(env.devnet.url) });
+  const client = new x402Client();
+  client.register("eip155:*", new BatchSettlementEvmScheme(toClientEvmSigner(account, publicClient)));
+  return { account, publicClient, pay: wrapFetchWithPayment(fetch, client) };
+}
+
+async function payAll(pay, count) {
+  let receipt;
+  for (let i = 0; i < count; i += 1) {
+    const res = await pay(gateway.base + "/echo/metered");
+    assert.equal(res.status, 200, `request ${i}: ${res.status} ${await res.clone().text()}`);
+    await res.arrayBuffer();
+    receipt = decodePaymentResponseHeader(res.headers.get("payment-response"));
+  }
+  return receipt;
+}
+
+async function listed(channelId) {
+  const body = await (await gateway.admin("/channels")).json();
+  return body.channels.find((channel) => channel.channelId === channelId);
+}
+
+async function escrow(publicClient, functionName, args, account) {
+  if (!account) return publicClient.readContract({ address: BATCH_SETTLEMENT_ADDRESS, abi: BATCH_SETTLEMENT_ABI, functionName, args });
+  const wallet = createWalletClient({ account, transport: http(env.devnet.url) });
+  const hash = await wallet.writeContract({ address: BATCH_SETTLEMENT_ADDRESS, abi: BATCH_SETTLEMENT_ABI, functionName, args, chain: null });
+  const receipt = await publicClient.waitForTransactionReceipt({ hash });
+  assert.equal(receipt.status, "success", `${functionName} mined without reverting`);
+  return receipt;
+}
+
+test("a client restarted without its channel state carries on the same channel, charged once per request", { timeout: 60_000 }, async () => {
+  const first = channelClient(devPrivateKey(4));
+  const opened = await payAll(first.pay, 3);
+  const channelId = opened.extra.channelState.channelId;
+  // A new process of the same payer: no local state, so its first voucher is on the wrong base.
+  const restarted = channelClient(devPrivateKey(4));
+  const carried = await payAll(restarted.pay, 2);
+  assert.equal(carried.extra.channelState.channelId, channelId, "the same channel, no second deposit");
+  assert.equal(carried.extra.channelState.chargedCumulativeAmount, String(5n * PRICE));
+  const channel = await listed(channelId);
+  assert.equal(channel.charged, String(5n * PRICE));
+  assert.equal(channel.deposit, String(DEPOSIT), "one deposit only");
+});
+
+test("a payer that initiates a withdrawal is claimed before the delay ends, and keeps only what it did not spend", { timeout: 120_000 }, async () => {
+  const { account, publicClient, pay } = channelClient(devPrivateKey(3));
+  const payToBefore = await balanceOf(env.devnet.url, payTo);
+  const receipt = await payAll(pay, 5);
+  const channelId = receipt.extra.channelState.channelId;
+  const owed = 5n * PRICE;
+
+  const channel = await listed(channelId);
+  assert.equal(channel.payer, account.address);
+  assert.equal(channel.payTo, payTo);
+  assert.deepEqual([channel.deposit, channel.charged, channel.claimed, channel.unclaimed], [String(DEPOSIT), String(owed), "0", String(owed)]);
+  assert.equal(channel.withdrawDeadline, null);
+  const cli = runCli(["channels", "--journal", journalPath, "--payer", account.address]);
+  assert.equal(cli.status, 0, cli.stderr);
+  const fromCli = cli.stdout.trim().split("\n").map((line) => JSON.parse(line));
+  assert.deepEqual(fromCli.map((c) => [c.channelId, c.charged, c.unclaimed]), [[channelId, String(owed), String(owed)]]);
+
+  // The payer asks for everything back, what it owes included (the escrow allows it).
+  const settlerAddress = privateKeyToAccount(devPrivateKey(0)).address;
+  const config = { payer: account.address, payerAuthorizer: account.address, receiver: payTo, receiverAuthorizer: settlerAddress, token: USDC_ADDRESS, withdrawDelay: 900, salt: ZERO_SALT };
+  const initiated = await escrow(publicClient, "initiateWithdraw", [config, DEPOSIT], account);
+  const { timestamp } = await publicClient.getBlock({ blockNumber: initiated.blockNumber });
+
+  await eventually(async () => (await escrow(publicClient, "channels", [channelId]))[1] === owed, 30_000, "the gateway claimed the channel after the withdrawal request");
+  await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - payToBefore === owed, 30_000, "and settled the claim to payTo");
+  await eventually(async () => (await listed(channelId))?.withdrawDeadline === Number(timestamp) + 900, 10_000, "the admin API shows the deadline");
+  assert.equal((await listed(channelId)).unclaimed, "0");
+
+  await rpc(env.devnet.url, "evm_increaseTime", [900]);
+  await rpc(env.devnet.url, "evm_mine", []);
+  const payerBefore = await balanceOf(env.devnet.url, account.address);
+  await escrow(publicClient, "finalizeWithdraw", [config], account);
+  assert.equal(await balanceOf(env.devnet.url, account.address), payerBefore + DEPOSIT - owed, "the payer gets back only what it did not spend");
+  assert.equal((await balanceOf(env.devnet.url, payTo)) - payToBefore, owed, "payTo keeps every served request");
+  const metrics = await (await gateway.admin("/metrics")).text();
+  assert.match(metrics, /x402_channel_claims_total\{network="eip155:84532",outcome="mined"\} 1/);
+  assert.match(metrics, /x402_channel_claim_gas_used_total\{network="eip155:84532"\} [1-9]/);
+});
