@@ -8,26 +8,17 @@ import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createPublicClient, createWalletClient, http } from "viem";
+import { createWalletClient, http } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { x402Client, wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
-import { toClientEvmSigner } from "@x402/evm";
-import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
+import { decodePaymentResponseHeader } from "@x402/fetch";
+import { channelClient as officialChannelClient, channelRoute } from "./channel-client.mjs";
 import { devPrivateKey, rpc, USDC_ADDRESS, BATCH_SETTLEMENT_ADDRESS, BATCH_SETTLEMENT_ABI } from "../../deploy/devnet/devnet.mjs";
 import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli } from "./harness.mjs";
 
 const PRICE = 1000n;
 const DEPOSIT = 100_000n; // min_deposit $0.1
 const ZERO_SALT = `0x${"00".repeat(32)}`;
-const ROUTE = `
-  - name: metered
-    methods: [GET]
-    path: /echo/{name}
-    upstream: sample
-    price: "$0.001"
-    scheme: batch-settlement
-    channel: { withdraw_delay_seconds: 900, min_deposit: "$0.1" }
-`;
+const ROUTE = channelRoute("metered", "/echo/{name}");
 
 let env;
 let gateway;
@@ -52,11 +43,7 @@ after(async () => {
 });
 
 function channelClient(privateKey) {
-  const account = privateKeyToAccount(privateKey);
-  const publicClient = createPublicClient({ transport: http(env.devnet.url) });
-  const client = new x402Client();
-  client.register("eip155:*", new BatchSettlementEvmScheme(toClientEvmSigner(account, publicClient)));
-  return { account, publicClient, pay: wrapFetchWithPayment(fetch, client) };
+  return officialChannelClient(env.devnet.url, privateKey);
 }
 
 async function payAll(pay, count) {

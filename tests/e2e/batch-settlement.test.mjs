@@ -8,37 +8,15 @@ import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createPublicClient, http } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { x402Client, wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
-import { toClientEvmSigner } from "@x402/evm";
-import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
+import { decodePaymentResponseHeader } from "@x402/fetch";
+import { channelClient as officialChannelClient, channelRoute } from "./channel-client.mjs";
 import { devPrivateKey, rpc, BATCH_SETTLEMENT_ADDRESS, BATCH_SETTLEMENT_ABI } from "../../deploy/devnet/devnet.mjs";
 import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, b64, unb64 } from "./harness.mjs";
 
 const PRICE = 1000n; // $0.001 in USDC's 6 decimals
-const CHANNEL_ROUTE = `
-  - name: metered
-    methods: [GET]
-    path: /echo/{name}
-    upstream: sample
-    price: "$0.001"
-    scheme: batch-settlement
-    channel: { withdraw_delay_seconds: 900, min_deposit: "$0.1" }
-  - name: metered-slow
-    methods: [GET]
-    path: /slow
-    upstream: sample
-    price: "$0.001"
-    scheme: batch-settlement
-    channel: { withdraw_delay_seconds: 900, min_deposit: "$0.1" }
-  - name: metered-status
-    path: /status/{code}
-    upstream: sample
-    price: "$0.001"
-    scheme: batch-settlement
-    channel: { withdraw_delay_seconds: 900, min_deposit: "$0.1" }
-`;
+const CHANNEL_ROUTE = channelRoute("metered", "/echo/{name}") + channelRoute("metered-slow", "/slow")
+  + channelRoute("metered-status", "/status/{code}", { methods: null });
 
 let env;
 let gateway;
@@ -66,12 +44,7 @@ after(async () => {
 });
 
 function channelClient(privateKey) {
-  const account = privateKeyToAccount(privateKey);
-  const publicClient = createPublicClient({ transport: http(env.devnet.url) });
-  const scheme = new BatchSettlementEvmScheme(toClientEvmSigner(account, publicClient));
-  const client = new x402Client();
-  client.register("eip155:*", scheme);
-  return { account, scheme, pay: wrapFetchWithPayment(fetch, client), publicClient };
+  return officialChannelClient(env.devnet.url, privateKey);
 }
 
 async function challenge(path = "/echo/metered") {
