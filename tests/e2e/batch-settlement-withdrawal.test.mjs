@@ -2,7 +2,8 @@
 // what it owes: the gateway watches `WithdrawInitiated` and claims the channel at once, long
 // before its claim interval and before the withdraw delay ends. Operators see the channel,
 // its unclaimed value and its withdraw deadline through the admin API and the CLI. A client
-// restarted without its channel state carries on through the corrective 402.
+// restarted without its channel state carries on through the corrective 402. Unclaimed
+// voucher value counts against the exposure limits until it is claimed, across a restart.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
@@ -13,7 +14,9 @@ import { privateKeyToAccount } from "viem/accounts";
 import { decodePaymentResponseHeader } from "@x402/fetch";
 import { channelClient as officialChannelClient, channelRoute } from "./channel-client.mjs";
 import { devPrivateKey, rpc, USDC_ADDRESS, BATCH_SETTLEMENT_ADDRESS, BATCH_SETTLEMENT_ABI } from "../../deploy/devnet/devnet.mjs";
-import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli } from "./harness.mjs";
+import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, runCli, unb64 } from "./harness.mjs";
+
+const decodePaymentRequired = (res) => unb64(res.headers.get("payment-required"));
 
 const PRICE = 1000n;
 const DEPOSIT = 100_000n; // min_deposit $0.1
@@ -27,14 +30,24 @@ const journalPath = join(mkdtempSync(join(tmpdir(), "x402-withdraw-")), "journal
 
 before(async () => {
   env = await startChainAndUpstream();
-  // Claims would wait an hour: only the payer's withdrawal can make one happen during this test.
-  gateway = await startTestGateway(env, {
+  gateway = await start();
+});
+
+// Claims would wait an hour: only a payer's withdrawal can make one happen during these tests.
+function start() {
+  return startTestGateway(env, {
     payTo,
     extraRoutes: ROUTE,
+    extraYaml: `exposure:\n  max_unsettled_per_payer: "$0.006"\n`,
     admin: true,
     settlement: { journal_path: journalPath, channels: { claim_interval_seconds: 3600, refresh_interval_seconds: 300 } },
   });
-});
+}
+
+async function exposureOf(payer) {
+  const body = await (await gateway.admin("/exposure")).json();
+  return body.topPayers.find((entry) => entry.payer === payer)?.usdMicros ?? 0;
+}
 
 after(async () => {
   if (process.env.X402_TEST_SHOW_LOGS) console.error(gateway?.logs());
@@ -85,6 +98,25 @@ test("a client restarted without its channel state carries on the same channel, 
   assert.equal(channel.deposit, String(DEPOSIT), "one deposit only");
 });
 
+test("unclaimed voucher value counts against the payer's exposure limit, across a kill -9", { timeout: 120_000 }, async () => {
+  const { account, pay } = channelClient(devPrivateKey(5));
+  const receipt = await payAll(pay, 6);
+  const channelId = receipt.extra.channelState.channelId;
+  assert.equal(await exposureOf(account.address), 6000);
+  const refused = await pay(gateway.base + "/echo/metered");
+  assert.equal(refused.status, 402, "a seventh request would put $0.007 unclaimed on a $0.006 limit");
+  const refusal = decodePaymentRequired(refused);
+  assert.equal(refusal.error, "invalid_transaction_state");
+  assert.match(await refused.text(), /limit is 6000/);
+  assert.equal((await listed(channelId)).charged, String(6n * PRICE), "nothing charged for the refused request");
+
+  await gateway.stop("SIGKILL");
+  gateway = await start();
+  assert.equal(await exposureOf(account.address), 6000, "restored from the journal");
+  assert.equal((await pay(gateway.base + "/echo/metered")).status, 402, "still refused after the restart");
+});
+
+// Last: it moves the chain's clock past the withdraw delay.
 test("a payer that initiates a withdrawal is claimed before the delay ends, and keeps only what it did not spend", { timeout: 120_000 }, async () => {
   const { account, publicClient, pay } = channelClient(devPrivateKey(3));
   const payToBefore = await balanceOf(env.devnet.url, payTo);
@@ -105,6 +137,7 @@ test("a payer that initiates a withdrawal is claimed before the delay ends, and 
   // The payer asks for everything back, what it owes included (the escrow allows it).
   const settlerAddress = privateKeyToAccount(devPrivateKey(0)).address;
   const config = { payer: account.address, payerAuthorizer: account.address, receiver: payTo, receiverAuthorizer: settlerAddress, token: USDC_ADDRESS, withdrawDelay: 900, salt: ZERO_SALT };
+  assert.equal(await exposureOf(account.address), 5000, "unclaimed vouchers count against the payer's limit");
   const initiated = await escrow(publicClient, "initiateWithdraw", [config, DEPOSIT], account);
   const { timestamp } = await publicClient.getBlock({ blockNumber: initiated.blockNumber });
 
@@ -112,6 +145,7 @@ test("a payer that initiates a withdrawal is claimed before the delay ends, and 
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - payToBefore === owed, 30_000, "and settled the claim to payTo");
   await eventually(async () => (await listed(channelId))?.withdrawDeadline === Number(timestamp) + 900, 10_000, "the admin API shows the deadline");
   assert.equal((await listed(channelId)).unclaimed, "0");
+  await eventually(async () => (await exposureOf(account.address)) === 0, 10_000, "claimed value no longer counts");
 
   await rpc(env.devnet.url, "evm_increaseTime", [900]);
   await rpc(env.devnet.url, "evm_mine", []);

@@ -14,7 +14,8 @@ use std::time::Duration;
 use x402::{v2, HeaderError};
 use x402_evm::batch_settlement::{self as scheme, response, BatchError, BatchPayload, ChannelView, CheckedVoucher, PayloadKind};
 use x402_settle::channels::{config_terms, ChannelSettlement, DepositError};
-use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelStore, ChannelTicket, Journal, OnchainChannel};
+use crate::channel_exposure::ChannelExposure;
+use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelStore, ChannelTicket, ExposureRefusal, Journal, OnchainChannel};
 
 /// A mirror older than this is read again before a voucher is checked against it: the
 /// official server's longest on-chain state TTL.
@@ -43,6 +44,9 @@ pub struct HeldVoucher {
     /// The deposit's transaction and amount, when this request opened or topped up the channel.
     pub deposit: Option<(B256, u128)>,
     pub payer: String,
+    pub route: String,
+    /// The price counted against the exposure limits until claimed.
+    pub usd_micros: u64,
 }
 
 /// Why a channel payment was refused.
@@ -63,6 +67,9 @@ pub enum ChannelRejection {
     /// The chain could not be asked (or a deposit not confirmed in time): 503, nothing charged.
     #[error("{0}; nothing was charged, retry shortly")]
     Unavailable(String),
+    /// Over an exposure limit, a blocked payer or a spent loss budget.
+    #[error(transparent)]
+    OverExposure(ExposureRefusal),
 }
 
 impl ChannelRejection {
@@ -72,6 +79,12 @@ impl ChannelRejection {
             Self::Invalid(error) | Self::Resync { error, .. } => error.reason(),
             Self::Deposit(_) => x402::ReasonCode::InvalidBatchSettlementEvmDepositSimulationFailed,
             Self::Unavailable(_) => x402::ReasonCode::UnexpectedVerifyError,
+            Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => x402::ReasonCode::UnexpectedSettleError,
+            Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
+                x402::ReasonCode::InvalidBatchSettlementEvmInsufficientBalance
+            }
+            // As for `exact`: no code names a credit limit; the message says which and when.
+            Self::OverExposure(_) => x402::ReasonCode::InvalidTransactionState,
         }
     }
 }
@@ -87,6 +100,7 @@ pub struct ChannelPayments {
     pub store: Arc<dyn ChannelStore>,
     pub settlement: Option<Arc<ChannelSettlement>>,
     pub journal: Arc<Journal>,
+    pub exposure: Arc<ChannelExposure>,
 }
 
 impl ChannelPayments {
@@ -97,7 +111,7 @@ impl ChannelPayments {
 
     /// Checks a channel payment and holds its channel: reads the channel's escrow state when
     /// the gateway has no fresh copy, and sends the deposit a `deposit` payload carries.
-    pub async fn hold(&self, offer: &ChannelOffer, payment: &v2::PaymentPayload, max_timeout_seconds: u64) -> Result<HeldVoucher, ChannelRejection> {
+    pub async fn hold(&self, route: &str, offer: &ChannelOffer, payment: &v2::PaymentPayload, max_timeout_seconds: u64) -> Result<HeldVoucher, ChannelRejection> {
         let payload = BatchPayload::from_json(&payment.payload)?;
         if payload.kind() == PayloadKind::Refund {
             return Err(BatchError::Payload("cooperative refunds are not offered by this gateway yet; a payer withdraws through the escrow contract".into()).into());
@@ -110,7 +124,19 @@ impl ChannelPayments {
             Err(_) => return Err(BatchError::ChannelBusy.into()),
         };
         match self.check(offer, &payload, channel_id, stored, slot).await {
-            Ok((voucher, onchain)) => self.finish_hold(offer, ticket, voucher, onchain).await,
+            Ok((voucher, onchain)) => {
+                let usd_micros = crate::payment::usd_micros(alloy_primitives::U256::from(offer.batch.price), offer.offer.asset.decimals);
+                let payer = voucher.payer.to_checksum(None);
+                if let Err(refusal) = self.exposure.admit(&payer, route, usd_micros) {
+                    self.store.cancel(ticket);
+                    return Err(ChannelRejection::OverExposure(refusal));
+                }
+                let held = self.finish_hold(offer, ticket, voucher, onchain, route, usd_micros).await;
+                if held.is_err() {
+                    self.exposure.release(&payer, route, usd_micros);
+                }
+                held
+            }
             Err(rejection) => {
                 self.store.cancel(ticket);
                 Err(rejection)
@@ -144,7 +170,7 @@ impl ChannelPayments {
         settlement.read_channel(network, channel_id).await.map_err(|error| ChannelRejection::Unavailable(format!("the channel's escrow state cannot be read ({error})")))
     }
 
-    async fn finish_hold(&self, offer: &ChannelOffer, ticket: ChannelTicket, voucher: CheckedVoucher, onchain: OnchainChannel) -> Result<HeldVoucher, ChannelRejection> {
+    async fn finish_hold(&self, offer: &ChannelOffer, ticket: ChannelTicket, voucher: CheckedVoucher, onchain: OnchainChannel, route: &str, usd_micros: u64) -> Result<HeldVoucher, ChannelRejection> {
         let network = offer.offer.network_id.clone();
         let mut held = HeldVoucher {
             ticket,
@@ -155,6 +181,8 @@ impl ChannelPayments {
             onchain,
             deposit: None,
             voucher,
+            route: route.to_owned(),
+            usd_micros,
         };
         if held.voucher.deposit.is_none() {
             return Ok(held);
@@ -196,7 +224,7 @@ impl ChannelPayments {
         let charged = match scheme::charge(held.voucher.charged_before, held.price, held.voucher.max_claimable) {
             Ok(charged) => charged,
             Err(error) => {
-                self.store.cancel(held.ticket);
+                self.release(held);
                 return Err(error.to_string());
             }
         };
@@ -211,7 +239,13 @@ impl ChannelPayments {
             onchain: held.onchain,
             last_charged_at_ms: unix_now_ms(),
         };
-        self.store.commit(held.ticket, record.clone()).map_err(|refusal| refusal.to_string())?;
+        let (payer, route, usd_micros) = (held.payer.clone(), held.route.clone(), held.usd_micros);
+        if let Err(refusal) = self.store.commit(held.ticket, record.clone()) {
+            self.exposure.release(&payer, &route, usd_micros);
+            return Err(refusal.to_string());
+        }
+        // Charged in the store from here on, even if the journal write below fails.
+        self.exposure.charged(record.id, record.charged, &payer, &route, usd_micros);
         self.journal.save_channels(vec![record.clone()]).await.map_err(|error| format!("the charge could not be recorded: {error}"))?;
         let header = receipt_header(&held.network, &held.payer, &record, held.price, held.deposit);
         Ok(ChargedVoucher { header, record })
@@ -220,6 +254,7 @@ impl ChannelPayments {
     /// Gives a held voucher's slot back: nothing is charged, and the next voucher of the
     /// channel repeats the amount.
     pub fn release(&self, held: HeldVoucher) {
+        self.exposure.release(&held.payer, &held.route, held.usd_micros);
         self.store.cancel(held.ticket);
     }
 }

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod balance;
 pub mod canonical;
 pub mod challenge;
+pub mod channel_exposure;
 pub mod channel_payment;
 pub mod config;
 pub mod drain;

@@ -315,7 +315,7 @@ fn usd_micros_floor(amount: U256, decimals: u8) -> u64 {
 
 /// `amount` atomic units of a `decimals` token in micro-dollars, rounded up so a limit is
 /// never under-counted.
-fn usd_micros(amount: U256, decimals: u8) -> u64 {
+pub(crate) fn usd_micros(amount: U256, decimals: u8) -> u64 {
     let value = if decimals >= 6 {
         let unit = U256::from(10u64).pow(U256::from(decimals - 6));
         amount.div_ceil(unit)

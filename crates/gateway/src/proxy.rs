@@ -244,7 +244,7 @@ impl PaywallProxy {
     async fn hold_channel_payment(&self, config: &Config, req: &RequestHeader, payment: x402::v2::PaymentPayload, offer: usize, ctx: &mut RequestContext) -> Option<LocalResponse> {
         let (route, pricing) = Self::route(config, ctx)?;
         let offer = pricing.channel_offers.get(offer)?;
-        match self.channels.hold(offer, &payment, pricing.max_timeout_seconds).await {
+        match self.channels.hold(&route.name, offer, &payment, pricing.max_timeout_seconds).await {
             Ok(held) => {
                 self.metrics.payments_verified.with_label_values(&[route.name.as_str()]).inc();
                 self.metrics.channel_in_flight.inc();
@@ -267,8 +267,9 @@ impl PaywallProxy {
         match rejection {
             ChannelRejection::Malformed(_) => challenge::malformed_payment(&message),
             ChannelRejection::Unavailable(_) => challenge::retry_later("channel_unavailable", reason, &message, 2),
+            ChannelRejection::OverExposure(x402_store::ExposureRefusal::LossBudgetSpent { .. }) => challenge::retry_later("loss_budget_exhausted", reason, &message, 2),
             ChannelRejection::Resync { record, .. } => challenge::channel_resync(route, pricing, &resource_url(req, request_host(req)), Refusal { reason, message: &message }, &record),
-            ChannelRejection::Invalid(_) | ChannelRejection::Deposit(_) => {
+            ChannelRejection::Invalid(_) | ChannelRejection::Deposit(_) | ChannelRejection::OverExposure(_) => {
                 challenge::payment_required(route, pricing, &resource_url(req, request_host(req)), Some(Refusal { reason, message: &message }), false)
             }
         }

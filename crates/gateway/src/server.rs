@@ -42,6 +42,7 @@ use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
 use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, MemoryChannelStore, MemoryReplayStore, ReplayStore};
 use x402_settle::channels::ChannelSettlement;
+use crate::channel_exposure::ChannelExposure;
 use crate::channel_payment::ChannelPayments;
 
 /// How the process starts.
@@ -97,6 +98,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         .as_ref()
         .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
     let claimer = channel_settlement.clone();
+    let channel_exposure = Arc::new(ChannelExposure::new(exposure.clone()));
+    channel_exposure.restore(&channel_store.list(), |record| unclaimed_usd_micros(&config, record));
+    spawn_claimed_sweep(channel_exposure.clone(), channel_store.clone(), shutdown_rx.clone());
     let (settle_before, settle_now_rx) = match &settler {
         Some(settler) => {
             let (queue, requests) = settler.settle_before(config.settlement.settle_before_queue);
@@ -157,7 +161,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             .context("starting the signature verifier threads")?,
         upgrade_window: upgrade_window.clone(),
         drain: drain.clone(),
-        channels: Arc::new(ChannelPayments { store: channel_store.clone(), settlement: channel_settlement, journal: journal.clone() }),
+        channels: Arc::new(ChannelPayments { store: channel_store.clone(), settlement: channel_settlement, journal: journal.clone(), exposure: channel_exposure }),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
@@ -348,6 +352,34 @@ fn rebuild_replay_store(journal: &Journal) -> anyhow::Result<Arc<dyn ReplayStore
 }
 
 /// Payments accepted and not yet settled are still credit after a restart.
+/// A channel's unclaimed value in micro-USD, by the decimals of the asset a route offers for
+/// its token (6, USDC's, for a token no route offers any more).
+fn unclaimed_usd_micros(config: &Config, record: &x402_store::ChannelRecord) -> u64 {
+    let token = alloy_primitives::Address::from(record.terms.token);
+    let decimals = config
+        .routes
+        .iter()
+        .filter_map(|route| route.pricing.as_ref())
+        .flat_map(|pricing| pricing.channel_offers.iter())
+        .find(|offer| offer.offer.asset.address == token)
+        .map_or(6, |offer| offer.offer.asset.decimals);
+    crate::payment::usd_micros(alloy_primitives::U256::from(record.unclaimed()), decimals)
+}
+
+/// Stops counting claimed voucher value against the exposure limits, every second.
+fn spawn_claimed_sweep(exposure: Arc<ChannelExposure>, store: Arc<dyn ChannelStore>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    std::thread::Builder::new()
+        .name("x402-channel-exposure".into())
+        .spawn(move || {
+            while !*shutdown.borrow_and_update() {
+                exposure.sweep_claimed(store.as_ref());
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|error| tracing::error!(%error, "cannot start the channel exposure sweep; claimed channel value keeps counting"));
+}
+
 fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Exposure>> {
     let exposure = Exposure::new(config.exposure.limits);
     for record in journal.unsettled().context("cannot read the journal")? {
