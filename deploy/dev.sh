@@ -46,8 +46,10 @@ x402-gateway is starting on http://127.0.0.1:8402
   402:   curl -i http://127.0.0.1:8402/weather
   pay:   node deploy/devnet/pay.mjs http://127.0.0.1:8402/weather
          (the official @x402/fetch client, paying from anvil account 2)
+  channel: node deploy/devnet/pay.mjs http://127.0.0.1:8402/echo/hello --count 20
+         (batch-settlement: one deposit, then a voucher per request, claimed in batches)
   admin: curl -H 'Authorization: Bearer $X402_ADMIN_TOKEN' http://127.0.0.1:9402/metrics
-         (also /config, /routes, /settlement, /exposure; edit gateway.yaml and it reloads)
+         (also /config, /routes, /settlement, /exposure, /channels; edit gateway.yaml and it reloads)
 Ctrl-C to stop.
 
 MSG

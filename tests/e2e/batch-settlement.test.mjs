@@ -12,7 +12,9 @@ import { privateKeyToAccount } from "viem/accounts";
 import { decodePaymentResponseHeader } from "@x402/fetch";
 import { channelClient as officialChannelClient, channelRoute } from "./channel-client.mjs";
 import { devPrivateKey, rpc, BATCH_SETTLEMENT_ADDRESS, BATCH_SETTLEMENT_ABI } from "../../deploy/devnet/devnet.mjs";
-import { startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, b64, unb64 } from "./harness.mjs";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { ROOT, startChainAndUpstream, startTestGateway, freshAddress, balanceOf, eventually, b64, unb64 } from "./harness.mjs";
 
 const PRICE = 1000n; // $0.001 in USDC's 6 decimals
 const CHANNEL_ROUTE = channelRoute("metered", "/echo/{name}") + channelRoute("metered-slow", "/slow")
@@ -189,4 +191,15 @@ test("kill -9 of the gateway: the channel carries on from the journal, no double
   assert.equal(res.status, 200);
   const receipt = decodePaymentResponseHeader(res.headers.get("payment-response"));
   assert.equal(receipt.extra.channelState.chargedCumulativeAmount, String(4n * PRICE), "the fourth request is charged on top of the three journaled");
+});
+
+test("deploy/devnet/pay.mjs pays a channel route with the official client", { timeout: 60_000 }, async () => {
+  const script = join(ROOT, "deploy/devnet/pay.mjs");
+  // Asynchronously: the sample upstream answers from this process.
+  const run = await promisify(execFile)(process.execPath, [script, gateway.base + "/echo/metered", "--count", "3", "--rpc", env.devnet.url], {
+    env: { ...process.env, X402_PAYER_KEY: devPrivateKey(2) }, timeout: 50_000,
+  });
+  assert.match(run.stdout, /HTTP 200 x 3/);
+  const receipt = JSON.parse(run.stdout.match(/^PAYMENT-RESPONSE: (.*)$/m)[1]);
+  assert.equal(receipt.extra.channelState.chargedCumulativeAmount, String(3n * PRICE));
 });

@@ -41,7 +41,7 @@ async function configFor(overrides = {}) {
 test("validate accepts the shipped gateway.yaml", () => {
   const result = runCli(["validate", "--config", join(ROOT, "gateway.yaml")]);
   assert.equal(result.status, 0, result.stderr);
-  assert.match(result.stdout, /gateway\.yaml: ok \(2 routes, 1 priced/);
+  assert.match(result.stdout, /gateway\.yaml: ok \(3 routes, 2 priced/);
 });
 
 test("validate names file, line and field of an error, and exits non-zero", async () => {
@@ -60,7 +60,7 @@ test("validate names file, line and field of an error, and exits non-zero", asyn
 });
 
 test("every command has --help", () => {
-  const commands = ["run", "validate", "routes", "quote", "payments", "payments list", "payments unblock"];
+  const commands = ["run", "validate", "routes", "quote", "payments", "payments list", "payments unblock", "channels"];
   for (const args of [["--help"], ...commands.map((c) => [...c.split(" "), "--help"])]) {
     const result = runCli(args);
     assert.equal(result.status, 0, args.join(" "));
@@ -74,6 +74,7 @@ test("routes prints the resolved table with prices in dollars and atomic units",
   assert.match(result.stdout, /weather\s+GET\s+\*\s+\/weather\s+-> sample/);
   assert.match(result.stdout, /\$0\.001 = 1000 atomic USDC \(0x036CbD53842c5426634e7929541eC2318f3dCF7e\) on base-sepolia \(eip155:84532\), pay to 0x70997970C51812dc3A010C7d01b50e0d17dc79C8/);
   assert.match(result.stdout, /settle: batched; billable statuses: 2xx, 3xx/);
+  assert.match(result.stdout, /metered\s+GET\s+\*\s+\/echo\/\{name\}\s+-> sample\n\s+\$0\.001 = 1000 atomic USDC per request, batch-settlement channel on base-sepolia \(eip155:84532\), pay to 0x70997970C51812dc3A010C7d01b50e0d17dc79C8; withdraw delay 900 s, minimum deposit 100000 atomic/);
   assert.match(result.stdout, /health\s+GET[^\n]*\n\s+free/);
   assert.match(result.stdout, /unmatched: 404/);
 });

@@ -37,6 +37,21 @@ pub fn route_table(config: &Config) -> String {
                 offer.pay_to.to_checksum(None)
             );
         }
+        for channel in &pricing.channel_offers {
+            let offer = &channel.offer;
+            let _ = writeln!(
+                out,
+                "       {} = {} atomic {} per request, batch-settlement channel on {} ({}), pay to {}; withdraw delay {} s, minimum deposit {} atomic",
+                offer.dollars,
+                offer.amount,
+                offer.asset.symbol,
+                offer.network,
+                offer.network_id,
+                offer.pay_to.to_checksum(None),
+                channel.withdraw_delay_seconds,
+                channel.min_deposit
+            );
+        }
         let settle = match pricing.settle {
             SettleMode::Batched => "batched",
             SettleMode::Before => "before",

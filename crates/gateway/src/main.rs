@@ -207,8 +207,13 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config for the inspecting commands, which run without the settlement key.
 fn load(path: &std::path::Path) -> anyhow::Result<x402_gateway::config::Config> {
-    x402_gateway::config::load_config(path).context("invalid configuration")
+    let (config, warning) = x402_gateway::config::load_config_for_inspection(path).context("invalid configuration")?;
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    Ok(config)
 }
 
 fn quote(config: &std::path::Path, method: &str, url: &str) -> anyhow::Result<()> {

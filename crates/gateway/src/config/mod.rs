@@ -29,8 +29,29 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     parse_config(&text, path)
 }
 
+/// Reads and validates a configuration for inspection (`validate`, `routes`, `quote`), on a
+/// machine that may not hold the settlement key: when its variable is unset, batch-settlement
+/// offers name a stand-in `receiverAuthorizer` (the zero address) and the second value says so.
+pub fn load_config_for_inspection(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_config_with(&text, path, KeyAbsence::StandIn)
+}
+
+/// What an unset settlement key variable means while the config is built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyAbsence {
+    /// An error wherever the key's address is needed: the gateway is about to run.
+    Refuse,
+    /// The zero address stands in, and a warning says so.
+    StandIn,
+}
+
 /// Validates `text` as if read from `path`.
 pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_config_with(text, path, KeyAbsence::Refuse).map(|(config, _)| config)
+}
+
+fn parse_config_with(text: &str, path: &Path, absence: KeyAbsence) -> Result<(Config, Option<String>), ConfigError> {
     let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
     let prelude: Prelude = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let networks = model::build_networks(&prelude.networks)
@@ -44,10 +65,22 @@ pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
         billable: prelude.payments.billable_statuses.clone(),
         receiver_authorizer: first_settlement_address(&prelude.settlement),
     };
+    let mut warning = None;
+    let context = match (&context.receiver_authorizer, absence) {
+        (Err(why), KeyAbsence::StandIn) if why.starts_with(KEY_UNSET) => {
+            warning = Some(format!("{why}: batch-settlement offers are checked with a stand-in receiverAuthorizer (0x0); `run` needs the key"));
+            RouteContext { receiver_authorizer: Ok(alloy_primitives::Address::ZERO), ..context }
+        }
+        _ => context,
+    };
     let raw: RawConfig =
         raw::with_context(context.clone(), || serde_yaml::from_str(text)).map_err(|e| invalid(e.to_string()))?;
-    build_config(raw, context, path).map_err(invalid)
+    let config = build_config(raw, context, path).map_err(invalid)?;
+    let uses_key = config.routes.iter().filter_map(|route| route.pricing.as_ref()).any(|pricing| !pricing.channel_offers.is_empty());
+    Ok((config, warning.filter(|_| uses_key)))
 }
+
+const KEY_UNSET: &str = "set the environment variable";
 
 fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Config, String> {
     let upstreams = raw
@@ -193,7 +226,7 @@ fn first_settlement_address(settlement: &raw::PreludeSettlement) -> Result<alloy
         .cloned()
         .or_else(|| settlement.private_key_env.clone())
         .unwrap_or_else(|| raw::RawSettlement::default().private_key_env);
-    let key = std::env::var(&env).map_err(|_| format!("set the environment variable {env} (0x-hex private key)"))?;
+    let key = std::env::var(&env).map_err(|_| format!("{KEY_UNSET} {env} (0x-hex private key)"))?;
     let signer: alloy::signers::local::PrivateKeySigner = key.trim().parse().map_err(|_| format!("the settlement key in {env} is not a valid private key"))?;
     Ok(signer.address())
 }
