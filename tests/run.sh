@@ -54,6 +54,8 @@ if [ "${X402_SKIP_BENCH:-0}" != 1 ]; then
   node benches/load/run.mjs --quick
   echo "== settlement soak (quick mode)"
   node benches/load/soak.mjs --quick
+  echo "== channel gas (quick mode)"
+  node benches/load/channel-gas.mjs --quick
 fi
 
 echo "== all tests passed"

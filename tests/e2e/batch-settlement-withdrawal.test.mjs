@@ -98,7 +98,7 @@ test("a client restarted without its channel state carries on the same channel, 
   assert.equal(channel.deposit, String(DEPOSIT), "one deposit only");
 });
 
-test("unclaimed voucher value counts against the payer's exposure limit, across a kill -9", { timeout: 120_000 }, async () => {
+test("unclaimed voucher value counts against the payer's exposure limit, across a kill -9, until it is claimed", { timeout: 120_000 }, async () => {
   const { account, pay } = channelClient(devPrivateKey(5));
   const receipt = await payAll(pay, 6);
   const channelId = receipt.extra.channelState.channelId;
@@ -114,6 +114,15 @@ test("unclaimed voucher value counts against the payer's exposure limit, across 
   gateway = await start();
   assert.equal(await exposureOf(account.address), 6000, "restored from the journal");
   assert.equal((await pay(gateway.base + "/echo/metered")).status, 402, "still refused after the restart");
+
+  // An operator claims now: the value is on-chain, no longer owed, and the payer may pay again.
+  const payToBefore = await balanceOf(env.devnet.url, payTo);
+  const claim = await gateway.admin("/channels/claim", { method: "POST" });
+  assert.equal(claim.status, 202);
+  await eventually(async () => (await exposureOf(account.address)) === 0, 30_000, "claimed value no longer counts");
+  assert.ok((await balanceOf(env.devnet.url, payTo)) - payToBefore >= 6n * PRICE, "the claim paid payTo");
+  const served = await pay(gateway.base + "/echo/metered");
+  assert.equal(served.status, 200, "room again once claimed");
 });
 
 // Last: it moves the chain's clock past the withdraw delay.
@@ -144,7 +153,7 @@ test("a payer that initiates a withdrawal is claimed before the delay ends, and 
   await eventually(async () => (await escrow(publicClient, "channels", [channelId]))[1] === owed, 30_000, "the gateway claimed the channel after the withdrawal request");
   await eventually(async () => (await balanceOf(env.devnet.url, payTo)) - payToBefore === owed, 30_000, "and settled the claim to payTo");
   await eventually(async () => (await listed(channelId))?.withdrawDeadline === Number(timestamp) + 900, 10_000, "the admin API shows the deadline");
-  assert.equal((await listed(channelId)).unclaimed, "0");
+  await eventually(async () => (await listed(channelId)).unclaimed === "0", 10_000, "the gateway read its claim back");
   await eventually(async () => (await exposureOf(account.address)) === 0, 10_000, "claimed value no longer counts");
 
   await rpc(env.devnet.url, "evm_increaseTime", [900]);
@@ -154,6 +163,6 @@ test("a payer that initiates a withdrawal is claimed before the delay ends, and 
   assert.equal(await balanceOf(env.devnet.url, account.address), payerBefore + DEPOSIT - owed, "the payer gets back only what it did not spend");
   assert.equal((await balanceOf(env.devnet.url, payTo)) - payToBefore, owed, "payTo keeps every served request");
   const metrics = await (await gateway.admin("/metrics")).text();
-  assert.match(metrics, /x402_channel_claims_total\{network="eip155:84532",outcome="mined"\} 1/);
+  assert.match(metrics, /x402_channel_claims_total\{network="eip155:84532",outcome="mined"\} [1-9]/);
   assert.match(metrics, /x402_channel_claim_gas_used_total\{network="eip155:84532"\} [1-9]/);
 });

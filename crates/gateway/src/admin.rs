@@ -14,7 +14,8 @@
 //! | `DELETE /exposure/blocks/{payer}` | let a blocked payer pay again |
 //! | `POST /exposure/losses/reset` | empty the loss budget, so priced routes take payments again |
 //! | `GET /channels` | batch-settlement channels, most unclaimed value first: payer, deposit, charged, claimed, unclaimed, withdraw deadline |
-//! | `POST /drain` | stop being ready and settle everything queued now, before a shutdown |
+//! | `POST /channels/claim` | claim every channel holding unclaimed value in the next claim round (within a second) |
+//! | `POST /drain` | stop being ready, settle everything queued and claim every channel now, before a shutdown |
 //!
 //! Everything but `/health` and `/ready` needs `Authorization: Bearer <token>`, the token
 //! being the value of the environment variable `admin.token_env` names. Without that
@@ -45,6 +46,8 @@ pub struct AdminApi {
     pub admission: Arc<x402_settle::admission::SettlementAdmission>,
     pub metrics: Arc<Metrics>,
     pub channels: Arc<dyn x402_store::ChannelStore>,
+    /// `None` when no settler runs (nothing priced).
+    pub channel_claims: Option<Arc<x402_settle::channels::ChannelSettlement>>,
     /// Set by `POST /drain`: readiness fails so load balancers move traffic away.
     pub draining: Arc<AtomicBool>,
     /// Shared with the settler: send queued payments without waiting for batches to fill.
@@ -102,6 +105,7 @@ impl AdminApi {
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure(),
             (&Method::GET, "/channels") => self.channels(),
+            (&Method::POST, "/channels/claim") => self.claim_channels(),
             (&Method::POST, "/drain") => self.drain(),
             (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
@@ -172,6 +176,15 @@ impl AdminApi {
         let records = crate::channel_payment::channels_by_unclaimed(self.channels.list());
         let channels: Vec<serde_json::Value> = records.iter().map(crate::channel_payment::channel_json).collect();
         (StatusCode::OK, serde_json::json!({"count": channels.len(), "channels": channels}))
+    }
+
+    fn claim_channels(&self) -> Answer {
+        let Some(claims) = &self.channel_claims else {
+            return (StatusCode::CONFLICT, serde_json::json!({"error": "no_settler", "message": "no settler runs, so nothing can be claimed"}));
+        };
+        claims.claim_all_now();
+        let unclaimed = self.channels.list().iter().filter(|record| record.unclaimed() > 0).count();
+        (StatusCode::ACCEPTED, serde_json::json!({"claiming": unclaimed, "message": "every channel holding unclaimed value is claimed in the next round"}))
     }
 
     fn settlement(&self) -> Answer {
@@ -267,7 +280,10 @@ impl AdminApi {
     fn drain(&self) -> Answer {
         self.draining.store(true, Ordering::Relaxed);
         self.settle_flush.store(true, Ordering::Relaxed);
-        tracing::warn!("draining: readiness now fails and queued payments are settled at once");
+        if let Some(claims) = &self.channel_claims {
+            claims.claim_all_now();
+        }
+        tracing::warn!("draining: readiness now fails, queued payments are settled and channels claimed at once");
         let unsettled = self.journal.unsettled_count().ok();
         (StatusCode::OK, serde_json::json!({"draining": true, "unsettled": unsettled}))
     }

@@ -98,6 +98,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         .as_ref()
         .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
     let claimer = channel_settlement.clone();
+    let channel_claims = channel_settlement.clone();
     let channel_exposure = Arc::new(ChannelExposure::new(exposure.clone()));
     channel_exposure.restore(&channel_store.list(), |record| unclaimed_usd_micros(&config, record));
     spawn_claimed_sweep(channel_exposure.clone(), channel_store.clone(), shutdown_rx.clone());
@@ -181,6 +182,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             admission,
             metrics,
             channels: channel_store,
+            channel_claims,
             draining: Arc::new(AtomicBool::new(false)),
             settle_flush,
         };

@@ -66,6 +66,8 @@ pub struct ChannelSettlement {
     claiming: Mutex<HashSet<ChannelId>>,
     /// The last block whose `WithdrawInitiated` events were read, per network.
     watched_to: Mutex<HashMap<String, u64>>,
+    /// Set by an operator: the next round claims every channel holding unclaimed value.
+    claim_all: std::sync::atomic::AtomicBool,
 }
 
 /// On start, `WithdrawInitiated` events are read this far back; channels holding unclaimed
@@ -76,7 +78,7 @@ const WATCH_MAX_RANGE: u64 = 2_000;
 
 impl ChannelSettlement {
     pub fn new(settler: Arc<Settler>, store: Arc<dyn ChannelStore>, journal: Arc<Journal>, policy: ClaimPolicy) -> Self {
-        Self { settler, store, journal, policy, unclaimed_since: Mutex::default(), claiming: Mutex::default(), watched_to: Mutex::default() }
+        Self { settler, store, journal, policy, unclaimed_since: Mutex::default(), claiming: Mutex::default(), watched_to: Mutex::default(), claim_all: std::sync::atomic::AtomicBool::new(false) }
     }
 
     fn reader(&self, network: &str) -> Result<ChainClient, ChainError> {
@@ -131,6 +133,12 @@ impl ChannelSettlement {
         Ok((mined.transaction, onchain))
     }
 
+    /// Asks the next claim round (within a second) to claim every channel holding unclaimed
+    /// value, whatever its claim interval.
+    pub fn claim_all_now(&self) {
+        self.claim_all.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Claims due channels and keeps their escrow state fresh until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let tick = Duration::from_secs(1);
@@ -152,13 +160,14 @@ impl ChannelSettlement {
     /// holding unclaimed value, then claim what is due.
     async fn round(self: &Arc<Self>) -> Result<(), ChainError> {
         self.watch_withdrawals().await?;
+        let claim_all = self.claim_all.swap(false, std::sync::atomic::Ordering::Relaxed);
         let now_ms = unix_now_ms();
         let open: Vec<ChannelRecord> = self.store.list().into_iter().filter(|record| record.unclaimed() > 0).collect();
         self.track_unclaimed(&open, now_ms);
         let mut due = Vec::new();
         for record in open {
             let record = self.refreshed(record, now_ms).await?;
-            if record.unclaimed() > 0 && self.is_due(&record, now_ms) {
+            if record.unclaimed() > 0 && (self.is_due(&record, now_ms) || (claim_all && !lock(&self.claiming).contains(&record.id))) {
                 due.push(record);
             }
         }

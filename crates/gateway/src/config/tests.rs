@@ -11,7 +11,8 @@ fn parse(text: &str) -> Result<Config, String> {
 #[test]
 fn the_shipped_gateway_yaml_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gateway.yaml");
-    let config = load_config(&path).unwrap();
+    // Inspection does not need the settlement key (it may be unset here); `run` does.
+    let (config, _) = load_config_for_inspection(&path).unwrap();
     let weather = &config.routes[config.match_route(&http::Method::GET, None, "/weather").unwrap()];
     let pricing = weather.pricing.as_ref().unwrap();
     assert_eq!(pricing.offers[0].amount, U256::from(1000u64));
@@ -19,6 +20,8 @@ fn the_shipped_gateway_yaml_is_valid() {
     let health = config.match_route(&http::Method::GET, None, "/health").unwrap();
     assert!(config.routes[health].pricing.is_none());
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8402");
+    let metered = &config.routes[config.match_route(&http::Method::GET, None, "/echo/hello").unwrap()];
+    assert_eq!(metered.pricing.as_ref().unwrap().channel_offers[0].withdraw_delay_seconds, 900);
 }
 
 #[test]
