@@ -10,6 +10,10 @@
 //! `--pay N` makes it a paying client: it reads the route's 402, signs N distinct EIP-3009
 //! payments (from `--keys`, round robin) before the clock starts, and sends each once.
 //! `--bad-signature` spoils them: a flood that costs the server a signature recovery each.
+//!
+//! `--channel-requests N` pays the route's `batch-settlement` offer instead: each connection
+//! opens its own channel (its first request carries a deposit of N × price) and then pays
+//! with vouchers for the cumulative 2 × price … N × price, all signed before the clock starts.
 
 use alloy_primitives::{hex, Address, B256, U256};
 use alloy_signer::SignerSync;
@@ -55,6 +59,9 @@ struct Args {
     /// payments are then sent round and round, since a refused one is never used up.
     #[arg(long)]
     bad_signature: bool,
+    /// `batch-settlement`: requests per connection's channel (its deposit covers them all).
+    #[arg(long, default_value_t = 0)]
+    channel_requests: usize,
 }
 
 struct Target {
@@ -85,6 +92,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let launched = Instant::now();
     let target = parse_url(&args.url)?;
     let payments = Arc::new(if args.pay > 0 { sign_payments(&args, &target).await? } else { Vec::new() });
+    let channels = Arc::new(if args.channel_requests > 0 { sign_channels(&args, &target).await? } else { Vec::new() });
     let next_payment = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(target);
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -93,8 +101,11 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let end = measure_from + Duration::from_secs_f64(args.duration);
     let tasks: Vec<_> = (0..args.connections)
         .map(|index| {
-            let (target, payments, next_payment, args) = (target.clone(), payments.clone(), next_payment.clone(), args.clone());
-            tokio::spawn(async move { drive_connection(index, &args, &target, &payments, &next_payment, start, measure_from, end).await })
+            let (target, payments, next_payment, args, channels) = (target.clone(), payments.clone(), next_payment.clone(), args.clone(), channels.clone());
+            tokio::spawn(async move {
+                let channel = channels.get(index).map_or(&[][..], Vec::as_slice);
+                drive_connection(index, &args, &target, Payments { shared: &payments, next: &next_payment, channel }, start, measure_from, end).await
+            })
         })
         .collect();
     let mut total = ConnectionStats { latency_us: Some(new_histogram()?), ..ConnectionStats::default() };
@@ -112,7 +123,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     }
     let measured = end.saturating_duration_since(measure_from).as_secs_f64();
     let histogram = total.latency_us.unwrap_or(new_histogram()?);
-    let sent = payments.len().min(next_payment.load(Ordering::Relaxed));
+    let sent = payments.len().min(next_payment.load(Ordering::Relaxed)) + channels.len() * usize::from(args.channel_requests > 0);
     Ok(serde_json::json!({
         "requests": total.ok + total.non_2xx,
         "ok": total.ok,
@@ -139,13 +150,36 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a connection pays with: the shared pre-signed `exact` payments, or its own channel's
+/// payments in order.
+struct Payments<'a> {
+    shared: &'a [String],
+    next: &'a AtomicUsize,
+    channel: &'a [String],
+}
+
+impl Payments<'_> {
+    /// The next payment to send (`Some(None)`: the route is free), or `None` when used up.
+    fn next(&self, sent_on_connection: usize, cycle: bool) -> Option<Option<&str>> {
+        if !self.channel.is_empty() {
+            return self.channel.get(sent_on_connection).map(|payment| Some(payment.as_str()));
+        }
+        if self.shared.is_empty() {
+            return Some(None);
+        }
+        let mut n = self.next.fetch_add(1, Ordering::Relaxed);
+        if cycle {
+            n %= self.shared.len();
+        }
+        self.shared.get(n).map(|payment| Some(payment.as_str()))
+    }
+}
+
 async fn drive_connection(
     index: usize,
     args: &Args,
     target: &Target,
-    payments: &[String],
-    next_payment: &AtomicUsize,
+    payments: Payments<'_>,
     start: Instant,
     measure_from: Instant,
     end: Instant,
@@ -158,6 +192,7 @@ async fn drive_connection(
     tokio::time::sleep_until((start + offset).into()).await;
     let mut scheduled = start + offset;
     let mut last_done = start;
+    let mut sent_on_connection = 0;
     loop {
         let sent_at = match interval {
             // The previous answer came back after this request was due: the server delayed
@@ -174,18 +209,8 @@ async fn drive_connection(
         if sent_at >= end || scheduled >= end {
             break;
         }
-        let payment = if payments.is_empty() {
-            None
-        } else {
-            let mut n = next_payment.fetch_add(1, Ordering::Relaxed);
-            if args.bad_signature {
-                n %= payments.len();
-            }
-            match payments.get(n) {
-                Some(payment) => Some(payment.as_str()),
-                None => break,
-            }
-        };
+        let Some(payment) = payments.next(sent_on_connection, args.bad_signature) else { break };
+        sent_on_connection += 1;
         let outcome = send_one(&mut sender, target, payment).await;
         let done = Instant::now();
         last_done = done;
@@ -251,20 +276,30 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     Ok(Target { host: authority.clone(), authority, path })
 }
 
-/// Reads the route's 402 and signs `args.pay` payments for its first offer.
-async fn sign_payments(args: &Args, target: &Target) -> anyhow::Result<Vec<String>> {
+/// The route's 402, decoded.
+async fn payment_required(target: &Target) -> anyhow::Result<serde_json::Value> {
     let mut sender = Some(connect(target).await?);
     let Some(connection) = sender.as_mut() else { bail!("no connection") };
     let request = hyper::Request::get(target.path.as_str()).header(hyper::header::HOST, target.host.as_str()).body(Empty::new())?;
     let response = connection.send_request(request).await?;
     let header = response.headers().get("payment-required").context("the URL did not answer a 402 with PAYMENT-REQUIRED")?.clone();
-    let required: serde_json::Value = x402::decode_header(header.as_bytes(), 64 * 1024).context("PAYMENT-REQUIRED")?;
-    let offer = required["accepts"][0].clone();
-    let resource = required["resource"].clone();
+    x402::decode_header(header.as_bytes(), 64 * 1024).context("PAYMENT-REQUIRED")
+}
+
+fn payer_keys(args: &Args) -> anyhow::Result<Vec<PrivateKeySigner>> {
     let keys: Vec<PrivateKeySigner> = args.keys.split(',').filter(|k| !k.is_empty()).map(str::parse).collect::<Result<_, _>>()?;
     if keys.is_empty() {
-        bail!("--pay needs --keys");
+        bail!("--pay and --channel-requests need --keys");
     }
+    Ok(keys)
+}
+
+/// Reads the route's 402 and signs `args.pay` payments for its first offer.
+async fn sign_payments(args: &Args, target: &Target) -> anyhow::Result<Vec<String>> {
+    let required = payment_required(target).await?;
+    let offer = required["accepts"][0].clone();
+    let resource = required["resource"].clone();
+    let keys = payer_keys(args)?;
     let offer = Arc::new(Offer::from_json(&offer, resource)?);
     let keys = Arc::new(keys);
     let bad_signature = args.bad_signature;
@@ -360,5 +395,98 @@ impl Offer {
             }
         });
         Ok(x402::encode_header(&payload))
+    }
+}
+
+/// Reads the route's `batch-settlement` offer and signs, per connection, its channel's deposit
+/// and vouchers (`args.channel_requests` payments), on all cores.
+async fn sign_channels(args: &Args, target: &Target) -> anyhow::Result<Vec<Vec<String>>> {
+    let required = payment_required(target).await?;
+    let accepts = required["accepts"].as_array().context("402 without accepts")?;
+    let wire = accepts.iter().find(|offer| offer["scheme"] == "batch-settlement").context("the route offers no batch-settlement")?;
+    let offer = Arc::new(ChannelOffer::from_json(wire, required["resource"].clone())?);
+    let keys = Arc::new(payer_keys(args)?);
+    let requests = args.channel_requests;
+    let handles: Vec<_> = (0..args.connections)
+        .map(|connection| {
+            let (offer, keys) = (offer.clone(), keys.clone());
+            std::thread::spawn(move || offer.sign_channel(&keys[connection % keys.len()], connection as u64, requests))
+        })
+        .collect();
+    handles.into_iter().map(|handle| handle.join().map_err(|_| anyhow::anyhow!("a signing thread panicked"))?).collect()
+}
+
+struct ChannelOffer {
+    wire: serde_json::Value,
+    resource: serde_json::Value,
+    batch: x402_evm::batch_settlement::BatchOffer,
+    now: u64,
+    run_salt: u64,
+}
+
+impl ChannelOffer {
+    fn from_json(offer: &serde_json::Value, resource: serde_json::Value) -> anyhow::Result<Self> {
+        let exact = Offer::from_json(offer, resource.clone())?;
+        let field = |name: &str| offer["extra"][name].as_str().with_context(|| format!("offer has no extra.{name}"));
+        let batch = x402_evm::batch_settlement::BatchOffer {
+            channel_domain: x402_evm::batch_settlement::ChannelDomain::new(exact.domain.chain_id),
+            pay_to: exact.pay_to,
+            receiver_authorizer: field("receiverAuthorizer")?.parse()?,
+            withdraw_delay: offer["extra"]["withdrawDelay"].as_u64().context("offer has no extra.withdrawDelay")?,
+            price: u128::try_from(exact.amount)?,
+            enforced_min_deposit: None,
+            token: exact.domain,
+        };
+        Ok(Self { wire: offer.clone(), resource, batch, now: exact.now, run_salt: exact.run_salt })
+    }
+
+    /// One channel's payments in order: the deposit (with the first voucher), then vouchers.
+    fn sign_channel(&self, signer: &PrivateKeySigner, connection: u64, requests: usize) -> anyhow::Result<Vec<String>> {
+        use x402_evm::batch_settlement::{signing_hash, verify::deposit_nonce, ChannelConfig, ReceiveWithAuthorization, DEPOSIT_COLLECTOR};
+        let mut salt = [0u8; 32];
+        salt[..8].copy_from_slice(&self.run_salt.to_be_bytes());
+        salt[24..].copy_from_slice(&connection.to_be_bytes());
+        let config = ChannelConfig {
+            payer: signer.address(),
+            payerAuthorizer: signer.address(),
+            receiver: self.batch.pay_to,
+            receiverAuthorizer: self.batch.receiver_authorizer,
+            token: self.batch.token.verifying_contract,
+            withdrawDelay: self.batch.withdraw_delay,
+            salt: B256::from(salt),
+        };
+        let id = self.batch.channel_domain.channel_id(&config);
+        let config_json = serde_json::json!({
+            "payer": config.payer.to_checksum(None), "payerAuthorizer": config.payerAuthorizer.to_checksum(None),
+            "receiver": config.receiver.to_checksum(None), "receiverAuthorizer": config.receiverAuthorizer.to_checksum(None),
+            "token": config.token.to_checksum(None), "withdrawDelay": config.withdrawDelay, "salt": config.salt.to_string(),
+        });
+        let price = self.batch.price;
+        let deposit = price * requests as u128;
+        let valid_before = self.now + 3600;
+        let deposit_message = ReceiveWithAuthorization {
+            from: config.payer,
+            to: DEPOSIT_COLLECTOR,
+            value: U256::from(deposit),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(valid_before),
+            nonce: deposit_nonce(id, config.salt),
+        };
+        let deposit_signature = signer.sign_hash_sync(&signing_hash(self.batch.token.separator(), &deposit_message))?;
+        let mut payments = Vec::with_capacity(requests);
+        for k in 1..=requests as u128 {
+            let max = k * price;
+            let signature = signer.sign_hash_sync(&self.batch.channel_domain.voucher_hash(id, max))?;
+            let voucher = serde_json::json!({"channelId": id.to_string(), "maxClaimableAmount": max.to_string(), "signature": hex::encode_prefixed(signature.as_bytes())});
+            let payload = if k == 1 {
+                serde_json::json!({"type": "deposit", "channelConfig": config_json, "voucher": voucher, "deposit": {"amount": deposit.to_string(), "authorization": {"erc3009Authorization": {
+                    "validAfter": "0", "validBefore": valid_before.to_string(), "salt": config.salt.to_string(), "signature": hex::encode_prefixed(deposit_signature.as_bytes())
+                }}}})
+            } else {
+                serde_json::json!({"type": "voucher", "channelConfig": config_json, "voucher": voucher})
+            };
+            payments.push(x402::encode_header(&serde_json::json!({"x402Version": 2, "resource": self.resource, "accepted": self.wire, "payload": payload})));
+        }
+        Ok(payments)
     }
 }
