@@ -89,13 +89,16 @@ http {
   return path;
 }
 
+// Admission by settlement capacity is off: this harness measures the request path, and its
+// dev chain, idle-priority on a saturated core, settles next to nothing while the load runs
+// (the settlement soak measures settlement).
 function gatewayConfig(dir, port, upstreamPort, rpcUrl, { journalSync = "full", verifyThreads = 1 } = {}) {
   const yaml = `
 server: { listen: "127.0.0.1:${port}", threads: 1, verify_threads: ${verifyThreads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 5 }
 admin: { listen: null }
 networks: { base-sepolia: { rpc_url: "${rpcUrl}" } }
 payments: { pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8" }
-settlement: { journal_path: "${join(dir, "journal.db")}", journal_sync: ${journalSync}, drain_timeout_seconds: 5 }
+settlement: { journal_path: "${join(dir, "journal.db")}", journal_sync: ${journalSync}, drain_timeout_seconds: 5, admission: false }
 exposure: { max_unsettled_per_payer: null, max_unsettled_total: null }
 upstreams: { sample: { addresses: ["127.0.0.1:${upstreamPort}"] } }
 routes:
@@ -191,11 +194,14 @@ async function main() {
     // latency each adds is compared under the same offered load. The official flow cannot
     // carry that rate: it runs at a quarter of its own saturation, where it is not queueing,
     // a far lighter load than the gateway's.
+    // Served, not answered: a saturated paid route also answers 503 settlement_backlog once
+    // settlement cannot keep up, and those answers are not paid requests.
     const paid = rows.find((r) => r.name === PAID);
-    const rate = Math.max(100, Math.round(paid.saturation.rps / 2));
+    const rate = Math.max(100, Math.round(served(paid) / 2));
     for (const [index, [, start]] of contenders.entries()) {
       const row = rows[index];
-      row.rate = row.official ? Math.max(1, Math.round(row.saturation.rps / 4)) : rate;
+      row.rate = row.official ? Math.max(1, Math.round(row.saturation.rps / 4))
+        : row.name === PAID_CHANNEL ? Math.max(100, Math.round(served(row) / 2)) : rate;
       await setMining(row.blockSeconds);
       row.contender = await start();
       try {
@@ -264,6 +270,9 @@ function replayStoreBytesPerEntry() {
   return match ? { entries: Number(match[1]), bytes: Number(match[2]) } : null;
 }
 
+/** Requests answered 2xx per second in the saturation run. */
+const served = (row) => row.saturation.ok / row.saturation.seconds;
+
 function render(rows, rate, replay, flood) {
   const by = (name) => rows.find((r) => r.name === name);
   const direct = by("direct upstream");
@@ -323,8 +332,8 @@ function render(rows, rate, replay, flood) {
     [`paid route p99 added latency ≤ 1 ms over direct at ${rate}/s`, paid.fixedResult.p99_us - direct.fixedResult.p99_us <= 1000, `${paid.fixedResult.p99_us - direct.fixedResult.p99_us} µs`],
     [`for reference, not a target: ${PAID_NORMAL} (no fsync per commit) p50 / p99 added`, null,
       `${normal.fixedResult.p50_us - direct.fixedResult.p50_us} µs / ${normal.fixedResult.p99_us - direct.fixedResult.p99_us} µs; throughput ${((100 * normal.saturation.rps) / free.saturation.rps).toFixed(0)}% of free`],
-    ["paid throughput with batch-settlement vouchers ≥ with exact payments", channel.saturation.rps >= paid.saturation.rps,
-      `${Math.round(channel.saturation.rps)} against ${Math.round(paid.saturation.rps)} req/s (${(channel.saturation.rps / paid.saturation.rps).toFixed(2)}×); p50 added at ${rate}/s ${channel.fixedResult.p50_us - direct.fixedResult.p50_us} µs`],
+    ["paid requests served per second with batch-settlement vouchers ≥ with exact payments", served(channel) >= served(paid),
+      `${Math.round(served(channel))} against ${Math.round(served(paid))} served/s (${(served(channel) / served(paid)).toFixed(2)}×; exact answered ${Math.round(paid.saturation.rps)}/s in all, the rest 503 settlement_backlog); CPU ${channel.cpuPer1k.toFixed(3)} against ${paid.cpuPer1k.toFixed(3)} s/1k; vouchers at ${channel.rate}/s: p50 / p99 added ${channel.fixedResult.p50_us - direct.fixedResult.p50_us} / ${channel.fixedResult.p99_us - direct.fixedResult.p99_us} µs`],
     ["paid throughput ≥ 50% of free", paid.saturation.rps >= 0.5 * free.saturation.rps, `${((100 * paid.saturation.rps) / free.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 95% of bare Pingora", free.saturation.rps >= 0.95 * bare.saturation.rps, `${((100 * free.saturation.rps) / bare.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 1.0× nginx", free.saturation.rps >= nginx.saturation.rps, `${(free.saturation.rps / nginx.saturation.rps).toFixed(2)}×`],
