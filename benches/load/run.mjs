@@ -35,8 +35,6 @@ const BASE_BLOCK_SECONDS = 2;
 const PAID = "gateway paid route";
 const PAID_NORMAL = "gateway paid route, journal_sync: normal";
 const PAID_CHANNEL = "gateway paid route, batch-settlement vouchers";
-// A channel's deposit lands on-chain during the warm-up, before its vouchers are measured.
-const CHANNEL_WARMUP = 3;
 const OFFICIAL_INSTANT = "@x402/express, instant blocks";
 const OFFICIAL_BASE = `@x402/express, ${BASE_BLOCK_SECONDS} s blocks`;
 
@@ -49,7 +47,7 @@ function build() {
 }
 
 function loadgenArgs(url, { rate, pay = 0, channel = false, keys = [], warmup, duration, badSignature = false, connections = CONNECTIONS }) {
-  const args = ["--url", url, "--connections", String(connections), "--warmup", String(channel ? Math.max(warmup, CHANNEL_WARMUP) : warmup), "--duration", String(duration), "--threads", "1"];
+  const args = ["--url", url, "--connections", String(connections), "--warmup", String(warmup), "--duration", String(duration), "--threads", "1"];
   if (rate) args.push("--rate", String(Math.round(rate)));
   // One channel per connection, its deposit covering every request it can send.
   if (pay && channel) args.push("--channel-requests", String(Math.ceil(pay / connections)), "--keys", keys.join(","));
@@ -120,15 +118,14 @@ async function measure(name, start, url, { pay = false, channel = false, keys, m
   try {
     const cpuBefore = cpuSeconds(contender.pid);
     // Enough pre-signed payments for the saturation run (`maxRps` at most).
-    const warmup = channel ? Math.max(SAT.warmup, CHANNEL_WARMUP) : SAT.warmup;
-    const saturation = await loadgen(url, { ...SAT, pay: pay ? Math.ceil((warmup + SAT.duration) * maxRps) : 0, channel, keys });
+    // x402-loadgen opens channels (their deposits on-chain) before its clock starts.
+    const saturation = await loadgen(url, { ...SAT, pay: pay ? Math.ceil((SAT.warmup + SAT.duration) * maxRps) : 0, channel, keys });
     const cpu = cpuSeconds(contender.pid) - cpuBefore;
     const rss = peakRssMiB(contender.pid);
     const row = { name, saturation, cpuPer1k: (cpu / Math.max(1, saturation.requests)) * 1000, rss, pay };
     console.log(`${name}: ${Math.round(saturation.rps)} req/s, p50 ${saturation.p50_us} µs, CPU ${row.cpuPer1k.toFixed(3)} s/1k`);
     row.fixed = async (rate) => {
-      const warmup = channel ? Math.max(FIXED.warmup, CHANNEL_WARMUP) : FIXED.warmup;
-      const count = pay ? Math.ceil(rate * (warmup + FIXED.duration) * 1.1) : 0;
+      const count = pay ? Math.ceil(rate * (FIXED.warmup + FIXED.duration) * 1.1) : 0;
       return loadgen(url, { ...FIXED, rate, pay: count, channel, keys });
     };
     row.contender = contender;
