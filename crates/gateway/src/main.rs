@@ -247,7 +247,7 @@ fn channels(config: &std::path::Path, journal: Option<PathBuf>, payer: Option<St
         None => None,
     };
     let reader = x402_store::Journal::open_read_only(&path).with_context(|| format!("cannot read the journal {}", path.display()))?;
-    let records = reader.channels()?.into_iter().filter(|record| payer.map_or(true, |payer| record.terms.payer == payer.into_array())).collect();
+    let records = reader.channels()?.into_iter().filter(|record| payer.is_none_or(|payer| record.terms.payer == payer.into_array())).collect();
     for record in x402_gateway::channel_payment::channels_by_unclaimed(records) {
         println!("{}", x402_gateway::channel_payment::channel_json(&record));
     }
