@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Installs what building and testing x402-gateway needs, idempotently:
 #  - cmake (Pingora builds zlib-ng with it), from Debian's packages when missing;
+#  - redis-server (the replicas' shared store, for the tests and the two-replica dev stack),
+#    from Debian's packages when missing;
 #  - the pinned npm packages (anvil, solc, viem, the official x402 clients) from package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cmake >/dev/null 2>&1; then
+install_debian_package() {
+  local command="$1" package="$2"
+  command -v "$command" >/dev/null 2>&1 && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing cmake"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
+    echo "setup: installing $package"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
   else
-    echo "setup: cmake is required (e.g. sudo apt-get install cmake)" >&2
+    echo "setup: $command is required (e.g. sudo apt-get install $package)" >&2
     exit 1
   fi
-fi
+}
+install_debian_package cmake cmake
+install_debian_package redis-server redis-server
 
 if ! command -v node >/dev/null 2>&1; then
   echo "setup: Node.js 20 or later is required" >&2

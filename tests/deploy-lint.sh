@@ -33,13 +33,13 @@ sed 's/apt-get install -y --no-install-recommends/apt-get install -y/' deploy/do
 must_fail "$venv/bin/hadolint" "$scratch/Dockerfile"
 
 echo "-- kubernetes-validate"
-manifests=(deploy/kubernetes/configmap.yaml deploy/kubernetes/secret.yaml deploy/kubernetes/pvc.yaml
-  deploy/kubernetes/deployment.yaml deploy/kubernetes/service.yaml deploy/kubernetes/networkpolicy.yaml)
+manifests=(deploy/kubernetes/configmap.yaml deploy/kubernetes/secret.yaml deploy/kubernetes/redis.yaml
+  deploy/kubernetes/statefulset.yaml deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml deploy/kubernetes/networkpolicy.yaml)
 for version in 1.30.0 1.37.0; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" "${manifests[@]}"
 done
-sed 's/readinessProbe/readinesProbe/' deploy/kubernetes/deployment.yaml > "$scratch/deployment.yaml"
-must_fail "$venv/bin/kubernetes-validate" --strict --quiet "$scratch/deployment.yaml"
+sed 's/readinessProbe/readinesProbe/' deploy/kubernetes/statefulset.yaml > "$scratch/statefulset.yaml"
+must_fail "$venv/bin/kubernetes-validate" --strict --quiet "$scratch/statefulset.yaml"
 for manifest in "${manifests[@]}"; do
   grep -q "^  - $(basename "$manifest")$" deploy/kubernetes/kustomization.yaml \
     || { echo "deploy-lint: $manifest is missing from kustomization.yaml" >&2; exit 1; }

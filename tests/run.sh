@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone:
 #   1. setup (cmake, pinned npm packages: anvil, solc, viem, official x402 clients)
 #   2. the committed dev-chain bytecode matches its Solidity sources
-#   3. unit tests (cargo test)
+#   3. unit tests (cargo test; the Redis ledger's against a Redis on 127.0.0.1:6379)
 #   4. end-to-end tests: real anvil + sample upstream + the x402-gateway binary + official clients
 #   4b. deploy/ checked with hadolint, kubernetes-validate and systemd-analyze
 #   5. a short, bounded fuzz run of header decoding and verification (when cargo-fuzz is available)
@@ -15,6 +15,12 @@ bash deploy/setup.sh
 
 echo "== dev-chain contracts"
 node deploy/devnet/build-contracts.mjs --check
+
+# The Redis ledger's tests and the replica tests share a Redis on 127.0.0.1:6379 (each under a
+# fresh key prefix); start one when none answers there.
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+  redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes >/dev/null
+fi
 
 echo "== unit tests"
 cargo test --workspace --locked

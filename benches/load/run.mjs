@@ -10,6 +10,7 @@
 // carries the contender alone, with one worker (nginx worker_processes 1, Pingora threads 1).
 // The dev chain runs on core 0 at idle priority (SCHED_IDLE), as if it were a remote node.
 import { spawnSync, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,6 +36,10 @@ const BASE_BLOCK_SECONDS = 2;
 const PAID = "gateway paid route";
 const PAID_NORMAL = "gateway paid route, journal_sync: normal";
 const PAID_CHANNEL = "gateway paid route, batch-settlement vouchers";
+const PAID_REDIS = "gateway paid route, Redis store";
+const PAID_REDIS_TWO = "gateway paid route, Redis store, 2 replicas";
+// The machine's Redis: the replicas' shared store (each run under a fresh key prefix).
+const REDIS_URL = "redis://127.0.0.1:6379/0";
 const OFFICIAL_INSTANT = "@x402/express, instant blocks";
 const OFFICIAL_BASE = `@x402/express, ${BASE_BLOCK_SECONDS} s blocks`;
 
@@ -56,7 +61,24 @@ function loadgenArgs(url, { rate, pay = 0, channel = false, keys = [], warmup, d
   return args;
 }
 
-const loadgen = (url, options) => runLoadgen(loadgenArgs(url, options));
+/** One load generator per URL (several: one per replica, the connections shared out), merged. */
+async function loadgen(url, options) {
+  if (!Array.isArray(url)) return runLoadgen(loadgenArgs(url, options));
+  const share = (n) => (n ? Math.ceil(n / url.length) : n);
+  const parts = { ...options, rate: share(options.rate), pay: share(options.pay), connections: share(options.connections ?? CONNECTIONS) };
+  return mergedResults(await Promise.all(url.map((u) => runLoadgen(loadgenArgs(u, parts)))));
+}
+
+/** Counts add up; each latency percentile is the worst of the parts (an upper bound). */
+function mergedResults(results) {
+  const sum = (key) => results.reduce((total, r) => total + r[key], 0);
+  const worst = (key) => Math.max(...results.map((r) => r[key]));
+  const seconds = worst("seconds");
+  return {
+    requests: sum("requests"), ok: sum("ok"), non2xx: sum("non2xx"), errors: sum("errors"), seconds, rps: sum("requests") / seconds,
+    p50_us: worst("p50_us"), p90_us: worst("p90_us"), p99_us: worst("p99_us"), p999_us: worst("p999_us"),
+  };
+}
 
 function nginxConfig(dir, port, upstreamPort) {
   const conf = `
@@ -90,8 +112,12 @@ http {
 // Admission by settlement capacity is off: this harness measures the request path, and its
 // dev chain, idle-priority on a saturated core, settles next to nothing while the load runs
 // (the settlement soak measures settlement).
-function gatewayConfig(dir, port, upstreamPort, rpcUrl, { journalSync = "full", verifyThreads = 1 } = {}) {
-  const yaml = `
+function gatewayConfig(dir, port, upstreamPort, rpcUrl, { journalSync = "full", verifyThreads = 1, redisPrefix = null } = {}) {
+  // A shared store does not take batch-settlement channels yet: that route stays out of it.
+  const metered = redisPrefix ? "" : `
+  - { name: metered, methods: [GET], path: /metered, upstream: sample, price: "$0.001", scheme: batch-settlement, channel: { withdraw_delay_seconds: 900, min_deposit: "$0.001" } }`;
+  const store = redisPrefix ? `store: { kind: redis, url: "${REDIS_URL}", key_prefix: "${redisPrefix}", timeout_ms: 1000 }` : "";
+  const yaml = `${store}
 server: { listen: "127.0.0.1:${port}", threads: 1, verify_threads: ${verifyThreads}, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 5 }
 admin: { listen: null }
 networks: { base-sepolia: { rpc_url: "${rpcUrl}" } }
@@ -100,8 +126,7 @@ settlement: { journal_path: "${join(dir, "journal.db")}", journal_sync: ${journa
 exposure: { max_unsettled_per_payer: null, max_unsettled_total: null }
 upstreams: { sample: { addresses: ["127.0.0.1:${upstreamPort}"] } }
 routes:
-  - { name: paid, methods: [GET], path: /weather, upstream: sample, price: "$0.001" }
-  - { name: metered, methods: [GET], path: /metered, upstream: sample, price: "$0.001", scheme: batch-settlement, channel: { withdraw_delay_seconds: 900, min_deposit: "$0.001" } }
+  - { name: paid, methods: [GET], path: /weather, upstream: sample, price: "$0.001" }${metered}
   - { name: free, path: /*, upstream: sample, free: true }
 `;
   const path = join(dir, "gateway.yaml");
@@ -116,12 +141,14 @@ function machine() {
 async function measure(name, start, url, { pay = false, channel = false, keys, maxRps = 20_000 } = {}) {
   const contender = await start();
   try {
-    const cpuBefore = cpuSeconds(contender.pid);
+    const pids = contender.pids ?? [contender.pid];
+    const cpuOf = () => pids.reduce((total, pid) => total + cpuSeconds(pid), 0);
+    const cpuBefore = cpuOf();
     // Enough pre-signed payments for the saturation run (`maxRps` at most).
     // x402-loadgen opens channels (their deposits on-chain) before its clock starts.
     const saturation = await loadgen(url, { ...SAT, pay: pay ? Math.ceil((SAT.warmup + SAT.duration) * maxRps) : 0, channel, keys });
-    const cpu = cpuSeconds(contender.pid) - cpuBefore;
-    const rss = peakRssMiB(contender.pid);
+    const cpu = cpuOf() - cpuBefore;
+    const rss = pids.reduce((total, pid) => total + peakRssMiB(pid), 0);
     const row = { name, saturation, cpuPer1k: (cpu / Math.max(1, saturation.requests)) * 1000, rss, pay };
     console.log(`${name}: ${Math.round(saturation.rps)} req/s, p50 ${saturation.p50_us} µs, CPU ${row.cpuPer1k.toFixed(3)} s/1k`);
     row.fixed = async (rate) => {
@@ -148,7 +175,7 @@ async function main() {
   spawnSync("chrt", ["-a", "-i", "-p", "0", String(chain.process.pid)]);
   const upstream = await startPinned(WORLD_CPU, join(RELEASE, "x402-bench-upstream"), ["--port", String(upstreamPort), "--threads", "1"], upstreamPort);
   const keys = [1, 2, 3, 4, 5, 6, 7, 8, 9].map(devPrivateKey);
-  const ports = { bare: await freePort(), nginx: await freePort(), gateway: await freePort(), official: await freePort(), facilitator: await freePort() };
+  const ports = { bare: await freePort(), nginx: await freePort(), gateway: await freePort(), replica: await freePort(), official: await freePort(), facilitator: await freePort() };
   const startOfficial = () => startPinned(CONTENDER_CPU, process.execPath, [join(ROOT, "benches/load/official.mjs"),
     "--port", String(ports.official), "--facilitator-port", String(ports.facilitator), "--upstream", `http://127.0.0.1:${upstreamPort}`,
     "--rpc", chain.url, "--pay-to", devAccount(1).address], ports.official, { env: { X402_SETTLEMENT_KEY: devPrivateKey(0) } });
@@ -164,18 +191,31 @@ async function main() {
     [PAID, () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
     [PAID_NORMAL, () => startGatewayPinned({ journalSync: "normal" }), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
     [PAID_CHANNEL, () => startGatewayPinned(), `http://127.0.0.1:${ports.gateway}/metered`, { pay: true, channel: true, keys }],
+    [PAID_REDIS, () => startGatewayPinned({ redisPrefix: freshPrefix() }), `http://127.0.0.1:${ports.gateway}/weather`, { pay: true, keys }],
+    [PAID_REDIS_TWO, () => startReplicasPinned(), [ports.gateway, ports.replica].map((port) => `http://127.0.0.1:${port}/weather`), { pay: true, keys }],
     [OFFICIAL_INSTANT, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: 0 }],
     [OFFICIAL_BASE, startOfficial, `http://127.0.0.1:${ports.official}/weather`, { ...official, blockSeconds: BASE_BLOCK_SECONDS }],
   ];
   const setMining = (blockSeconds) =>
     blockSeconds ? rpc(chain.url, "evm_setIntervalMining", [blockSeconds]) : rpc(chain.url, "evm_setAutomine", [true]);
   // Each start gets a fresh journal: one run's settlement backlog must not load the next.
-  const startGatewayPinned = (options) => {
+  const startGatewayPinned = ({ port = ports.gateway, settlementKey = devPrivateKey(0), ...options } = {}) => {
     const runDir = mkdtempSync(join(dir, "gateway-"));
-    const yaml = gatewayConfig(runDir, ports.gateway, upstreamPort, chain.url, options);
-    return startPinned(CONTENDER_CPU, join(RELEASE, "x402-gateway"), ["run", "--config", yaml], ports.gateway, {
-      env: { X402_SETTLEMENT_KEY: devPrivateKey(0), X402_LOG: "warn" },
+    const yaml = gatewayConfig(runDir, port, upstreamPort, chain.url, options);
+    return startPinned(CONTENDER_CPU, join(RELEASE, "x402-gateway"), ["run", "--config", yaml], port, {
+      env: { X402_SETTLEMENT_KEY: settlementKey, X402_LOG: "warn" },
     });
+  };
+
+  const freshPrefix = () => `x402-bench-${randomBytes(6).toString("hex")}`;
+  // Two replicas sharing one store, each with its own journal and settlement key. Both run on
+  // the contender's core: on this machine the row shows what sharing costs, not what a second
+  // machine adds.
+  const startReplicasPinned = async () => {
+    const redisPrefix = freshPrefix();
+    const first = await startGatewayPinned({ redisPrefix });
+    const second = await startGatewayPinned({ redisPrefix, port: ports.replica, settlementKey: devPrivateKey(9) });
+    return { pid: first.pid, pids: [first.pid, second.pid], stop: async () => { await second.stop(); await first.stop(); } };
   };
 
   const rows = [];
@@ -318,6 +358,8 @@ function render(rows, rate, replay, flood) {
   const paid = by(PAID);
   const normal = by(PAID_NORMAL);
   const channel = by(PAID_CHANNEL);
+  const redis = by(PAID_REDIS);
+  const redisTwo = by(PAID_REDIS_TWO);
   const instant = by(OFFICIAL_INSTANT);
   const base = by(OFFICIAL_BASE);
   const faster = (official) => official.fixedResult.p50_us / paid.fixedResult.p50_us;
@@ -331,10 +373,14 @@ function render(rows, rate, replay, flood) {
       `${normal.fixedResult.p50_us - direct.fixedResult.p50_us} µs / ${normal.fixedResult.p99_us - direct.fixedResult.p99_us} µs; throughput ${((100 * normal.saturation.rps) / free.saturation.rps).toFixed(0)}% of free`],
     ["paid requests served per second with batch-settlement vouchers ≥ with exact payments", served(channel) >= served(paid),
       `${Math.round(served(channel))} against ${Math.round(served(paid))} served/s (${(served(channel) / served(paid)).toFixed(2)}×; exact answered ${Math.round(paid.saturation.rps)}/s in all, the rest 503 settlement_backlog); CPU ${channel.cpuPer1k.toFixed(3)} against ${paid.cpuPer1k.toFixed(3)} s/1k; vouchers at ${channel.rate}/s: p50 / p99 added ${channel.fixedResult.p50_us - direct.fixedResult.p50_us} / ${channel.fixedResult.p99_us - direct.fixedResult.p99_us} µs`],
+    [`Redis store p50 added latency ≤ 150 µs over the in-process store at ${rate}/s`, redis.fixedResult.p50_us - paid.fixedResult.p50_us <= 150,
+      `${redis.fixedResult.p50_us - paid.fixedResult.p50_us} µs (p99 ${redis.fixedResult.p99_us - paid.fixedResult.p99_us} µs); saturation ${Math.round(served(redis))} against ${Math.round(served(paid))} served/s, CPU ${redis.cpuPer1k.toFixed(3)} against ${paid.cpuPer1k.toFixed(3)} s/1k`],
+    [`for reference, not a target: ${PAID_REDIS_TWO} on the one contender core, against one replica`, null,
+      `${Math.round(served(redisTwo))} against ${Math.round(served(redis))} served/s (${(served(redisTwo) / served(redis)).toFixed(2)}×), CPU ${redisTwo.cpuPer1k.toFixed(3)} s/1k; at ${rate}/s p50 / p99 ${redisTwo.fixedResult.p50_us} / ${redisTwo.fixedResult.p99_us} µs (worst of the two)`],
     ["paid throughput ≥ 50% of free", paid.saturation.rps >= 0.5 * free.saturation.rps, `${((100 * paid.saturation.rps) / free.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 95% of bare Pingora", free.saturation.rps >= 0.95 * bare.saturation.rps, `${((100 * free.saturation.rps) / bare.saturation.rps).toFixed(0)}%`],
     ["free route ≥ 1.0× nginx", free.saturation.rps >= nginx.saturation.rps, `${(free.saturation.rps / nginx.saturation.rps).toFixed(2)}×`],
-    ["every paid request to the gateway answered 200 with a distinct payment", [paid, normal, channel].every(allServed), `${[paid, normal, channel].map((r) => r.saturation.non2xx + r.fixedResult.non2xx).join(", ")} non-2xx`],
+    ["every paid request to the gateway answered 200 with a distinct payment", [paid, normal, channel, redis, redisTwo].every(allServed), `${[paid, normal, channel, redis, redisTwo].map((r) => r.saturation.non2xx + r.fixedResult.non2xx).join(", ")} non-2xx`],
     ["replay store ≤ 128 B per nonce", replay ? replay.bytes <= 128 : false, replay ? `${replay.bytes} B/entry with ${replay.entries} entries` : "replay_memory bench gave no figure"],
     [`paid ≥ 100× faster end to end than ${OFFICIAL_BASE} (Base's pace), p50 against p50`, faster(base) >= 100,
       `${faster(base).toFixed(0)}×: ${base.fixedResult.p50_us} µs against ${paid.fixedResult.p50_us} µs; throughput ${(paid.saturation.rps / base.saturation.rps).toFixed(0)}×`],

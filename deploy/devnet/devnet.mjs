@@ -9,7 +9,8 @@
 //  - 1,000,000 test USDC minted to each of anvil's ten well-known accounts (or more accounts
 //    of the same mnemonic: payers need tokens, not ether, since EIP-3009 is gasless for them).
 // Usable as a module (startDevnet) by the tests and benches, or as a program:
-//   node deploy/devnet/devnet.mjs [--port 8545]     runs until SIGINT/SIGTERM
+//   node deploy/devnet/devnet.mjs [--port 8545] [--host 127.0.0.1]     runs until SIGINT/SIGTERM
+//   (--host 0.0.0.0 in a container, so other containers reach the chain; never on a shared network)
 import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -113,8 +114,8 @@ export async function provisionChain(url, { fundedAccounts = 10 } = {}) {
  * does not wait for blocks, and `blockGasLimit` sets the block gas limit (anvil's default:
  * 30M; Base's is several times that).
  */
-export async function startDevnet({ port = 8545, quiet = true, blockSeconds = 0, blockGasLimit = null, fundedAccounts = 10 } = {}) {
-  const args = ["--chain-id", String(CHAIN_ID), "--port", String(port), "--host", "127.0.0.1", "--silent"];
+export async function startDevnet({ port = 8545, host = "127.0.0.1", quiet = true, blockSeconds = 0, blockGasLimit = null, fundedAccounts = 10 } = {}) {
+  const args = ["--chain-id", String(CHAIN_ID), "--port", String(port), "--host", host, "--silent"];
   if (blockGasLimit) args.push("--gas-limit", String(blockGasLimit));
   const child = spawn(anvilBinary(), args, { stdio: quiet ? "ignore" : "inherit" });
   const url = `http://127.0.0.1:${port}`;
@@ -141,7 +142,9 @@ export async function startDevnet({ port = 8545, quiet = true, blockSeconds = 0,
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const portFlag = process.argv.indexOf("--port");
   const port = portFlag > 0 ? Number(process.argv[portFlag + 1]) : 8545;
-  const devnet = await startDevnet({ port });
+  const hostFlag = process.argv.indexOf("--host");
+  const host = hostFlag > 0 ? process.argv[hostFlag + 1] : "127.0.0.1";
+  const devnet = await startDevnet({ port, host });
   console.log(`dev chain ready: ${devnet.url} (chain id ${CHAIN_ID})`);
   console.log(`  test USDC  ${USDC_ADDRESS} (EIP-712 "USDC" / "2", 6 decimals)`);
   console.log(`  Multicall3 ${MULTICALL3_ADDRESS}`);

@@ -8,7 +8,8 @@
 //   GET  /bytes/{n}        n deterministic binary bytes
 //   GET  /slow?ms=N        answers after N milliseconds (timeouts)
 //   GET  /ws[/...]         a WebSocket upgrade (101), then echoes whatever it is sent
-// Usage: node deploy/devnet/sample-upstream.mjs [--port 8080]
+// Usage: node deploy/devnet/sample-upstream.mjs [--port 8080] [--host 127.0.0.1]
+//   (--host 0.0.0.0 in a container, so the gateway's container can reach it)
 import { createServer } from "node:http";
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
@@ -86,7 +87,7 @@ function acceptUpgrade(req, socket) {
   socket.pipe(socket);
 }
 
-export function startSampleUpstream({ port = 8080 } = {}) {
+export function startSampleUpstream({ port = 8080, host = "127.0.0.1" } = {}) {
   const server = createServer((req, res) => {
     handle(req, res).catch((error) => {
       res.destroy(error);
@@ -96,13 +97,15 @@ export function startSampleUpstream({ port = 8080 } = {}) {
   server.keepAliveTimeout = 60_000;
   return new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, "127.0.0.1", () => resolve(server));
+    server.listen(port, host, () => resolve(server));
   });
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const portFlag = process.argv.indexOf("--port");
   const port = portFlag > 0 ? Number(process.argv[portFlag + 1]) : 8080;
-  await startSampleUpstream({ port });
-  console.log(`sample upstream on http://127.0.0.1:${port}`);
+  const hostFlag = process.argv.indexOf("--host");
+  const host = hostFlag > 0 ? process.argv[hostFlag + 1] : "127.0.0.1";
+  await startSampleUpstream({ port, host });
+  console.log(`sample upstream on http://${host}:${port}`);
 }

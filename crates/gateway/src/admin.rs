@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /health` | 200 while the process serves (liveness); no token |
-//! | `GET /ready` | 200 when it should get traffic, 503 while draining, while settlement is stalled, or if the journal is unreadable; no token |
+//! | `GET /ready` | 200 when it should get traffic, 503 while draining, while settlement is stalled, or if the journal is unreadable; no token. While the shared store is unreachable it stays 200 and says `degraded: store_unavailable` (free routes still answer) |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /config` | the serving config's hash, when it was loaded, the last reload attempt, fields waiting for a restart |
 //! | `POST /reload` | reload `gateway.yaml` now: 200 with the outcome, 422 with the error (the old config keeps serving) |
@@ -33,7 +33,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use x402_store::{unix_now, unix_now_ms, Exposure, Journal};
+use x402_store::{unix_now, unix_now_ms, Journal, PaymentLedger, StoreUnavailable};
 
 pub struct AdminApi {
     pub token: Option<AdminToken>,
@@ -41,7 +41,8 @@ pub struct AdminApi {
     pub config: Arc<ArcSwap<Config>>,
     pub reloader: Arc<Reloader>,
     pub journal: Arc<Journal>,
-    pub exposure: Arc<Exposure>,
+    /// Replay reservations and exposure, in this process or shared in Redis.
+    pub ledger: Arc<dyn PaymentLedger>,
     pub health: Arc<x402_settle::stall::SettlementHealth>,
     pub admission: Arc<x402_settle::admission::SettlementAdmission>,
     pub metrics: Arc<Metrics>,
@@ -67,7 +68,7 @@ impl ServeHttp for AdminApi {
             if let Err(denied) = self.authorize(authorization.as_deref()) {
                 return json(denied);
             }
-            return self.metrics_text();
+            return self.metrics_text().await;
         }
         let answer = match (&method, path.as_str()) {
             (&Method::GET, "/health") => (StatusCode::OK, serde_json::json!({"status": "ok"})),
@@ -75,7 +76,7 @@ impl ServeHttp for AdminApi {
             _ => match self.authorize(authorization.as_deref()) {
                 // Reading, parsing and resolving the file blocks: not on this event loop.
                 Ok(()) if method == Method::POST && path == "/reload" => self.reload().await,
-                Ok(()) => self.protected(&method, &path, &query),
+                Ok(()) => self.protected(&method, &path, &query).await,
                 Err(denied) => denied,
             },
         };
@@ -97,18 +98,18 @@ impl AdminApi {
         }
     }
 
-    fn protected(&self, method: &Method, path: &str, query: &str) -> Answer {
+    async fn protected(&self, method: &Method, path: &str, query: &str) -> Answer {
         match (method, path) {
             (&Method::GET, "/routes") if !query.is_empty() => self.explain(query),
             (&Method::GET, "/config") => (StatusCode::OK, serde_json::to_value(self.reloader.status()).unwrap_or_default()),
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
-            (&Method::GET, "/exposure") => self.exposure(),
+            (&Method::GET, "/exposure") => self.exposure().await,
             (&Method::GET, "/channels") => self.channels(),
             (&Method::POST, "/channels/claim") => self.claim_channels(),
             (&Method::POST, "/drain") => self.drain(),
-            (&Method::POST, "/exposure/losses/reset") => self.reset_losses(),
-            (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]),
+            (&Method::POST, "/exposure/losses/reset") => self.reset_losses().await,
+            (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]).await,
             _ => (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {method} {path}")})),
         }
     }
@@ -144,7 +145,13 @@ impl AdminApi {
             return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": reason, "cause": stall.cause}));
         }
         match self.journal.unsettled_count() {
-            Ok(_) => (StatusCode::OK, serde_json::json!({"ready": true})),
+            // Without its shared store no replica takes payments, but free routes still answer:
+            // readiness says so and stays 200, since an outage of the one store every replica
+            // shares would otherwise take the whole fleet out of service.
+            Ok(_) => match self.ledger.unavailable() {
+                Some(error) => (StatusCode::OK, serde_json::json!({"ready": true, "degraded": "store_unavailable", "reason": format!("store_unavailable: {error}")})),
+                None => (StatusCode::OK, serde_json::json!({"ready": true})),
+            },
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"ready": false, "reason": format!("journal: {error}")})),
         }
     }
@@ -229,8 +236,11 @@ impl AdminApi {
         serde_json::Value::Object(networks)
     }
 
-    fn exposure(&self) -> Answer {
-        let snapshot = self.exposure.snapshot(50, unix_now());
+    async fn exposure(&self) -> Answer {
+        let snapshot = match self.ledger.snapshot(50, unix_now()).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => return store_unavailable(&error),
+        };
         let pairs = |list: &[(String, u64)], key: &str| -> Vec<serde_json::Value> {
             list.iter().map(|(name, micros)| serde_json::json!({key: name, "usdMicros": micros})).collect()
         };
@@ -251,25 +261,32 @@ impl AdminApi {
             "payersWithUnsettled": snapshot.payer_count,
             "routes": pairs(&snapshot.routes, "route"),
             "topPayers": pairs(&snapshot.payers, "payer"),
+            "store": self.ledger.kind(),
             "blocked": snapshot.blocked.iter().map(|b| serde_json::json!({"payer": b.payer, "until": b.until, "reason": b.reason})).collect::<Vec<_>>(),
         });
         (StatusCode::OK, body)
     }
 
-    fn reset_losses(&self) -> Answer {
+    async fn reset_losses(&self) -> Answer {
         if let Err(error) = x402_store::record_loss_reset(self.journal.path(), unix_now_ms()) {
             return journal_unavailable(&error);
         }
-        let cleared = self.exposure.reset_losses(unix_now());
+        let cleared = match self.ledger.reset_losses(unix_now()).await {
+            Ok(cleared) => cleared,
+            Err(error) => return store_unavailable(&error),
+        };
         tracing::warn!(cleared_usd_micros = cleared, "loss budget reset through the admin API");
         (StatusCode::OK, serde_json::json!({"clearedUsdMicros": cleared}))
     }
 
     /// The journal holds blocks (the CLI edits them too); the ledger follows at once.
-    fn unblock(&self, payer: &str) -> Answer {
+    async fn unblock(&self, payer: &str) -> Answer {
         match x402_store::clear_payer_block(self.journal.path(), payer) {
             Ok(was_blocked) => {
-                let was_blocked = self.exposure.unblock(payer) || was_blocked;
+                let was_blocked = match self.ledger.unblock(payer).await {
+                    Ok(in_ledger) => in_ledger || was_blocked,
+                    Err(error) => return store_unavailable(&error),
+                };
                 tracing::info!(payer, was_blocked, "payer unblocked through the admin API");
                 (StatusCode::OK, serde_json::json!({"payer": payer, "wasBlocked": was_blocked}))
             }
@@ -288,14 +305,14 @@ impl AdminApi {
         (StatusCode::OK, serde_json::json!({"draining": true, "unsettled": unsettled}))
     }
 
-    fn metrics_text(&self) -> Response<Vec<u8>> {
-        self.refresh_gauges();
+    async fn metrics_text(&self) -> Response<Vec<u8>> {
+        self.refresh_gauges().await;
         let body = self.metrics.render();
         response(StatusCode::OK, "text/plain; version=0.0.4", body)
     }
 
     /// State gauges are read at scrape time, not kept up to date on the request path.
-    fn refresh_gauges(&self) {
+    async fn refresh_gauges(&self) {
         let metrics = &self.metrics;
         if let Ok(depth) = self.journal.unsettled_count() {
             metrics.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
@@ -304,13 +321,14 @@ impl AdminApi {
             let age = oldest.map_or(0, |ms| unix_now_ms().saturating_sub(ms) / 1000);
             metrics.oldest_unsettled_age.set(i64::try_from(age).unwrap_or(i64::MAX));
         }
-        let snapshot = self.exposure.snapshot(0, unix_now());
-        metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
         metrics.settlement_stalled.reset();
         if let Some(stall) = self.health.stall() {
             metrics.settlement_stalled.with_label_values(&[stall.cause]).set(1);
         }
         metrics.admission.set(&self.admission.snapshot());
+        metrics.store_up.set(i64::from(self.ledger.unavailable().is_none()));
+        let Ok(snapshot) = self.ledger.snapshot(0, unix_now()).await else { return };
+        metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
         metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));
         metrics.losses_total.set(i64::try_from(snapshot.lost_total).unwrap_or(i64::MAX));
         metrics.exposure_route.reset();
@@ -323,6 +341,10 @@ impl AdminApi {
 
 fn bad_request(message: String) -> Answer {
     (StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad_request", "message": message}))
+}
+
+fn store_unavailable(error: &StoreUnavailable) -> Answer {
+    (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "store_unavailable", "message": error.to_string()}))
 }
 
 fn journal_unavailable(error: &x402_store::JournalError) -> Answer {

@@ -115,6 +115,15 @@ enum PaymentsQuery {
     Summary,
     /// Payers refused after a failed settlement, one JSON object per line.
     Blocked,
+    /// Settles every unsettled payment of the journal, then exits: for the journal of a
+    /// replica lost for good, from another machine. Needs the lost replica's settlement key
+    /// (the config's `settlement.private_key_env`) and, with `store: redis`, frees what its
+    /// payments counted in the shared store. Never run it beside a gateway on the same journal.
+    Settle {
+        /// Give up (exit 1, what is left stays in the journal) after this long.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
     /// Lets a refused payer pay again (the running gateway picks it up within a second).
     Unblock {
         #[arg(long)]
@@ -256,6 +265,12 @@ fn channels(config: &std::path::Path, journal: Option<PathBuf>, payer: Option<St
 
 fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQuery) -> anyhow::Result<()> {
     let path = journal_path(config, journal)?;
+    if let PaymentsQuery::Settle { timeout_seconds } = query {
+        let left = x402_gateway::server::settle_journal(config, &path, std::time::Duration::from_secs(timeout_seconds))?;
+        anyhow::ensure!(left == 0, "{left} payments are still unsettled in {}; run it again", path.display());
+        println!("{}: every payment is settled or failed", path.display());
+        return Ok(());
+    }
     if let PaymentsQuery::Unblock { payer } = &query {
         let cleared = x402_store::clear_payer_block(&path, payer)?;
         println!("{}", if cleared { format!("{payer}: unblocked") } else { format!("{payer}: was not blocked") });
@@ -282,7 +297,7 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
             let filter = x402_store::ExportFilter { state: state.state_name().map(str::to_owned), since_ms: since.unwrap_or(0) };
             export(&reader, &filter, format)?;
         }
-        PaymentsQuery::Unblock { .. } => {}
+        PaymentsQuery::Unblock { .. } | PaymentsQuery::Settle { .. } => {}
     }
     Ok(())
 }

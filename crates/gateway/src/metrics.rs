@@ -24,6 +24,8 @@ pub struct Metrics {
     pub oldest_unsettled_age: IntGauge,
     pub exposure_route: IntGaugeVec,
     pub exposure_total: IntGauge,
+    /// 1 while the payment ledger answers (always, in process), 0 while its shared store does not.
+    pub store_up: IntGauge,
     pub losses_budget_used: IntGauge,
     pub settlement_stalled: IntGaugeVec,
     pub admission: AdmissionGauges,
@@ -68,6 +70,7 @@ impl Metrics {
             oldest_unsettled_age: IntGauge::new("x402_settlement_oldest_unsettled_age_seconds", "Age of the oldest unsettled payment (0: none)")?,
             exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
             exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
+            store_up: IntGauge::new("x402_store_up", "1 while the payment ledger's store answers; 0 while priced routes answer 503 store_unavailable")?,
             settlement_stalled: IntGaugeVec::new(Opts::new("x402_settlement_stalled", "1 while settlement is stalled and priced routes refuse payments, labelled with the cause"), &["cause"])?,
             admission: AdmissionGauges::new()?,
             losses_budget_used: IntGauge::new("x402_loss_budget_used_usd_micros", "Served-but-unpaid value still counting against the loss budget, in micro-USD")?,
@@ -99,7 +102,7 @@ impl Metrics {
         for metric in [&self.requests, &self.challenges, &self.payments_verified, &self.payments_rejected, &self.replay_rejections, &self.value_accepted, &self.reloads, &self.journal_pruned, &self.channel_vouchers] {
             registry.register(Box::new(metric.clone()))?;
         }
-        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth, &self.channel_in_flight] {
+        for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.store_up, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth, &self.channel_in_flight] {
             registry.register(Box::new(gauge.clone()))?;
         }
         registry.register(Box::new(self.exposure_route.clone()))?;

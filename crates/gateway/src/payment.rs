@@ -6,7 +6,8 @@ use crate::config::{Pricing, Route};
 use alloy_primitives::{keccak256, Address, U256};
 use x402::{v1, v2, HeaderError};
 use x402_evm::{VerifiedPayment, VerifyError, VerifyPolicy};
-use x402_store::{Exposure, ExposureRefusal, Journal, NewPayment, ReplayKey, ReplayStore, SettlementItem};
+use std::sync::atomic::{AtomicU64, Ordering};
+use x402_store::{ExposureRefusal, Hold, Journal, LedgerRefusal, NewPayment, PaymentLedger, ReplayKey, SettlementItem, StoreUnavailable};
 
 /// The payment header a request carries. Header names match case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub struct AcceptedPayment {
     /// CAIP-2 id.
     pub network: String,
     pub item: SettlementItem,
+    /// The route it was held on, and the token of its hold: a release frees only this hold.
+    pub route: String,
+    pub hold_token: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +69,28 @@ pub enum PaymentRejection {
     /// the payment is not used up.
     #[error("the payment journal cannot be read right now ({0}); retry the same payment shortly")]
     JournalUnreadable(x402_store::JournalError),
+    /// The ledger replicas share cannot be reached: 503, nothing is held, the payment is not
+    /// used up.
+    #[error("{0}; nothing was charged: retry the same payment shortly")]
+    StoreUnavailable(#[from] StoreUnavailable),
 }
 
 impl PaymentRejection {
+    /// The ledger's refusal of the payment with `nonce`.
+    pub fn from_ledger(refusal: LedgerRefusal, nonce: &str) -> Self {
+        match refusal {
+            LedgerRefusal::Replayed => Self::Replayed(nonce.to_owned()),
+            LedgerRefusal::Exposure(refusal) => refusal.into(),
+            LedgerRefusal::Unavailable(error) => error.into(),
+        }
+    }
+
     pub fn reason(&self) -> x402::ReasonCode {
         match self {
             Self::Malformed(_) => x402::ReasonCode::InvalidPayload,
             Self::Invalid(error) => error.reason(),
             Self::Replayed(_) => x402::ReasonCode::InvalidExactEvmNonceAlreadyUsed,
-            Self::AtCapacity { .. } | Self::BalanceUnavailable(_) | Self::JournalUnreadable(_) => x402::ReasonCode::UnexpectedVerifyError,
+            Self::AtCapacity { .. } | Self::BalanceUnavailable(_) | Self::JournalUnreadable(_) | Self::StoreUnavailable(_) => x402::ReasonCode::UnexpectedVerifyError,
             Self::OverExposure(ExposureRefusal::Uncovered { .. }) => x402::ReasonCode::InvalidExactEvmInsufficientBalance,
             Self::OverExposure(ExposureRefusal::Blocked { reason, .. }) if reason.contains("balance") => {
                 x402::ReasonCode::InvalidExactEvmInsufficientBalance
@@ -91,16 +108,16 @@ impl PaymentRejection {
         match self {
             Self::BalanceUnavailable(_) => Some("balance_unavailable"),
             Self::JournalUnreadable(_) => Some("journal_unavailable"),
+            Self::StoreUnavailable(_) => Some("store_unavailable"),
             Self::OverExposure(ExposureRefusal::LossBudgetSpent { .. }) => Some("loss_budget_exhausted"),
             _ => None,
         }
     }
 }
 
-/// What a payment is held against: the replay store and the exposure ledger.
+/// What a payment is held against: the payment ledger (replay reservations and exposure).
 pub struct PaymentGuards<'a> {
-    pub replay: &'a dyn ReplayStore,
-    pub exposure: &'a Exposure,
+    pub ledger: &'a dyn PaymentLedger,
     /// While an upgrade window is open: the journal another process charges into too,
     /// asked about each nonce the replay store had not seen (see [`crate::upgrade`]).
     pub shared_journal: Option<&'a Journal>,
@@ -192,9 +209,9 @@ impl SignedPayment {
 
 /// Reserves a signed payment's nonce and counts it as unsettled; `balance` (the payer's
 /// token balance, when the balance check is on) must cover that plus what the payer owes.
-/// Nothing here touches the network; the reservation and the exposure are the only side
-/// effects, and [`release_payment`] undoes both if nobody is charged.
-pub fn hold_payment(
+/// The ledger's hold is the only side effect (one round trip with a shared store), and
+/// [`release_payment`] undoes it if nobody is charged.
+pub async fn hold_payment(
     signed: SignedPayment,
     route: &Route,
     guards: &PaymentGuards<'_>,
@@ -204,7 +221,6 @@ pub fn hold_payment(
     let (Some(pricing), SignedPayment { version, verified, payer, .. }) = (signed.pricing(route), signed) else {
         return Err(VerifyError::RequirementsMismatch.into());
     };
-    let route = route.name.as_str();
     let requirement = &pricing.requirements[verified.requirement_index];
     let authorization = verified.authorization;
     let key = ReplayKey {
@@ -213,45 +229,54 @@ pub fn hold_payment(
         from: authorization.from.into_array(),
         nonce: authorization.nonce.0,
     };
-    let valid_before = authorization.valid_before_secs();
-    if !guards.replay.reserve(key, valid_before) {
-        return Err(PaymentRejection::Replayed(authorization.nonce.to_string()));
-    }
-    if let Some(journal) = guards.shared_journal {
-        let asset = requirement.domain.verifying_contract.to_checksum(None);
-        match journal.holds_authorization(key.chain_id, &asset, &payer, &authorization.nonce.to_string()) {
-            Ok(false) => {}
-            // Charged by the other process: the reservation stays, as for any charged payment.
-            Ok(true) => return Err(PaymentRejection::Replayed(authorization.nonce.to_string())),
-            Err(error) => {
-                guards.replay.release(&key);
-                return Err(PaymentRejection::JournalUnreadable(error));
-            }
-        }
-    }
     let decimals = pricing.offers[verified.requirement_index].asset.decimals;
-    let usd_micros = usd_micros(authorization.value, decimals);
-    // Rounded down, unlike a price: a balance must never look larger than it is.
-    let balance = balance.map(|b| usd_micros_floor(b, decimals));
-    if let Err(refusal) = guards.exposure.try_add(&payer, route, usd_micros, now, balance) {
-        guards.replay.release(&key);
-        return Err(refusal.into());
-    }
-    Ok(AcceptedPayment {
+    let accepted = AcceptedPayment {
         version,
         key,
+        usd_micros: usd_micros(authorization.value, decimals),
         payer,
         amount: authorization.value,
-        usd_micros,
         network: requirement.network.clone(),
         item: SettlementItem {
             network: requirement.network.clone(),
             chain_id: requirement.domain.chain_id,
             asset: requirement.domain.verifying_contract.to_checksum(None),
             payload: verified.payload,
-            valid_before,
+            valid_before: authorization.valid_before_secs(),
         },
-    })
+        route: route.name.clone(),
+        hold_token: next_hold_token(),
+    };
+    let receipt_id = receipt_id(&key);
+    // Rounded down, unlike a price: a balance must never look larger than it is.
+    let balance = balance.map(|b| usd_micros_floor(b, decimals));
+    let hold = accepted.hold(&receipt_id, balance, now);
+    guards.ledger.hold(&hold).await.map_err(|refusal| PaymentRejection::from_ledger(refusal, &authorization.nonce.to_string()))?;
+    if let Some(journal) = guards.shared_journal {
+        let nonce = authorization.nonce.to_string();
+        match journal.holds_authorization(key.chain_id, &accepted.item.asset, &accepted.payer, &nonce) {
+            Ok(false) => {}
+            // Charged by the other process: the reservation stays, as for any charged payment.
+            Ok(true) => {
+                guards.ledger.release(&hold, true).await;
+                return Err(PaymentRejection::Replayed(nonce));
+            }
+            Err(error) => {
+                guards.ledger.release(&hold, false).await;
+                return Err(PaymentRejection::JournalUnreadable(error));
+            }
+        }
+    }
+    Ok(accepted)
+}
+
+/// Tells one hold of a nonce from a later one, across replicas: the process's start time
+/// in the high bits, a counter in the low ones.
+fn next_hold_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| x402_store::unix_now_ms() << 24);
+    start ^ NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A payment header, decoded.
@@ -296,11 +321,9 @@ impl DecodedPayment {
 /// Undoes what [`hold_payment`] held for a payment nobody was charged for: it no longer
 /// counts as unsettled. `keep_reservation`: the authorization is used up (journaled already,
 /// or the upstream did work for it), so its replay reservation stays until `validBefore`.
-pub fn release_payment(payment: &AcceptedPayment, route: &str, guards: &PaymentGuards<'_>, keep_reservation: bool) {
-    guards.exposure.remove(&payment.payer, route, payment.usd_micros);
-    if !keep_reservation {
-        guards.replay.release(&payment.key);
-    }
+pub async fn release_payment(payment: &AcceptedPayment, guards: &PaymentGuards<'_>, keep_reservation: bool) {
+    let receipt_id = receipt_id(&payment.key);
+    guards.ledger.release(&payment.hold(&receipt_id, None, x402_store::unix_now()), keep_reservation).await;
 }
 
 /// `amount` atomic units of a `decimals` token in micro-dollars, rounded down.
@@ -340,6 +363,21 @@ pub fn receipt_id(key: &ReplayKey) -> String {
 }
 
 impl AcceptedPayment {
+    /// What the ledger holds for this payment.
+    fn hold<'a>(&'a self, receipt_id: &'a str, balance: Option<u64>, now: u64) -> Hold<'a> {
+        Hold {
+            key: self.key,
+            receipt_id,
+            valid_before: self.item.valid_before,
+            payer: &self.payer,
+            route: &self.route,
+            usd_micros: self.usd_micros,
+            balance,
+            now,
+            token: self.hold_token,
+        }
+    }
+
     /// The journal row for this payment, charged on `route`.
     pub fn journal_entry(&self, route: &str) -> NewPayment {
         NewPayment {

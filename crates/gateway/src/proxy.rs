@@ -30,13 +30,13 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x402_settle::{SettleBefore, SettleBeforeRefusal, SettleNowOutcome};
-use x402_store::{Exposure, Journal, JournalError, ReplayStore};
+use x402_store::{Journal, JournalError, PaymentLedger};
 
 /// The paywall proxy. Each request works on the config snapshot it started with.
 pub struct PaywallProxy {
     pub config: Arc<ArcSwap<Config>>,
-    pub replay: Arc<dyn ReplayStore>,
-    pub exposure: Arc<Exposure>,
+    /// Replay reservations and exposure: in this process, or shared by replicas in Redis.
+    pub ledger: Arc<dyn PaymentLedger>,
     pub balances: Option<Arc<crate::balance::BalanceCache>>,
     pub journal: Arc<Journal>,
     /// Whether settlement keeps up; priced routes take no payment while it does not.
@@ -343,7 +343,7 @@ impl PaywallProxy {
         let balance = match (&self.balances, signed.balance_key(route)) {
             (Some(balances), Some((chain_id, token, owner))) => {
                 // What needs no balance is refused before one is read: no RPC call for it.
-                self.exposure.precheck(signed.payer(), x402_store::unix_now())?;
+                self.ledger.precheck(signed.payer(), x402_store::unix_now()).await.map_err(|refusal| PaymentRejection::from_ledger(refusal, ""))?;
                 Some(balances.balance(chain_id, token, owner).await?)
             }
             _ => None,
@@ -352,7 +352,7 @@ impl PaywallProxy {
         // During an upgrade the other process may have charged this payment since we started.
         let shared_journal = self.upgrade_window.is_open(now).then_some(&*self.journal);
         let guards = payment::PaymentGuards { shared_journal, ..self.guards() };
-        payment::hold_payment(signed, route, &guards, now, balance)
+        payment::hold_payment(signed, route, &guards, now, balance).await
     }
 
     /// The answer to a refused payment: 400 for a header that cannot be read, 503 when the
@@ -569,7 +569,7 @@ impl PaywallProxy {
     }
 
     fn guards(&self) -> payment::PaymentGuards<'_> {
-        payment::PaymentGuards { replay: self.replay.as_ref(), exposure: &self.exposure, shared_journal: None }
+        payment::PaymentGuards { ledger: self.ledger.as_ref(), shared_journal: None }
     }
 
     /// Whether a journal write whose caller went away committed anyway: the payment is then
@@ -590,7 +590,7 @@ impl PaywallProxy {
     /// or the upstream itself answered with a status that is not billable. A client that hangs
     /// up, or an upstream that times out, leaves it used up until its `validBefore`, so one
     /// signature cannot make the upstream work again and again.
-    fn release_uncharged(&self, ctx: &mut RequestContext) {
+    async fn release_uncharged(&self, ctx: &mut RequestContext) {
         if let Some(held) = ctx.voucher.take() {
             self.metrics.channel_in_flight.dec();
             // Nothing charged: the channel's next voucher repeats the amount.
@@ -604,8 +604,7 @@ impl PaywallProxy {
         if spent && !ctx.journaled_before {
             ctx.outcome = PaymentOutcome::Spent;
         }
-        let route = ctx.config.as_ref().zip(ctx.route).map(|(c, r)| c.routes[r].name.as_str()).unwrap_or_default();
-        payment::release_payment(&payment, route, &self.guards(), spent);
+        payment::release_payment(&payment, &self.guards(), spent).await;
     }
 }
 
@@ -834,7 +833,7 @@ impl ProxyHttp for PaywallProxy {
             PaymentOutcome::Refused(reason) => reason.as_str(),
             _ => "",
         };
-        self.release_uncharged(ctx);
+        self.release_uncharged(ctx).await;
         let req = session.req_header();
         tracing::info!(
             target: "access",

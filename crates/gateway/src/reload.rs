@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use x402_store::{unix_now, Exposure};
+use x402_store::{unix_now, PaymentLedger};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub struct ReloadAttempt {
 pub struct Reloader {
     path: PathBuf,
     live: Arc<ArcSwap<Config>>,
-    exposure: Arc<Exposure>,
+    ledger: Arc<dyn PaymentLedger>,
     metrics: Arc<Metrics>,
     /// The networks the settler started with (CAIP-2 ids): the only ones it signs for.
     settled_networks: Vec<String>,
@@ -77,7 +77,7 @@ pub fn config_hash(text: &str) -> String {
 
 impl Reloader {
     /// Wraps the config that is serving now, loaded from `text`.
-    pub fn new(path: &Path, text: &str, live: Arc<ArcSwap<Config>>, exposure: Arc<Exposure>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(path: &Path, text: &str, live: Arc<ArcSwap<Config>>, ledger: Arc<dyn PaymentLedger>, metrics: Arc<Metrics>) -> Self {
         let status = ReloadStatus {
             file: path.to_owned(),
             hash: config_hash(text),
@@ -87,7 +87,7 @@ impl Reloader {
         };
         metrics.set_config(&status.hash, status.loaded_at);
         let settled_networks = live.load().networks.iter().map(|n| n.id.clone()).collect();
-        Self { path: path.to_owned(), live, exposure, metrics, settled_networks, status: Mutex::new(status) }
+        Self { path: path.to_owned(), live, ledger, metrics, settled_networks, status: Mutex::new(status) }
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -138,7 +138,7 @@ impl Reloader {
             .map_err(|message| ReloadError::NeedsRestart { path: self.path.clone(), message })?;
         let restart_required = keep_running_values(&old, &mut next);
         carry_honoured_quotes(&old, &mut next, unix_now());
-        self.exposure.set_limits(next.exposure.limits);
+        self.ledger.set_limits(next.exposure.limits);
         self.live.store(Arc::new(next));
         Ok(ReloadOutcome { changed: true, hash, restart_required })
     }
@@ -180,6 +180,8 @@ fn keep_running_values(old: &Config, next: &mut Config) -> Vec<String> {
     let (o, n) = (&old.exposure, &next.exposure);
     keep("exposure.block_failed_payers_seconds", o.block_failed_payers_seconds != n.block_failed_payers_seconds);
     keep("exposure.balance_check", o.balance_check != n.balance_check || o.balance_cache != n.balance_cache);
+    keep("store", old.store != next.store);
+    next.store = old.store.clone();
     next.server = old.server.clone();
     next.admin = old.admin.clone();
     next.settlement = old.settlement.clone();

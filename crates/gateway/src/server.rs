@@ -18,6 +18,7 @@
 use crate::admin::{AdminApi, AdminToken};
 use crate::balance::BalanceCache;
 use crate::config::model::ServerSettings;
+use crate::config::model::StoreSettings;
 use crate::config::{parse_config, Config};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
@@ -40,7 +41,7 @@ use x402_settle::{ChainClient, NetworkSettlement, Settler};
 use x402_settle::admission::{AdmissionGuard, AdmissionPolicy, SettlementAdmission};
 use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
-use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, MemoryChannelStore, MemoryReplayStore, ReplayStore};
+use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, LocalLedger, MemoryChannelStore, MemoryReplayStore, PaymentLedger, RedisLedger, RedisSettings, ReplayStore, Restored};
 use x402_settle::channels::ChannelSettlement;
 use crate::channel_exposure::ChannelExposure;
 use crate::channel_payment::ChannelPayments;
@@ -66,13 +67,13 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let journal = Arc::new(
         Journal::open(&config.settlement.journal_path, journal_options(&config)).context("cannot open the settlement journal")?,
     );
-    let replay = rebuild_replay_store(&journal)?;
     let exposure = rebuild_exposure(&config, &journal)?;
+    let ledger = build_ledger(&config, &journal, exposure.clone())?;
     let keys = settlement_keys(&config)?;
     let key = keys.first().cloned();
     let balances = build_balance_cache(&config, key.as_ref())?;
     let payer_paid = balances.clone().map(|balances| -> x402_settle::PayerPaid { Box::new(move |record| balances.forget_paid(record)) });
-    let credit = CreditControl { exposure: exposure.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds, payer_paid };
+    let credit = CreditControl { ledger: ledger.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds, payer_paid };
     let settler = match &key {
         Some(_) => Some(
             build_settler(&config, &keys, journal.clone())?
@@ -143,12 +144,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     if live.load().settlement.admission && key.is_some() {
         spawn_admission_guard(&live, journal.clone(), metrics.settlement.clone(), admission.clone(), admission_shutdown)?;
     }
-    let reloader = Arc::new(Reloader::new(config_path, &text, live.clone(), exposure.clone(), metrics.clone()));
+    let reloader = Arc::new(Reloader::new(config_path, &text, live.clone(), ledger.clone(), metrics.clone()));
     crate::reload::spawn_reload_triggers(reloader.clone(), admin_settings.watch_config)?;
     let proxy = PaywallProxy {
         config: live.clone(),
-        replay,
-        exposure: exposure.clone(),
+        ledger: ledger.clone(),
         balances,
         journal: journal.clone(),
         health: health.clone(),
@@ -177,7 +177,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             config: live,
             reloader,
             journal: journal.clone(),
-            exposure,
+            ledger: ledger.clone(),
             health,
             admission,
             metrics,
@@ -200,6 +200,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         Ok(result) => result?,
         Err(_) => bail!("the settler thread panicked"),
     }
+    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        runtime.block_on(ledger.flush(Duration::from_secs(5)));
+    }
     let counts = journal.counts()?;
     let unsettled = journal.unsettled_count()?;
     journal.close();
@@ -208,6 +211,41 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!(?counts, "x402-gateway stopped");
     Ok(())
+}
+
+/// Settles a journal with no gateway in front of it (a replica lost for good): every payment
+/// it holds is settled or failed, or `timeout` passes. Returns how many stay unsettled.
+pub fn settle_journal(config_path: &Path, journal_path: &Path, timeout: Duration) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config = parse_config(&text, config_path)?;
+    let journal = Arc::new(Journal::open(journal_path, journal_options(&config)).with_context(|| format!("cannot open the journal {}", journal_path.display()))?);
+    let keys = settlement_keys(&config)?;
+    anyhow::ensure!(!keys.is_empty(), "no settlement key: the config prices no route");
+    let mut settler = build_settler(&config, &keys, journal.clone())?;
+    // With a shared store, the lost replica's unsettled payments still count there: settling
+    // them frees that room for the replicas still running.
+    let ledger = match config.store {
+        StoreSettings::Redis { .. } => Some(build_ledger(&config, &journal, Arc::new(Exposure::new(config.exposure.limits)))?),
+        StoreSettings::Memory => None,
+    };
+    if let Some(ledger) = &ledger {
+        settler = settler.with_credit_control(CreditControl { ledger: ledger.clone(), block_payer_for_secs: config.exposure.block_failed_payers_seconds, payer_paid: None });
+    }
+    let settler = Arc::new(settler);
+    let (_queue, settle_now) = settler.settle_before(1);
+    let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(true);
+    tracing::info!(journal = %journal_path.display(), unsettled = journal.unsettled_count()?, "settling the journal");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        settler.run(shutdown_rx, timeout, settle_now).await;
+        if let Some(ledger) = &ledger {
+            ledger.flush(Duration::from_secs(10)).await;
+        }
+    });
+    let left = journal.unsettled_count()?;
+    tracing::info!(counts = ?journal.counts()?, left, "journal settled");
+    journal.close();
+    Ok(left)
 }
 
 /// The admin API's bearer token, checked before anything starts: a guessable one refuses
@@ -337,6 +375,45 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
             return Ok(None);
         }
     }
+}
+
+/// The payment ledger `store` names. In this process, it is rebuilt from the journal (with
+/// `exposure`, which payment channels count into too). In Redis, the journal's payments are
+/// restored into it (only what the store lost is added back) and its blocks merged.
+fn build_ledger(config: &Config, journal: &Journal, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
+    let StoreSettings::Redis { url, key_prefix, timeout } = &config.store else {
+        return Ok(Arc::new(LocalLedger::new(rebuild_replay_store(journal)?, exposure)));
+    };
+    let settings = RedisSettings { url: url.clone(), key_prefix: key_prefix.clone(), timeout: *timeout };
+    let ledger = RedisLedger::connect(&settings, config.exposure.limits).context("cannot connect to the shared store (store.url)")?;
+    let payments = journaled_payments(journal)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(ledger.restore(&payments)).context("cannot restore the journal's payments into the shared store")?;
+    ledger.merge_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
+    tracing::info!(restored = payments.len(), prefix = %key_prefix, "payment ledger shared through Redis");
+    Ok(Arc::new(ledger))
+}
+
+/// The journal's payments still inside their validity, and every unsettled one.
+fn journaled_payments(journal: &Journal) -> anyhow::Result<Vec<Restored>> {
+    let mut payments: std::collections::BTreeMap<String, Restored> = std::collections::BTreeMap::new();
+    let live = journal.live(x402_store::unix_now()).context("cannot read the journal")?;
+    let unsettled = journal.unsettled().context("cannot read the journal")?;
+    for (record, counts) in live.into_iter().map(|r| (r, false)).chain(unsettled.into_iter().map(|r| (r, true))) {
+        let key = crate::payment::journaled_key(&record.item)
+            .with_context(|| format!("journal payment {} has an unreadable authorization", record.id))?;
+        let entry = payments.entry(record.receipt_id.clone()).or_insert_with(|| Restored {
+            key,
+            receipt_id: record.receipt_id.clone(),
+            valid_before: record.item.valid_before,
+            payer: record.payer.clone(),
+            route: record.route.clone(),
+            usd_micros: record.usd_micros,
+            unsettled: false,
+        });
+        entry.unsettled |= counts;
+    }
+    Ok(payments.into_values().collect())
 }
 
 /// Every authorization the journal holds stays refused until its `validBefore`, across

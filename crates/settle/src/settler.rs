@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 use x402_evm::calldata;
 use x402_evm::verify::{parse_authorization, parse_signature, Authorization};
-use x402_store::{unix_now, unix_now_ms, BatchRecord, Exposure, Journal, JournalError, PayerBlock, PaymentRecord, PaymentState};
+use x402_store::{unix_now, unix_now_ms, BatchRecord, Journal, JournalError, PayerBlock, PaymentLedger, PaymentRecord, PaymentState};
 
 /// When a batch goes out and how long the settler waits for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +180,7 @@ pub struct Settler {
 /// What the settler tells the exposure ledger: a resolved payment no longer counts, and a
 /// payer whose payment failed by its own doing is refused for a while.
 pub struct CreditControl {
-    pub exposure: Arc<Exposure>,
+    pub ledger: Arc<dyn PaymentLedger>,
     pub block_payer_for_secs: u64,
     /// Told of each payment that settled: the payer's token balance dropped by its value
     /// (a cached balance read before it must not be counted again).
@@ -385,7 +385,7 @@ impl Settler {
     fn sync_payer_blocks(&self) {
         let Some(credit) = &self.credit else { return };
         match self.journal.payer_blocks(unix_now()) {
-            Ok(blocks) => credit.exposure.replace_blocks(blocks),
+            Ok(blocks) => credit.ledger.merge_blocks(blocks),
             Err(error) => tracing::warn!(%error, "cannot read payer blocks from the journal"),
         }
     }
@@ -909,7 +909,7 @@ impl Settler {
                 tracing::warn!(payment = pending.record.id, tx = %transaction, "a payment given up on was paid after all; journal corrected to settled");
                 self.journal.set_state(pending.record.id, PaymentState::Settled { transaction: transaction.to_string() }).await?;
                 if let Some(credit) = &self.credit {
-                    credit.exposure.forgive_loss(pending.record.usd_micros);
+                    credit.ledger.forgive_loss(pending.record.usd_micros);
                 }
                 self.count_settled(&pending.record);
             }
@@ -1046,12 +1046,11 @@ impl Settler {
     /// A payment reached its end: it no longer counts as credit.
     fn resolved(&self, record: &PaymentRecord, failure: Option<&str>) {
         let Some(credit) = self.credit.as_ref() else { return };
-        let payer = record.payer.as_str();
-        credit.exposure.remove(payer, &record.route, record.usd_micros);
+        credit.ledger.resolved(record);
         // Served and never paid, whoever's fault: it counts against the loss budget. A
         // `settle: before` payment being settled now was not served: its failure loses nothing.
         if failure.is_some() && !self.claims.holds(&record.receipt_id) {
-            credit.exposure.record_loss(record.usd_micros, unix_now());
+            credit.ledger.record_loss(record.usd_micros, unix_now());
         }
         if failure.is_none() {
             if let Some(paid) = &credit.payer_paid {
@@ -1069,7 +1068,7 @@ impl Settler {
         }
         let (payer, until) = (record.payer.as_str(), unix_now() + credit.block_payer_for_secs);
         tracing::warn!(payer, until, reason, "payer refused until then");
-        credit.exposure.block(payer, reason, until);
+        credit.ledger.block(payer, reason, until);
         Some(PayerBlock { payer: payer.to_owned(), until, reason: reason.to_owned() })
     }
 }

@@ -6,12 +6,16 @@
 //! - [`exposure`]: unsettled value per payer, per route and in total, against limits.
 //! - [`journal`]: the settlement journal: every payment whose response was released, and
 //!   its way to the chain (`accepted → submitted → settled | failed`), durable in SQLite.
+//! - [`ledger`]: replay reservations and exposure as one ledger, behind one trait: in this
+//!   process ([`LocalLedger`]) or shared by replicas in Redis ([`redis_ledger`]).
 //! - [`channels`]: payment-channel state of the `batch-settlement` scheme, one request in
 //!   flight per channel.
 
 pub mod channels;
 pub mod exposure;
 pub mod journal;
+pub mod ledger;
+pub mod redis_ledger;
 pub mod replay;
 
 pub use journal::{
@@ -20,6 +24,8 @@ pub use journal::{
 };
 pub use channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, MemoryChannelStore, OnchainChannel};
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
+pub use ledger::{Hold, LedgerRefusal, LocalLedger, PaymentLedger, Restored, StoreUnavailable};
+pub use redis_ledger::{RedisLedger, RedisSettings, StoreHealth};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

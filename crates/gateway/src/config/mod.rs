@@ -126,7 +126,9 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     let claims = claim_policy(&settlement.channels)?;
     refuse_slow_withdrawal_watch(&routes, &claims)?;
     let journal_path = beside(path, &settlement.journal_path);
+    let store = build_store(&raw.store, &routes)?;
     Ok(Config {
+        store,
         source: path.to_owned(),
         server: model::ServerSettings {
             listen: server.listen,
@@ -279,6 +281,33 @@ fn beside(config: &Path, file: &Path) -> PathBuf {
         Some(folder) if file.is_relative() => folder.join(file),
         _ => file.to_owned(),
     }
+}
+
+fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSettings, String> {
+    if raw.kind == raw::StoreKind::Memory {
+        return Ok(model::StoreSettings::Memory);
+    }
+    let url = match (&raw.url, &raw.url_env) {
+        (Some(url), None) => url.clone(),
+        (None, Some(env)) => std::env::var(env).map_err(|_| format!("store.url_env: the environment variable {env} is not set"))?,
+        _ => return Err("store: give the Redis server as either url or url_env".into()),
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        return Err("store.url: must start with redis://, rediss:// or redis+unix://".into());
+    }
+    if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}']) {
+        return Err("store.key_prefix: must be non-empty and without braces (it is the keys' hash tag)".into());
+    }
+    if !(1..=10_000).contains(&raw.timeout_ms) {
+        return Err("store.timeout_ms: must be between 1 and 10000".into());
+    }
+    if let Some(route) = routes.iter().find(|r| r.pricing.as_ref().is_some_and(|p| !p.channel_offers.is_empty())) {
+        return Err(format!(
+            "store.kind: redis does not share batch-settlement channels between replicas yet; route {:?} offers one (use store kind memory, or drop its batch-settlement offer)",
+            route.name
+        ));
+    }
+    Ok(model::StoreSettings::Redis { url, key_prefix: raw.key_prefix.clone(), timeout: Duration::from_millis(raw.timeout_ms) })
 }
 
 fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, String> {

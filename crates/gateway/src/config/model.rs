@@ -29,6 +29,14 @@ pub struct Config {
     pub unmatched: Unmatched,
     pub admin: AdminSettings,
     pub requests: RequestSettings,
+    pub store: StoreSettings,
+}
+
+/// Where the payment ledger lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    Memory,
+    Redis { url: String, key_prefix: String, timeout: Duration },
 }
 
 /// What is done to every request before it is matched and forwarded.

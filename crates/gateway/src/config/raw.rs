@@ -113,6 +113,38 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub requests: RawRequests,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// Where replay reservations, exposure, payer blocks and the loss budget live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub kind: StoreKind,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    pub url: Option<String>,
+    /// The environment variable holding the URL instead (when it carries a password).
+    pub url_env: Option<String>,
+    /// Every key of this gateway fleet starts with it (as a Redis Cluster hash tag).
+    pub key_prefix: String,
+    /// A store call slower than this refuses the payment with 503.
+    pub timeout_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self { kind: StoreKind::Memory, url: None, url_env: None, key_prefix: "x402-gateway".into(), timeout_ms: 50 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process: one gateway.
+    Memory,
+    /// Shared by every replica.
+    Redis,
 }
 
 /// How request targets and headers are made safe before matching and forwarding.
