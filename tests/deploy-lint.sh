@@ -54,7 +54,8 @@ with open("deploy/kubernetes/configmap.yaml") as f:
 with open(sys.argv[1], "w") as f:
     f.write(data.replace("api.default.svc.cluster.local", "127.0.0.1"))
 PY
-"$gateway_bin" validate --config "$scratch/gateway.yaml"
+# The StatefulSet sets each pod's advertised address; here one stands for it.
+X402_ADVERTISE_URL=http://x402-gateway-0.x402-gateway-headless:8402 "$gateway_bin" validate --config "$scratch/gateway.yaml"
 
 echo "-- systemd-analyze"
 unit="$scratch/x402-gateway.service"

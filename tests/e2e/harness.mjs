@@ -121,8 +121,8 @@ export const ADMIN_TOKEN = "test-admin-token-0123456789abcdef";
  * `admin: true` opens the admin listener (token `ADMIN_TOKEN`); the gateway then has
  * `admin(path, init)`, a fetch against it with the token.
  */
-export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls, admin = false, watchConfig = true, gatewayEnv = {}, payments, server }) {
-  const listenPort = await freePort();
+export async function startTestGateway(env, { payTo, settlement, extraRoutes, extraYaml = "", rpcUrls, admin = false, watchConfig = true, gatewayEnv = {}, payments, server, listenPort }) {
+  listenPort ??= await freePort();
   const adminPort = admin ? await freePort() : undefined;
   const yaml = testConfig({
     listenPort, adminPort, watchConfig, rpcUrl: env.devnet.url, rpcUrls, upstreamPort: env.upstreamPort, deadPort: await freePort(), payTo, settlement, extraRoutes, payments, server,

@@ -43,11 +43,14 @@ function storeYaml(url, prefix = `x402-test-${randomBytes(6).toString("hex")}`) 
 /** One replica: its own journal and settlement key, the shared store. */
 async function startReplica({ payTo, store, settlementKey, exposureYaml = "", settlement = {} }) {
   const journal = newJournal();
+  const listenPort = await freePort();
   const gateway = await startTestGateway(env, {
     payTo,
     admin: true,
+    listenPort,
     settlement: { journal_path: journal, ...settlement },
-    extraYaml: store + exposureYaml,
+    // Where the other replicas forward receipt look-ups for the payments this one takes.
+    extraYaml: `${store}  advertise_url: "http://127.0.0.1:${listenPort}"\n${exposureYaml}`,
     gatewayEnv: { X402_SETTLEMENT_KEY: settlementKey },
   });
   running.push(() => gateway.stop());
@@ -121,14 +124,28 @@ test("a payer's exposure limit and the total limit hold across both replicas", a
   assert.equal(await exposureTotal(b), 5000, "both replicas read the one ledger");
 });
 
-test("a payment charged on one replica is a replay on the other", async () => {
+test("a payment charged on one replica is a replay on the other, and its receipt answers on both", async () => {
   const [a, b] = await startPair({ payTo: freshAddress() });
   const payment = await signPayment(devPrivateKey(4), await offer(a));
-  assert.equal((await pay(a, payment)).status, 200);
+  const paid = await fetch(a.base + "/weather", { headers: { "PAYMENT-SIGNATURE": b64(payment) } });
+  assert.equal(paid.status, 200);
   const again = await pay(b, payment);
   assert.deepEqual([again.status, again.reason], [402, "invalid_exact_evm_nonce_already_used"]);
   // A fresh payment on the other replica is fine.
   assert.equal((await pay(b, await signPayment(devPrivateKey(4), await offer(b)))).status, 200);
+
+  // The load balancer may send the receipt look-up to either replica.
+  const receiptPath = unb64(paid.headers.get("payment-response")).extensions["x402-gateway"].receipt;
+  const settled = await eventually(async () => {
+    const fromB = await fetch(b.base + receiptPath);
+    const body = fromB.status === 200 && (await fromB.json());
+    return body?.state === "settled" && body;
+  }, 30_000, "the other replica answers the receipt, settled");
+  assert.deepEqual(settled, await (await fetch(a.base + receiptPath)).json());
+  assert.equal((await fetch(b.base + "/.well-known/x402/receipts/" + "0".repeat(32))).status, 404);
+  // A forwarded look-up is answered from the receiving replica's journal alone: no loops.
+  const direct = await fetch(b.base + receiptPath, { headers: { "x402-gateway-forwarded": "1" } });
+  assert.equal(direct.status, 404);
 });
 
 /** A private redis-server on `port`, killed by the test. */

@@ -56,6 +56,8 @@ pub struct PaywallProxy {
     pub drain: Arc<Drain>,
     /// `batch-settlement` payments: channel records and the chain work they need.
     pub channels: Arc<ChannelPayments>,
+    /// Asks other replicas for receipts of payments they took.
+    pub receipt_client: reqwest::Client,
 }
 
 /// What one request carries from phase to phase.
@@ -115,6 +117,19 @@ enum Admission {
     Recover { check: payment::PaymentCheck, started: Instant },
     /// A `batch-settlement` payment for the route's channel offer at this index.
     Channel { payment: x402::v2::PaymentPayload, offer: usize },
+    /// A receipt this replica's journal does not hold: another replica may.
+    ReceiptElsewhere { receipt_id: String },
+}
+
+/// A receipt look-up in this replica's journal.
+enum ReceiptLookup {
+    Answer(LocalResponse),
+    /// Not in this journal: the payment's receipt id.
+    NotHere(String),
+}
+
+fn receipt_not_found() -> LocalResponse {
+    challenge::json_response(404, &serde_json::json!({"error": "receipt_not_found", "message": "no payment has this receipt id"}))
 }
 
 /// What became of a request's payment: the access log's `payment` field.
@@ -158,7 +173,12 @@ impl PaywallProxy {
     fn admit(&self, config: &Config, req: &RequestHeader, ctx: &mut RequestContext) -> Admission {
         let path = req.uri.path();
         if path.starts_with(payment::RECEIPTS_PATH) && req.method == http::Method::GET {
-            return Admission::Answer(self.receipt_lookup(path));
+            let forwarded = req.headers.contains_key(crate::receipts::FORWARDED_HEADER);
+            return match self.receipt_lookup(path) {
+                ReceiptLookup::Answer(response) => Admission::Answer(response),
+                ReceiptLookup::NotHere(_) if forwarded => Admission::Answer(receipt_not_found()),
+                ReceiptLookup::NotHere(receipt_id) => Admission::ReceiptElsewhere { receipt_id },
+            };
         }
         let (path, host) = match canonical_target(config, req) {
             Ok(target) => target,
@@ -400,12 +420,11 @@ impl PaywallProxy {
     /// hop to `spawn_blocking` would cost more than the seek, and a flood of look-ups would
     /// grow tokio's blocking pool instead of being answered. Should every connection still be
     /// busy (more workers than configured), the answer is 503 at once, never a wait.
-    fn receipt_lookup(&self, path: &str) -> LocalResponse {
-        let not_found = || challenge::json_response(404, &serde_json::json!({"error": "receipt_not_found", "message": "no payment has this receipt id"}));
-        let Some(id) = crate::receipts::receipt_id_from_path(path) else { return not_found() };
-        match self.journal.receipt(id) {
+    fn receipt_lookup(&self, path: &str) -> ReceiptLookup {
+        let Some(id) = crate::receipts::receipt_id_from_path(path) else { return ReceiptLookup::Answer(receipt_not_found()) };
+        ReceiptLookup::Answer(match self.journal.receipt(id) {
             Ok(Some(record)) => challenge::json_response(200, &crate::receipts::receipt_json(&record)),
-            Ok(None) => not_found(),
+            Ok(None) => return ReceiptLookup::NotHere(id.to_owned()),
             Err(JournalError::Busy) => {
                 let mut busy = challenge::json_response(503, &serde_json::json!({"error": "journal_busy", "message": "every receipt reader is busy; retry shortly"}));
                 busy.headers.push(("Retry-After", "1".into()));
@@ -414,6 +433,30 @@ impl PaywallProxy {
             Err(error) => {
                 tracing::error!(%error, "receipt lookup failed");
                 challenge::json_response(503, &serde_json::json!({"error": "journal_unavailable", "message": "receipts cannot be read right now"}))
+            }
+        })
+    }
+
+    /// A receipt look-up for a payment another replica took: answered by that replica (its
+    /// advertised URL is in the shared store while the payment is there), relayed as it is.
+    async fn receipt_elsewhere(&self, receipt_id: &str) -> LocalResponse {
+        let owner = match self.ledger.receipt_owner(receipt_id).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => return receipt_not_found(),
+            Err(error) => {
+                let mut busy = challenge::json_response(503, &serde_json::json!({"error": "store_unavailable", "message": format!("{error}; retry shortly")}));
+                busy.headers.push(("Retry-After", "1".into()));
+                return busy;
+            }
+        };
+        match crate::receipts::forwarded_lookup(&self.receipt_client, &owner, receipt_id).await {
+            Ok((status, body)) => challenge::json_response(status, &body),
+            Err(error) => {
+                tracing::warn!(receipt = receipt_id, owner, %error, "the replica holding a payment did not answer its receipt look-up");
+                let message = "the gateway replica that took this payment does not answer; retry shortly";
+                let mut unreachable = challenge::json_response(503, &serde_json::json!({"error": "receipt_owner_unavailable", "message": message}));
+                unreachable.headers.push(("Retry-After", "2".into()));
+                unreachable
             }
         }
     }
@@ -656,6 +699,7 @@ impl ProxyHttp for PaywallProxy {
             Admission::Forward => None,
             Admission::Recover { check, started } => self.verify_signature(&config, session.req_header(), check, started, ctx).await,
             Admission::Channel { payment, offer } => self.hold_channel_payment(&config, session.req_header(), payment, offer, ctx).await,
+            Admission::ReceiptElsewhere { receipt_id } => Some(self.receipt_elsewhere(&receipt_id).await),
         };
         ctx.config = Some(config.clone());
         if answer.is_none() && Self::route(&config, ctx).is_some_and(|(_, p)| p.settle == SettleMode::Before) {

@@ -6,6 +6,21 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use x402_store::{PaymentRecord, PaymentState};
 
+/// Marks a receipt look-up one replica forwarded to another: answered from that replica's
+/// journal alone, never forwarded again.
+pub const FORWARDED_HEADER: &str = "x402-gateway-forwarded";
+
+/// Asks the replica at `owner` (its advertised `http://host:port`) for a receipt this one does
+/// not hold, and relays its answer.
+pub async fn forwarded_lookup(client: &reqwest::Client, owner: &str, receipt_id: &str) -> Result<(u16, Value), String> {
+    let url = format!("{owner}{}{receipt_id}", crate::payment::RECEIPTS_PATH);
+    let response = client.get(&url).header(FORWARDED_HEADER, "1").send().await.map_err(|error| error.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|error| error.to_string())?;
+    let value = serde_json::from_slice(&body).map_err(|error| format!("not JSON: {error}"))?;
+    Ok((status, value))
+}
+
 /// A journaled payment as JSON: its state, and once settled the transaction hash.
 pub fn receipt_json(record: &PaymentRecord) -> Value {
     let mut receipt = json!({

@@ -163,6 +163,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         upgrade_window: upgrade_window.clone(),
         drain: drain.clone(),
         channels: Arc::new(ChannelPayments { store: channel_store.clone(), settlement: channel_settlement, journal: journal.clone(), exposure: channel_exposure }),
+        receipt_client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .context("cannot build the HTTP client for receipt look-ups")?,
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen.to_string());
@@ -381,10 +386,10 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
 /// `exposure`, which payment channels count into too). In Redis, the journal's payments are
 /// restored into it (only what the store lost is added back) and its blocks merged.
 fn build_ledger(config: &Config, journal: &Journal, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
-    let StoreSettings::Redis { url, key_prefix, timeout } = &config.store else {
+    let StoreSettings::Redis { url, key_prefix, timeout, advertise_url } = &config.store else {
         return Ok(Arc::new(LocalLedger::new(rebuild_replay_store(journal)?, exposure)));
     };
-    let settings = RedisSettings { url: url.clone(), key_prefix: key_prefix.clone(), timeout: *timeout };
+    let settings = RedisSettings { url: url.clone(), key_prefix: key_prefix.clone(), timeout: *timeout, advertise_url: advertise_url.clone() };
     let ledger = RedisLedger::connect(&settings, config.exposure.limits).context("cannot connect to the shared store (store.url)")?;
     let payments = journaled_payments(journal)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

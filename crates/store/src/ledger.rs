@@ -96,6 +96,9 @@ pub trait PaymentLedger: Send + Sync {
     /// An operator's reset of the loss budget; returns what it cleared.
     async fn reset_losses(&self, now: u64) -> Result<u64, StoreUnavailable>;
     async fn snapshot(&self, top: usize, now: u64) -> Result<ExposureSnapshot, StoreUnavailable>;
+    /// Which other replica holds this payment (its advertised URL), while the store still
+    /// knows it (until the authorization's `validBefore`). `None` in one process.
+    async fn receipt_owner(&self, receipt_id: &str) -> Result<Option<String>, StoreUnavailable>;
     /// Waits (at most `patience`) until every settler update sent so far is applied; false if
     /// some are still waiting for the store. Before the process exits.
     async fn flush(&self, patience: std::time::Duration) -> bool;
@@ -186,6 +189,10 @@ impl PaymentLedger for LocalLedger {
 
     async fn snapshot(&self, top: usize, now: u64) -> Result<ExposureSnapshot, StoreUnavailable> {
         Ok(self.exposure.snapshot(top, now))
+    }
+
+    async fn receipt_owner(&self, _receipt_id: &str) -> Result<Option<String>, StoreUnavailable> {
+        Ok(None)
     }
 
     async fn flush(&self, _patience: std::time::Duration) -> bool {

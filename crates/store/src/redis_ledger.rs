@@ -34,6 +34,9 @@ pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     pub timeout: Duration,
+    /// This replica's public listener as the others reach it: where receipt look-ups for the
+    /// payments it holds are forwarded.
+    pub advertise_url: Option<String>,
 }
 
 /// A reservation stays this long after `validBefore` while its payment still counts, so the
@@ -77,7 +80,7 @@ end
 ";
 
 /// KEYS: reservation, exposure, blocks, losses. ARGV: token, payer, route, usd, balance,
-/// per_payer, per_route, total, per_day (-1: none), now, expire_at_ms.
+/// per_payer, per_route, total, per_day (-1: none), now, expire_at_ms, owner ('' for none).
 const HOLD: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'replayed'} end
 local now, usd, per_day = tonumber(ARGV[10]), tonumber(ARGV[4]), tonumber(ARGV[9])
@@ -101,7 +104,7 @@ for i, pair in ipairs({{payer, 'payer'}, {route, 'route'}, {total, 'total'}}) do
   if limit >= 0 and pair[1] + usd > limit then return {pair[2], pair[1], limit} end
 end
 count(KEYS[2], KEYS[1], ARGV[2], ARGV[3], usd, ARGV[11])
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'p', ARGV[2], 'r', ARGV[3], 'v', usd, 'c', 1)
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'p', ARGV[2], 'r', ARGV[3], 'v', usd, 'c', 1, 'o', ARGV[12])
 return {'ok'}
 ";
 
@@ -131,12 +134,12 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 return 1
 ";
 
-/// KEYS: reservation, exposure. ARGV: token, payer, route, usd, counts (1/0), expire_at_ms.
+/// KEYS: reservation, exposure. ARGV: token, payer, route, usd, counts (1/0), expire_at_ms, owner.
 /// Idempotent: a restart restores only what the store does not already know.
 const RESTORE: &str = r"
 local c = redis.call('HGET', KEYS[1], 'c')
 if not c then
-  redis.call('HSET', KEYS[1], 't', ARGV[1], 'p', ARGV[2], 'r', ARGV[3], 'v', ARGV[4], 'c', ARGV[5])
+  redis.call('HSET', KEYS[1], 't', ARGV[1], 'p', ARGV[2], 'r', ARGV[3], 'v', ARGV[4], 'c', ARGV[5], 'o', ARGV[7])
   if ARGV[5] == '1' then
     count(KEYS[2], KEYS[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[6])
   else
@@ -268,6 +271,8 @@ pub struct RedisLedger {
     keys: Keys,
     scripts: Arc<Scripts>,
     limits: Mutex<ExposureLimits>,
+    /// This replica's public listener, recorded with each payment it holds ('' for none).
+    owner: String,
     /// Nonces this replica holds or charged: a repeat is refused without a round trip.
     seen: MemoryReplayStore,
     health: Arc<StoreHealth>,
@@ -322,6 +327,7 @@ impl RedisLedger {
             keys,
             scripts,
             limits: Mutex::new(limits),
+            owner: settings.advertise_url.clone().unwrap_or_default(),
             seen: MemoryReplayStore::default(),
             health,
             updates,
@@ -377,6 +383,7 @@ impl RedisLedger {
                     .arg(limit_arg(limits.losses_per_day))
                     .arg(hold.now)
                     .arg(expire_at_ms)
+                    .arg(&self.owner)
                     .invoke_async(&mut connection),
             )
             .await?;
@@ -575,6 +582,7 @@ impl PaymentLedger for RedisLedger {
                     .arg(payment.usd_micros)
                     .arg(u8::from(payment.unsettled))
                     .arg(payment.valid_before.saturating_mul(1000).saturating_add(grace))
+                    .arg(&self.owner)
                     .ignore();
             }
             let run = pipeline.query_async::<()>(&mut connection);
@@ -634,6 +642,12 @@ impl PaymentLedger for RedisLedger {
         type Maps = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>);
         let (exposure, blocks, losses): Maps = self.call(pipeline.query_async(&mut connection)).await?;
         Ok(snapshot_of(self.limits(), &exposure, &blocks, &losses, top, now))
+    }
+
+    async fn receipt_owner(&self, receipt_id: &str) -> Result<Option<String>, StoreUnavailable> {
+        let mut connection = self.connection.clone();
+        let owner: Option<String> = self.call(redis::cmd("HGET").arg(self.keys.reservation(receipt_id)).arg("o").query_async(&mut connection)).await?;
+        Ok(owner.filter(|owner| !owner.is_empty() && *owner != self.owner))
     }
 
     async fn flush(&self, patience: Duration) -> bool {

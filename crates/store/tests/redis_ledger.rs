@@ -8,7 +8,7 @@ const NOW: u64 = 1_000_000;
 
 fn ledger(limits: ExposureLimits) -> RedisLedger {
     let prefix = format!("x402-unit-{}-{}", std::process::id(), x402_store::unix_now_ms() ^ u64::from(rand_byte()));
-    let settings = RedisSettings { url: "redis://127.0.0.1:6379/0".into(), key_prefix: prefix, timeout: Duration::from_secs(2) };
+    let settings = RedisSettings { url: "redis://127.0.0.1:6379/0".into(), key_prefix: prefix, timeout: Duration::from_secs(2), advertise_url: None };
     RedisLedger::connect(&settings, limits).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)")
 }
 
@@ -138,7 +138,7 @@ fn a_spent_loss_budget_and_a_blocked_payer_are_refused_until_reset_or_unblocked(
 
 #[test]
 fn no_store_at_the_address_is_refused_at_once() {
-    let settings = RedisSettings { url: "redis://127.0.0.1:1/0".into(), key_prefix: "x".into(), timeout: Duration::from_millis(50) };
+    let settings = RedisSettings { url: "redis://127.0.0.1:1/0".into(), key_prefix: "x".into(), timeout: Duration::from_millis(50), advertise_url: None };
     assert!(RedisLedger::connect(&settings, ExposureLimits::default()).is_err());
 }
 

@@ -307,7 +307,20 @@ fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSett
             route.name
         ));
     }
-    Ok(model::StoreSettings::Redis { url, key_prefix: raw.key_prefix.clone(), timeout: Duration::from_millis(raw.timeout_ms) })
+    let advertise_url = match (&raw.advertise_url, &raw.advertise_url_env) {
+        (Some(url), None) => Some(url.clone()),
+        (None, Some(env)) => Some(std::env::var(env).map_err(|_| format!("store.advertise_url_env: the environment variable {env} is not set"))?),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err("store: give advertise_url or advertise_url_env, not both".into()),
+    };
+    if let Some(url) = &advertise_url {
+        let parsed: http::Uri = url.parse().map_err(|_| format!("store.advertise_url: {url:?} is not a URL"))?;
+        if parsed.scheme_str() != Some("http") || parsed.authority().is_none() || !parsed.path().trim_end_matches('/').is_empty() {
+            return Err(format!("store.advertise_url: {url:?} must be http://host:port, with no path"));
+        }
+    }
+    let advertise_url = advertise_url.map(|url| url.trim_end_matches('/').to_owned());
+    Ok(model::StoreSettings::Redis { url, key_prefix: raw.key_prefix.clone(), timeout: Duration::from_millis(raw.timeout_ms), advertise_url })
 }
 
 fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, String> {

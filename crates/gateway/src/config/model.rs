@@ -36,7 +36,13 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
     Memory,
-    Redis { url: String, key_prefix: String, timeout: Duration },
+    Redis {
+        url: String,
+        key_prefix: String,
+        timeout: Duration,
+        /// This replica's public listener as the others reach it, for receipt look-ups.
+        advertise_url: Option<String>,
+    },
 }
 
 /// What is done to every request before it is matched and forwarded.

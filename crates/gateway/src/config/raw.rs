@@ -130,11 +130,16 @@ pub struct RawStore {
     pub key_prefix: String,
     /// A store call slower than this refuses the payment with 503.
     pub timeout_ms: u64,
+    /// Where the other replicas reach this one's public listener (`http://host:port`): a
+    /// receipt look-up for a payment this replica took is forwarded there from any replica.
+    pub advertise_url: Option<String>,
+    /// The environment variable holding `advertise_url` instead (one config for every replica).
+    pub advertise_url_env: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { kind: StoreKind::Memory, url: None, url_env: None, key_prefix: "x402-gateway".into(), timeout_ms: 50 }
+        Self { kind: StoreKind::Memory, url: None, url_env: None, key_prefix: "x402-gateway".into(), timeout_ms: 50, advertise_url: None, advertise_url_env: None }
     }
 }
 

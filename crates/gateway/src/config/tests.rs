@@ -253,3 +253,40 @@ fn a_withdrawal_must_be_seen_well_within_the_shortest_withdraw_delay() {
     let enough = channel_yaml(route).replace("settlement:\n", "settlement:\n  channels: { refresh_interval_seconds: 300 }\n");
     assert!(parse(&enough).is_ok());
 }
+
+#[test]
+fn the_store_is_in_process_unless_redis_is_named_and_redis_settings_are_checked() {
+    assert_eq!(parse(BASE).unwrap().store, model::StoreSettings::Memory);
+    let redis = |store: &str| parse(&format!("{BASE}store:\n{store}"));
+    let config = redis("  kind: redis\n  url: redis://10.0.0.5:6379/0\n  advertise_url: http://10.0.0.7:8402/\n").unwrap();
+    assert_eq!(
+        config.store,
+        model::StoreSettings::Redis {
+            url: "redis://10.0.0.5:6379/0".into(),
+            key_prefix: "x402-gateway".into(),
+            timeout: Duration::from_millis(50),
+            advertise_url: Some("http://10.0.0.7:8402".into()),
+        }
+    );
+    let refused = [
+        ("  kind: redis\n", "either url or url_env"),
+        ("  kind: redis\n  url: http://10.0.0.5:6379\n", "must start with redis://"),
+        ("  kind: redis\n  url: redis://r:6379\n  key_prefix: \"{x}\"\n", "without braces"),
+        ("  kind: redis\n  url: redis://r:6379\n  timeout_ms: 0\n", "timeout_ms"),
+        ("  kind: redis\n  url: redis://r:6379\n  advertise_url: http://10.0.0.7:8402/receipts\n", "with no path"),
+        ("  kind: redis\n  url: redis://r:6379\n  url_env: X402_TEST_UNSET_REDIS_URL\n", "either url or url_env"),
+        ("  kind: postgres\n", "kind"),
+    ];
+    for (store, expected) in refused {
+        let error = redis(store).unwrap_err();
+        assert!(error.contains(expected), "{store:?}: {error}");
+    }
+}
+
+#[test]
+fn a_redis_store_refuses_batch_settlement_routes_it_cannot_share_yet() {
+    let route = "    accepts:\n      - { price: \"$0.001\", scheme: batch-settlement }\n";
+    let text = format!("{}store:\n  kind: redis\n  url: redis://r:6379\n", channel_yaml(route));
+    let error = parse(&text).unwrap_err();
+    assert!(error.contains("does not share batch-settlement channels"), "{error}");
+}
