@@ -8,92 +8,17 @@
 //   taken again once it is back;
 // - a replica killed -9 while the other keeps serving: its journal is settled from elsewhere
 //   with `payments settle`, exactly once, and the room it held in the shared store is freed.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdtempSync } from "node:fs";
-import { connect } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
-import { startChainAndUpstream, startTestGateway, freshAddress, freePort, balanceOf, eventually, b64, unb64, GATEWAY_BIN } from "./harness.mjs";
+import { freshAddress, balanceOf, eventually, b64, unb64 } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
+import { replicaSuite, storeYaml, offer, pay, exposureTotal, cli, journaled, startRedis, freePort, MACHINE_REDIS } from "./replicas.mjs";
 
-let env;
-const running = [];
+const suite = replicaSuite();
 
-before(async () => {
-  env = await startChainAndUpstream();
-});
-
-after(async () => {
-  for (const stop of running.reverse()) await stop();
-  await env?.stop();
-});
-
-const newJournal = () => join(mkdtempSync(join(tmpdir(), "x402-replica-")), "journal.db");
-
-function storeYaml(url, prefix = `x402-test-${randomBytes(6).toString("hex")}`) {
-  // A generous timeout: a busy test machine must not read as an outage.
-  return `store:\n  kind: redis\n  url: "${url}"\n  key_prefix: "${prefix}"\n  timeout_ms: 1000\n`;
-}
-
-/** One replica: its own journal and settlement key, the shared store. */
-async function startReplica({ payTo, store, settlementKey, exposureYaml = "", settlement = {} }) {
-  const journal = newJournal();
-  const listenPort = await freePort();
-  const gateway = await startTestGateway(env, {
-    payTo,
-    admin: true,
-    listenPort,
-    settlement: { journal_path: journal, ...settlement },
-    // Where the other replicas forward receipt look-ups for the payments this one takes.
-    extraYaml: `${store}  advertise_url: "http://127.0.0.1:${listenPort}"\n${exposureYaml}`,
-    gatewayEnv: { X402_SETTLEMENT_KEY: settlementKey },
-  });
-  running.push(() => gateway.stop());
-  gateway.journal = journal;
-  return gateway;
-}
-
-/** Two replicas (settlement keys of dev accounts 0 and 9) sharing one key prefix. */
-async function startPair({ payTo, exposureYaml, settlement, url = "redis://127.0.0.1:6379/0" }) {
-  const store = storeYaml(url);
-  const a = await startReplica({ payTo, store, settlementKey: devPrivateKey(0), exposureYaml, settlement });
-  const b = await startReplica({ payTo, store, settlementKey: devPrivateKey(9), exposureYaml, settlement });
-  return [a, b];
-}
-
-async function offer(gateway) {
-  return unb64((await fetch(gateway.base + "/weather")).headers.get("payment-required")).accepts[0];
-}
-
-async function pay(gateway, payment, path = "/weather") {
-  const res = await fetch(gateway.base + path, { headers: { "PAYMENT-SIGNATURE": b64(payment) } });
-  const body = await res.text();
-  const reason = res.status === 402 ? unb64(res.headers.get("payment-required")).error : res.status === 503 ? JSON.parse(body).error : undefined;
-  return { status: res.status, reason, retryAfter: res.headers.get("retry-after") };
-}
-
-async function cli(args, extraEnv = {}) {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(GATEWAY_BIN, args, { env: { ...process.env, ...extraEnv }, timeout: 120_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    return { code: error.code ?? 1, stdout: error.stdout ?? "", stderr: error.stderr ?? String(error) };
-  }
-}
-
-async function journaled(journal) {
-  const { stdout } = await cli(["payments", "--journal", journal, "list", "--limit", "0"]);
-  return stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
-}
-
-async function exposureTotal(gateway) {
-  return (await (await gateway.admin("/exposure")).json()).totalUsdMicros;
-}
+const startPair = (options) => suite.fleet.startPair(options);
+const startReplica = (options) => suite.fleet.startReplica(options);
 
 test("one payment sent 50 times at once across two replicas buys exactly one response, settled once", async () => {
   const payTo = freshAddress();
@@ -103,7 +28,7 @@ test("one payment sent 50 times at once across two replicas buys exactly one res
   const served = answers.filter((x) => x.status === 200).length;
   assert.equal(served, 1, answers.map((x) => `${x.status} ${x.reason}`).join(", "));
   assert.ok(answers.filter((x) => x.status !== 200).every((x) => x.status === 402 && x.reason === "invalid_exact_evm_nonce_already_used"));
-  await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 1000n, 30_000, "payTo +1000 on-chain");
+  await eventually(async () => (await balanceOf(suite.env.devnet.url, payTo)) === 1000n, 30_000, "payTo +1000 on-chain");
   const rows = [...(await journaled(a.journal)), ...(await journaled(b.journal))];
   assert.equal(rows.length, 1, "one journal row across both replicas");
   await eventually(async () => (await exposureTotal(a)) === 0, 10_000, "the settled payment no longer counts");
@@ -148,30 +73,10 @@ test("a payment charged on one replica is a replay on the other, and its receipt
   assert.equal(direct.status, 404);
 });
 
-/** A private redis-server on `port`, killed by the test. */
-async function startRedis(port) {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  const exited = new Promise((r) => child.once("exit", r));
-  await eventually(() => redisAnswers(port), 10_000, `redis-server on ${port}`);
-  return { kill: async () => { child.kill("SIGKILL"); await exited; } };
-}
-
-function redisAnswers(port) {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.once("error", () => resolve(false));
-    socket.once("connect", () => socket.write("PING\r\n"));
-    socket.once("data", (data) => {
-      socket.destroy();
-      resolve(data.toString().startsWith("+PONG"));
-    });
-  });
-}
-
 test("Redis gone: priced routes answer 503 store_unavailable, free routes 200; payments resume once it is back", async () => {
   const port = await freePort();
   let redis = await startRedis(port);
-  running.push(() => redis.kill());
+  suite.fleet.onStop(() => redis.kill());
   const gateway = await startReplica({ payTo: freshAddress(), store: storeYaml(`redis://127.0.0.1:${port}/0`), settlementKey: devPrivateKey(0) });
   const accepts = await offer(gateway);
   assert.equal((await pay(gateway, await signPayment(devPrivateKey(5), accepts))).status, 200);
@@ -199,7 +104,7 @@ test("Redis gone: priced routes answer 503 store_unavailable, free routes 200; p
 
 test("a replica killed -9: the other keeps serving, and its journal is settled from elsewhere exactly once", async () => {
   const payTo = freshAddress();
-  const store = storeYaml("redis://127.0.0.1:6379/0");
+  const store = storeYaml(MACHINE_REDIS);
   // The replica that dies never settles on its own.
   const a = await startReplica({ payTo, store, settlementKey: devPrivateKey(0), settlement: { max_wait_ms: 600_000 } });
   const b = await startReplica({ payTo, store, settlementKey: devPrivateKey(9) });
@@ -207,22 +112,26 @@ test("a replica killed -9: the other keeps serving, and its journal is settled f
   const lost = await signPayment(devPrivateKey(6), accepts);
   assert.equal((await pay(a, lost)).status, 200);
   assert.equal(await exposureTotal(b), 1000, "the shared ledger counts the lost replica's payment");
+  // A replica still running holds its journal's settler lock: settling it from elsewhere is refused.
+  const refused = await cli(["payments", "--config", a.configPath, "--journal", a.journal, "settle"], { X402_SETTLEMENT_KEY: devPrivateKey(0) });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /is settling from/);
   await a.stop("SIGKILL");
 
   assert.equal((await pay(b, await signPayment(devPrivateKey(7), accepts))).status, 200, "the other replica keeps serving");
   const replay = await pay(b, lost);
   assert.deepEqual([replay.status, replay.reason], [402, "invalid_exact_evm_nonce_already_used"], "the dead replica's payment stays spent");
-  await eventually(async () => (await balanceOf(env.devnet.url, payTo)) === 1000n, 30_000, "the live replica's payment settles");
+  await eventually(async () => (await balanceOf(suite.env.devnet.url, payTo)) === 1000n, 30_000, "the live replica's payment settles");
 
   // Another machine, with the lost replica's journal, config and settlement key.
   const settleArgs = ["payments", "--config", a.configPath, "--journal", a.journal, "settle", "--timeout-seconds", "60"];
   const settled = await cli(settleArgs, { X402_SETTLEMENT_KEY: devPrivateKey(0) });
   assert.equal(settled.code, 0, settled.stderr);
-  assert.equal(await balanceOf(env.devnet.url, payTo), 2000n, "payTo received both payments");
+  assert.equal(await balanceOf(suite.env.devnet.url, payTo), 2000n, "payTo received both payments");
   assert.deepEqual((await journaled(a.journal)).map((row) => row.state), ["settled"]);
   await eventually(async () => (await exposureTotal(b)) === 0, 10_000, "the lost replica's room in the shared store is freed");
 
   const again = await cli(settleArgs, { X402_SETTLEMENT_KEY: devPrivateKey(0) });
   assert.equal(again.code, 0, again.stderr);
-  assert.equal(await balanceOf(env.devnet.url, payTo), 2000n, "settling again pays nothing twice");
+  assert.equal(await balanceOf(suite.env.devnet.url, payTo), 2000n, "settling again pays nothing twice");
 });

@@ -223,6 +223,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
 pub fn settle_journal(config_path: &Path, journal_path: &Path, timeout: Duration) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_config(&text, config_path)?;
+    let _lock = settler_lock_now(journal_path)?;
     let journal = Arc::new(Journal::open(journal_path, journal_options(&config)).with_context(|| format!("cannot open the journal {}", journal_path.display()))?);
     let keys = settlement_keys(&config)?;
     anyhow::ensure!(!keys.is_empty(), "no settlement key: the config prices no route");
@@ -352,6 +353,23 @@ fn settler_lock_path(journal: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The journal's settler lock, or an error if a gateway holds it: two settlers on one journal
+/// and one key would sign conflicting transactions.
+fn settler_lock_now(journal: &Path) -> anyhow::Result<std::fs::File> {
+    let path = settler_lock_path(journal);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the settler lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!("a gateway is settling from {} right now: stop it first (this is for a journal no gateway runs on)", journal.display()),
+        Err(std::fs::TryLockError::Error(error)) => Err(error).context("cannot lock the settler lock file"),
+    }
+}
+
 /// Waits until no other process settles from this journal (during a graceful upgrade, the
 /// old one drains first). `None`: shutdown came first.
 async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Option<std::fs::File>> {
@@ -385,17 +403,16 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
 /// The payment ledger `store` names. In this process, it is rebuilt from the journal (with
 /// `exposure`, which payment channels count into too). In Redis, the journal's payments are
 /// restored into it (only what the store lost is added back) and its blocks merged.
-fn build_ledger(config: &Config, journal: &Journal, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
+fn build_ledger(config: &Config, journal: &Arc<Journal>, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
     let StoreSettings::Redis { url, key_prefix, timeout, advertise_url } = &config.store else {
         return Ok(Arc::new(LocalLedger::new(rebuild_replay_store(journal)?, exposure)));
     };
     let settings = RedisSettings { url: url.clone(), key_prefix: key_prefix.clone(), timeout: *timeout, advertise_url: advertise_url.clone() };
-    let ledger = RedisLedger::connect(&settings, config.exposure.limits).context("cannot connect to the shared store (store.url)")?;
-    let payments = journaled_payments(journal)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(ledger.restore(&payments)).context("cannot restore the journal's payments into the shared store")?;
+    let source = journal.clone();
+    let payments: x402_store::JournalPayments = Box::new(move || journaled_payments(&source).map_err(|error| format!("{error:#}")));
+    let ledger = RedisLedger::connect(&settings, config.exposure.limits, payments).context("cannot connect to the shared store (store.url)")?;
     ledger.merge_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
-    tracing::info!(restored = payments.len(), prefix = %key_prefix, "payment ledger shared through Redis");
+    tracing::info!(prefix = %key_prefix, "payment ledger shared through Redis");
     Ok(Arc::new(ledger))
 }
 

@@ -7,10 +7,23 @@ use x402_store::{ExposureLimits, ExposureRefusal, Hold, LedgerRefusal, PaymentLe
 const NOW: u64 = 1_000_000;
 
 fn ledger(limits: ExposureLimits) -> RedisLedger {
-    let prefix = format!("x402-unit-{}-{}", std::process::id(), x402_store::unix_now_ms() ^ u64::from(rand_byte()));
-    let settings = RedisSettings { url: "redis://127.0.0.1:6379/0".into(), key_prefix: prefix, timeout: Duration::from_secs(2), advertise_url: None };
-    RedisLedger::connect(&settings, limits).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)")
+    ledger_with_journal(limits, Vec::new()).0
 }
+
+/// A ledger whose replica's journal holds `journal`, and its key prefix.
+fn ledger_with_journal(limits: ExposureLimits, journal: Vec<Restored>) -> (RedisLedger, String) {
+    let prefix = format!("x402-unit-{}-{}-{}", std::process::id(), x402_store::unix_now_ms(), rand_byte());
+    (replica(&prefix, limits, journal), prefix)
+}
+
+/// A replica of the fleet sharing `prefix`.
+fn replica(prefix: &str, limits: ExposureLimits, journal: Vec<Restored>) -> RedisLedger {
+    let prefix = prefix.to_owned();
+    let settings = RedisSettings { url: REDIS.into(), key_prefix: prefix, timeout: Duration::from_secs(2), advertise_url: None };
+    RedisLedger::connect(&settings, limits, Box::new(move || Ok(journal.clone()))).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)")
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
 
 fn rand_byte() -> u8 {
     static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
@@ -80,10 +93,8 @@ fn limits_and_the_balance_refuse_what_would_exceed_them_and_count_nothing() {
     });
 }
 
-#[test]
-fn restoring_a_journal_twice_counts_its_payments_once_and_settled_ones_not_at_all() {
-    let ledger = ledger(ExposureLimits::default());
-    let restored = |id: &str, unsettled: bool| Restored {
+fn restored(id: &str, unsettled: bool) -> Restored {
+    Restored {
         key: hold(id, "alice", 0, 0).key,
         receipt_id: id.to_owned(),
         valid_before: x402_store::unix_now() + 3600,
@@ -91,7 +102,12 @@ fn restoring_a_journal_twice_counts_its_payments_once_and_settled_ones_not_at_al
         route: "weather".into(),
         usd_micros: 500,
         unsettled,
-    };
+    }
+}
+
+#[test]
+fn restoring_a_journal_twice_counts_its_payments_once_and_settled_ones_not_at_all() {
+    let ledger = ledger(ExposureLimits::default());
     block_on(async {
         let journal = [restored("r1", true), restored("r2", true), restored("r3", false)];
         ledger.restore(&journal).await.expect("restored");
@@ -113,7 +129,8 @@ fn a_spent_loss_budget_and_a_blocked_payer_are_refused_until_reset_or_unblocked(
     block_on(async {
         ledger.block("mallory", "cancelled its authorization", NOW + 10);
         assert!(ledger.flush(Duration::from_secs(5)).await);
-        assert!(matches!(ledger.hold(&hold("m1", "mallory", 1, 1)).await, Err(LedgerRefusal::Exposure(ExposureRefusal::Blocked { until, .. })) if until == NOW + 10));
+        let blocked = ledger.hold(&hold("m1", "mallory", 1, 1)).await;
+        assert!(matches!(blocked, Err(LedgerRefusal::Exposure(ExposureRefusal::Blocked { until, .. })) if until == NOW + 10), "{blocked:?}");
         assert_eq!(ledger.unblock("mallory").await, Ok(true));
         assert_eq!(ledger.hold(&hold("m1", "mallory", 1, 1)).await, Ok(()));
 
@@ -139,7 +156,7 @@ fn a_spent_loss_budget_and_a_blocked_payer_are_refused_until_reset_or_unblocked(
 #[test]
 fn no_store_at_the_address_is_refused_at_once() {
     let settings = RedisSettings { url: "redis://127.0.0.1:1/0".into(), key_prefix: "x".into(), timeout: Duration::from_millis(50), advertise_url: None };
-    assert!(RedisLedger::connect(&settings, ExposureLimits::default()).is_err());
+    assert!(RedisLedger::connect(&settings, ExposureLimits::default(), Box::new(|| Ok(Vec::new()))).is_err());
 }
 
 #[test]
@@ -156,5 +173,29 @@ fn a_payment_nobody_resolves_stops_counting_a_day_past_its_valid_before() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(ledger.snapshot(10, NOW).await.map(|s| s.payers), Ok(vec![("alice".to_owned(), 300)]));
+    });
+}
+
+#[test]
+fn a_store_that_lost_its_data_takes_no_payment_until_the_journal_is_restored_into_it() {
+    let (ledger, prefix) = ledger_with_journal(ExposureLimits::default(), vec![restored("charged", true)]);
+    let other = replica(&prefix, ExposureLimits::default(), Vec::new());
+    block_on(async {
+        assert_eq!(ledger.hold(&hold("charged", "alice", 500, 1)).await, Err(LedgerRefusal::Replayed), "restored at start");
+        // Redis restarts empty (or fails over to a replica that had not caught up).
+        let mut redis = redis::Client::open(REDIS).expect("a client").get_connection().expect("a connection");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut redis).expect("keys");
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut redis).expect("deleted");
+        let refused = ledger.hold(&hold("fresh-1", "bob", 100, 1)).await;
+        assert!(matches!(&refused, Err(LedgerRefusal::Unavailable(e)) if e.0.contains("lost its data")), "{refused:?}");
+        // Within a few seconds (the watch, the restore, the quarantine) payments are taken
+        // again, and the payment charged before the loss is still refused.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while other.hold(&hold("fresh-2", "bob", 100, 2)).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "payments never resumed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ledger.snapshot(10, NOW).await.map(|s| s.total), Ok(600), "the journal's unsettled payment counts again");
+        assert_eq!(other.hold(&hold("charged", "alice", 500, 3)).await, Err(LedgerRefusal::Replayed), "the other replica refuses it: the store knows it again");
     });
 }
