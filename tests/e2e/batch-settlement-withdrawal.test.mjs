@@ -125,6 +125,21 @@ test("unclaimed voucher value counts against the payer's exposure limit, across 
   assert.equal(served.status, 200, "room again once claimed");
 });
 
+test("POST /drain claims every channel at once, ahead of a shutdown", { timeout: 120_000 }, async () => {
+  const { pay } = channelClient(devPrivateKey(6));
+  const receipt = await payAll(pay, 3);
+  const channelId = receipt.extra.channelState.channelId;
+  assert.equal((await listed(channelId)).unclaimed, String(3n * PRICE), "claims wait an hour here");
+  const payToBefore = await balanceOf(env.devnet.url, payTo);
+  const drain = await gateway.admin("/drain", { method: "POST" });
+  assert.equal(drain.status, 200);
+  await eventually(async () => (await listed(channelId)).unclaimed === "0", 30_000, "the drain claimed the channel");
+  assert.ok((await balanceOf(env.devnet.url, payTo)) - payToBefore >= 3n * PRICE, "the claim paid payTo");
+  // A drained gateway is on its way out: the next test gets a fresh one on the same journal.
+  await gateway.stop();
+  gateway = await start();
+});
+
 // Last: it moves the chain's clock past the withdraw delay.
 test("a payer that initiates a withdrawal is claimed before the delay ends, and keeps only what it did not spend", { timeout: 120_000 }, async () => {
   const { account, publicClient, pay } = channelClient(devPrivateKey(3));

@@ -12,6 +12,7 @@
 //! after the withdraw delay the payer could take back what it owes.
 
 use crate::chain::{ChainClient, ChainError, Mined};
+use crate::settle_before::lock;
 use crate::settler::{LaneCallError, Settler};
 use alloy_primitives::{Address, B256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -203,11 +204,9 @@ impl ChannelSettlement {
     }
 
     async fn mirror_withdrawal(&self, network: &str, channel_id: B256, amount: u128, finalize_after: u64) -> Result<(), ChainError> {
-        let Some(mut record) = self.store.get(&channel_id.0) else { return Ok(()) };
-        let onchain = self.read_channel(network, channel_id).await?;
+        let Some(record) = self.store.get(&channel_id.0) else { return Ok(()) };
         tracing::warn!(channel = %channel_id, payer = %Address::from(record.terms.payer), amount, finalize_after, unclaimed = record.unclaimed(), "payer asked to withdraw; its channel is claimed now");
-        record.onchain = onchain;
-        self.store.mirror(&record.id, onchain);
+        let record = self.remirrored(network, record).await?;
         self.save(vec![record]).await;
         Ok(())
     }
@@ -235,13 +234,21 @@ impl ChannelSettlement {
         if age < self.policy.refresh_interval || lock(&self.claiming).contains(&record.id) {
             return Ok(record);
         }
-        let onchain = self.read_channel(&record.network, B256::from(record.id)).await?;
-        if onchain.withdraw_requested_at > 0 && record.onchain.withdraw_requested_at == 0 {
+        let asked_before = record.onchain.withdraw_requested_at > 0;
+        let network = record.network.clone();
+        record = self.remirrored(&network, record).await?;
+        if record.onchain.withdraw_requested_at > 0 && !asked_before {
             tracing::warn!(channel = %B256::from(record.id), unclaimed = record.unclaimed(), "payer asked to withdraw; claiming its channel now");
         }
-        record.onchain = onchain;
-        self.store.mirror(&record.id, onchain);
         self.save(vec![record.clone()]).await;
+        Ok(record)
+    }
+
+    /// `record` with the channel as the chain has it now, mirrored into the store (the caller
+    /// journals it).
+    async fn remirrored(&self, network: &str, mut record: ChannelRecord) -> Result<ChannelRecord, ChainError> {
+        record.onchain = self.read_channel(network, B256::from(record.id)).await?;
+        self.store.mirror(&record.id, record.onchain);
         Ok(record)
     }
 
@@ -285,14 +292,11 @@ impl ChannelSettlement {
     async fn resolve_claim(&self, network: &str, receiver: Address, records: Vec<ChannelRecord>, outcome: Result<Option<Mined>, LaneCallError>) {
         self.count_claim(network, &outcome, receiver);
         let mut updated = Vec::new();
-        for mut record in records {
-            match self.read_channel(network, B256::from(record.id)).await {
-                Ok(onchain) => {
-                    record.onchain = onchain;
-                    self.store.mirror(&record.id, onchain);
-                    updated.push(record);
-                }
-                Err(error) => tracing::warn!(channel = %B256::from(record.id), %error, "cannot read the channel after its claim; read again next round"),
+        for record in records {
+            let id = B256::from(record.id);
+            match self.remirrored(network, record).await {
+                Ok(record) => updated.push(record),
+                Err(error) => tracing::warn!(channel = %id, %error, "cannot read the channel after its claim; read again next round"),
             }
         }
         let ids: Vec<ChannelId> = updated.iter().map(|record| record.id).collect();
@@ -363,10 +367,6 @@ fn group_for_claims(due: Vec<ChannelRecord>) -> BTreeMap<(String, Address, Addre
 /// The settlement contract's events in a mined transaction.
 fn channel_events(mined: &Mined) -> impl Iterator<Item = BatchEvent> + '_ {
     mined.logs.iter().filter(|log| log.address == SETTLEMENT_CONTRACT).filter_map(|log| calldata::decode_event(&log.data))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The contract's `ChannelConfig` of stored channel terms.

@@ -10,7 +10,8 @@
 //! budget in a third. Every request-path operation is one Lua
 //! script, so it is one atomic round trip; concurrent payments share the one multiplexed
 //! connection (pipelined). All keys share the hash tag `{prefix}`, so they land in one slot
-//! and the scripts work on Redis Cluster too.
+//! and the scripts are Cluster-safe (the client talks to one server: no Cluster redirections
+//! or Sentinel discovery yet).
 //!
 //! Fails closed: a store that errs or is slower than the timeout refuses the payment as
 //! [`StoreUnavailable`]. Nothing falls back to a local store, which would reopen

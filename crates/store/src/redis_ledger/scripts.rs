@@ -1,6 +1,6 @@
 //! The Lua scripts of the Redis ledger, the key names they use, and how their answers read.
 //! Every key of a fleet carries the hash tag `{key_prefix}`, so a script's keys are in one
-//! slot (Redis Cluster runs them) and the keys a script derives (`…exposure:counted`, a
+//! slot (Cluster-safe) and the keys a script derives (`…exposure:counted`, a
 //! payment's hash found by the sweep) are in that slot too.
 
 use super::unavailable;
