@@ -40,10 +40,7 @@ impl ProxyHttp for PassThrough {
 
 fn main() {
     let args = Args::parse();
-    let mut conf = ServerConf::default();
-    conf.threads = args.threads.max(1);
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf { threads: args.threads.max(1), grace_period_seconds: Some(0), graceful_shutdown_timeout_seconds: Some(1), ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, PassThrough { upstream: args.upstream });

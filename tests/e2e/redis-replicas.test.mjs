@@ -10,6 +10,10 @@
 //   with `payments settle`, exactly once, and the room it held in the shared store is freed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { promisify } from "node:util";
+import { privateKeyToAccount } from "viem/accounts";
 import { devPrivateKey } from "../../deploy/devnet/devnet.mjs";
 import { freshAddress, balanceOf, eventually, b64, unb64 } from "./harness.mjs";
 import { signPayment } from "./payments.mjs";
@@ -93,6 +97,7 @@ test("Redis gone: priced routes answer 503 store_unavailable, free routes 200; p
   assert.equal(ready.ready, true);
   const metrics = await (await gateway.admin("/metrics")).text();
   assert.match(metrics, /^x402_store_up 0$/m);
+  assert.ok(Number(/^x402_store_errors_total (\d+)$/m.exec(metrics)?.[1]) > 0, "failed store calls are counted");
 
   // The same payment that was refused works once Redis is back: nothing of it was held.
   const kept = await signPayment(devPrivateKey(5), accepts);
@@ -134,4 +139,24 @@ test("a replica killed -9: the other keeps serving, and its journal is settled f
   const again = await cli(settleArgs, { X402_SETTLEMENT_KEY: devPrivateKey(0) });
   assert.equal(again.code, 0, again.stderr);
   assert.equal(await balanceOf(suite.env.devnet.url, payTo), 2000n, "settling again pays nothing twice");
+});
+
+test("a payer blocked in the shared store is refused by every replica until the CLI unblocks it", async () => {
+  const [a, b] = await startPair({ payTo: freshAddress() });
+  const accepts = await offer(a);
+  const payer = privateKeyToAccount(devPrivateKey(8)).address;
+  // As a replica's settler leaves it when this payer's authorization was cancelled.
+  const prefix = /key_prefix: "([^"]+)"/.exec(readFileSync(a.configPath, "utf8"))[1];
+  const until = Math.floor(Date.now() / 1000) + 3600;
+  await promisify(execFile)("redis-cli", ["-p", "6379", "HSET", `{${prefix}}blocks`, payer, `${until}|authorization cancelled`]);
+  for (const replica of [a, b]) {
+    const refused = await pay(replica, await signPayment(devPrivateKey(8), accepts));
+    assert.equal(refused.status, 402, "blocked on every replica");
+  }
+  const unblocked = await cli(["payments", "--config", a.configPath, "--journal", a.journal, "unblock", "--payer", payer]);
+  assert.equal(unblocked.code, 0, unblocked.stderr);
+  assert.match(unblocked.stdout, /unblocked/);
+  for (const replica of [a, b]) {
+    assert.equal((await pay(replica, await signPayment(devPrivateKey(8), accepts))).status, 200, "and may pay again everywhere");
+  }
 });

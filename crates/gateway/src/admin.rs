@@ -327,6 +327,7 @@ impl AdminApi {
         }
         metrics.admission.set(&self.admission.snapshot());
         metrics.store_up.set(i64::from(self.ledger.unavailable().is_none()));
+        metrics.store_errors.inc_by(self.ledger.store_errors().saturating_sub(metrics.store_errors.get()));
         let Ok(snapshot) = self.ledger.snapshot(0, unix_now()).await else { return };
         metrics.exposure_total.set(i64::try_from(snapshot.total).unwrap_or(i64::MAX));
         metrics.losses_budget_used.set(i64::try_from(snapshot.losses).unwrap_or(i64::MAX));

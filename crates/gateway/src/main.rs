@@ -273,7 +273,8 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
     }
     if let PaymentsQuery::Unblock { payer } = &query {
         let cleared = x402_store::clear_payer_block(&path, payer)?;
-        println!("{}", if cleared { format!("{payer}: unblocked") } else { format!("{payer}: was not blocked") });
+        let shared = unblock_in_shared_store(config, payer)?;
+        println!("{}", if cleared || shared { format!("{payer}: unblocked") } else { format!("{payer}: was not blocked") });
         return Ok(());
     }
     let reader = x402_store::Journal::open_read_only(&path).with_context(|| format!("cannot read the journal {}", path.display()))?;
@@ -300,6 +301,15 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
         PaymentsQuery::Unblock { .. } | PaymentsQuery::Settle { .. } => {}
     }
     Ok(())
+}
+
+/// With `store: redis`, the block lives in the shared store too: every replica refuses the
+/// payer until it is removed there. False when the config names no shared store.
+fn unblock_in_shared_store(config: &std::path::Path, payer: &str) -> anyhow::Result<bool> {
+    let Ok((config, _)) = x402_gateway::config::load_config_for_inspection(config) else { return Ok(false) };
+    let x402_gateway::config::model::StoreSettings::Redis { url, key_prefix, timeout, advertise_url } = config.store else { return Ok(false) };
+    let settings = x402_store::RedisSettings { url, key_prefix, timeout, advertise_url };
+    x402_store::unblock_in_store(&settings, payer).context("cannot remove the block from the shared store (store.url)")
 }
 
 /// Writes every payment `filter` selects to stdout as it is read.

@@ -6,7 +6,7 @@
 //! exception, the verify queue's depth, is an atomic counted by the verifier itself: it
 //! changes too fast to be read from anywhere else.
 
-use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 use x402_settle::SettlementMetrics;
 
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub exposure_total: IntGauge,
     /// 1 while the payment ledger answers (always, in process), 0 while its shared store does not.
     pub store_up: IntGauge,
+    /// Store calls that failed or timed out (read from the ledger at scrape time).
+    pub store_errors: IntCounter,
     pub losses_budget_used: IntGauge,
     pub settlement_stalled: IntGaugeVec,
     pub admission: AdmissionGauges,
@@ -71,6 +73,7 @@ impl Metrics {
             exposure_route: IntGaugeVec::new(Opts::new("x402_exposure_usd_micros", "Unsettled value per route, in micro-USD"), &["route"])?,
             exposure_total: IntGauge::new("x402_exposure_total_usd_micros", "Unsettled value in total, in micro-USD")?,
             store_up: IntGauge::new("x402_store_up", "1 while the payment ledger's store answers; 0 while priced routes answer 503 store_unavailable")?,
+            store_errors: IntCounter::new("x402_store_errors_total", "Calls to the shared payment store that failed or did not answer in time")?,
             settlement_stalled: IntGaugeVec::new(Opts::new("x402_settlement_stalled", "1 while settlement is stalled and priced routes refuse payments, labelled with the cause"), &["cause"])?,
             admission: AdmissionGauges::new()?,
             losses_budget_used: IntGauge::new("x402_loss_budget_used_usd_micros", "Served-but-unpaid value still counting against the loss budget, in micro-USD")?,
@@ -105,6 +108,7 @@ impl Metrics {
         for gauge in [&self.queue_depth, &self.oldest_unsettled_age, &self.exposure_total, &self.store_up, &self.losses_budget_used, &self.losses_total, &self.last_reload_success, &self.verify_queue_depth, &self.channel_in_flight] {
             registry.register(Box::new(gauge.clone()))?;
         }
+        registry.register(Box::new(self.store_errors.clone()))?;
         registry.register(Box::new(self.exposure_route.clone()))?;
         registry.register(Box::new(self.settlement_stalled.clone()))?;
         self.admission.register(registry)?;

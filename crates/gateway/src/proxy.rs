@@ -692,7 +692,7 @@ impl ProxyHttp for PaywallProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-        ctx.request_id = self.request_ids.from_request(session.req_header());
+        ctx.request_id = self.request_ids.for_request(session.req_header());
         let config = self.config.load_full();
         let mut answer = match self.admit(&config, session.req_header(), ctx) {
             Admission::Answer(response) => Some(response),
@@ -940,7 +940,7 @@ impl RequestIds {
         Self { prefix: alloy_primitives::hex::encode(&seed[..6]), next: std::sync::atomic::AtomicU64::new(1) }
     }
 
-    fn from_request(&self, req: &RequestHeader) -> String {
+    fn for_request(&self, req: &RequestHeader) -> String {
         match header_str(req, REQUEST_ID) {
             Some(id) if is_usable_request_id(id) => id.to_owned(),
             _ => format!("{}-{:x}", self.prefix, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),

@@ -275,15 +275,16 @@ fn journal_options(config: &Config) -> JournalOptions {
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads;
-    conf.upgrade_sock = config.server.upgrade_sock.to_string_lossy().into_owned();
     // Pingora's own grace period only backs up `serve_until_drained`, which ends the
     // process's serving first: it must not drop the requests that one still waits for.
     let drain_seconds = config.server.grace_period_seconds + config.server.graceful_shutdown_timeout_seconds;
-    conf.grace_period_seconds = Some(drain_seconds + 1);
-    conf.graceful_shutdown_timeout_seconds = Some(config.server.graceful_shutdown_timeout_seconds);
-    conf
+    ServerConf {
+        threads: config.server.threads,
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        grace_period_seconds: Some(drain_seconds + 1),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        ..ServerConf::default()
+    }
 }
 
 /// Runs Pingora on a thread of its own until it has stopped accepting (on a signal, or

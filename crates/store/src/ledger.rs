@@ -104,6 +104,10 @@ pub trait PaymentLedger: Send + Sync {
     async fn flush(&self, patience: std::time::Duration) -> bool;
     /// `Some(why)` while the ledger cannot take payments (readiness fails with it).
     fn unavailable(&self) -> Option<String>;
+    /// Store calls that failed or timed out since the process started (0 in process).
+    fn store_errors(&self) -> u64 {
+        0
+    }
     /// `"memory"` or `"redis"`.
     fn kind(&self) -> &'static str;
 }

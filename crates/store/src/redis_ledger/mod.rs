@@ -423,6 +423,17 @@ impl RedisLedger {
     }
 }
 
+/// Lets `payer` pay again across the fleet, from a process that runs no ledger (the CLI):
+/// removes its block from the shared store. True if it was blocked there.
+pub fn unblock_in_store(settings: &RedisSettings, payer: &str) -> Result<bool, StoreUnavailable> {
+    let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+    let patience = settings.timeout.max(Duration::from_secs(2));
+    let mut connection = client.get_connection_with_timeout(patience).map_err(unavailable)?;
+    connection.set_read_timeout(Some(patience)).map_err(unavailable)?;
+    let removed: i64 = redis::cmd("HDEL").arg(Keys::new(&settings.key_prefix).blocks()).arg(payer).query(&mut connection).map_err(unavailable)?;
+    Ok(removed > 0)
+}
+
 /// The URL without its password, for messages.
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -566,6 +577,10 @@ impl PaymentLedger for RedisLedger {
             return Some("the shared store lost its data; this replica is restoring its journal into it".into());
         }
         self.inner.health.down.load(Ordering::Relaxed).then(|| lock(&self.inner.health.last_error).clone())
+    }
+
+    fn store_errors(&self) -> u64 {
+        self.inner.health.errors()
     }
 
     fn kind(&self) -> &'static str {
