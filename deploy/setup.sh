@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing x402-gateway needs, idempotently:
 #  - cmake (Pingora builds zlib-ng with it), from Debian's packages when missing;
-#  - redis-server (the replicas' shared store, for the tests and the two-replica dev stack),
-#    from Debian's packages when missing;
+#  - with --with-redis (the test suite passes it): redis-server, the replicas' shared store the
+#    tests run against, from Debian's packages when missing;
 #  - the pinned npm packages (anvil, solc, viem, the official x402 clients) from package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,9 @@ install_debian_package() {
   fi
 }
 install_debian_package cmake cmake
-install_debian_package redis-server redis-server
+if [ "${1:-}" = --with-redis ]; then
+  install_debian_package redis-server redis-server
+fi
 
 if ! command -v node >/dev/null 2>&1; then
   echo "setup: Node.js 20 or later is required" >&2

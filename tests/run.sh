@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash deploy/setup.sh
+bash deploy/setup.sh --with-redis
 
 echo "== dev-chain contracts"
 node deploy/devnet/build-contracts.mjs --check
