@@ -18,12 +18,8 @@ test("Redis restarted empty under running replicas: a payment charged on one is 
   const port = await freePort();
   let redis = await startRedis(port);
   suite.fleet.onStop(() => redis.kill());
-  const store = storeYaml(`redis://127.0.0.1:${port}/0`);
   // Nothing settles during the test: every payment stays owed.
-  const settlement = { max_wait_ms: 600_000 };
-  const payTo = freshAddress();
-  const a = await suite.fleet.startReplica({ payTo, store, settlementKey: devPrivateKey(0), settlement });
-  const b = await suite.fleet.startReplica({ payTo, store, settlementKey: devPrivateKey(9), settlement });
+  const [a, b] = await suite.fleet.startPair({ payTo: freshAddress(), settlement: { max_wait_ms: 600_000 }, url: `redis://127.0.0.1:${port}/0` });
   const accepts = await offer(a);
   const payment = await signPayment(devPrivateKey(2), accepts);
   assert.equal((await pay(a, payment)).status, 200, "A serves the payment");

@@ -3,7 +3,7 @@
 import { before, after } from "node:test";
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,8 +14,8 @@ import { startChainAndUpstream, startTestGateway, freePort, eventually, b64, unb
 export const MACHINE_REDIS = "redis://127.0.0.1:6379/0";
 
 /** A `store:` block on a fresh key prefix. A generous timeout by default: a busy test machine must not read as an outage. */
-export function storeYaml(url, { timeoutMs = 1000, prefix = `x402-test-${randomBytes(6).toString("hex")}` } = {}) {
-  return `store:\n  kind: redis\n  url: "${url}"\n  key_prefix: "${prefix}"\n  timeout_ms: ${timeoutMs}\n`;
+export function storeYaml(url, { timeoutMs = 1000, prefix = `x402-test-${randomBytes(6).toString("hex")}`, extra = "" } = {}) {
+  return `store:\n  kind: redis\n  url: "${url}"\n  key_prefix: "${prefix}"\n  timeout_ms: ${timeoutMs}\n${extra}`;
 }
 
 /**
@@ -113,17 +113,50 @@ function redisAnswers(port) {
   });
 }
 
-/** A private redis-server without persistence on `port`, to kill. */
-export async function startRedis(port) {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+/** A private redis-server without persistence on `port` (`extraArgs`: e.g. `--replicaof`), to kill. */
+export async function startRedis(port, extraArgs = []) {
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...extraArgs];
+  return spawnRedis(spawn("redis-server", args, { stdio: "ignore" }), port);
+}
+
+/**
+ * A private Redis Sentinel on `port` watching the primary on `primaryPort` as `service`:
+ * one Sentinel (quorum 1) that calls a primary down after a second without answers.
+ */
+export async function startSentinel(port, primaryPort, service) {
+  const config = join(mkdtempSync(join(tmpdir(), "x402-sentinel-")), "sentinel.conf");
+  writeFileSync(
+    config,
+    [
+      `port ${port}`,
+      "bind 127.0.0.1",
+      `sentinel monitor ${service} 127.0.0.1 ${primaryPort} 1`,
+      `sentinel down-after-milliseconds ${service} 1000`,
+      `sentinel failover-timeout ${service} 5000`,
+      "",
+    ].join("\n"),
+  );
+  return spawnRedis(spawn("redis-server", [config, "--sentinel"], { stdio: "ignore" }), port);
+}
+
+async function spawnRedis(child, port) {
   const exited = new Promise((r) => child.once("exit", r));
-  await eventually(() => redisAnswers(port), 10_000, `redis-server on ${port}`);
+  await eventually(() => redisAnswers(port), 10_000, `redis on ${port}`);
   return {
     async kill() {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await exited;
     },
+    /** Stops the process without closing its sockets (a hung server), then lets it go on. */
+    pause: () => child.kill("SIGSTOP"),
+    resume: () => child.kill("SIGCONT"),
   };
+}
+
+/** One command through redis-cli; its answer as text. */
+export async function redisCommand(port, ...args) {
+  const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(port), ...args.map(String)], { timeout: 10_000 });
+  return stdout.trim();
 }
 
 /** A TCP relay to Redis whose answers (Redis → gateway) can be delayed: a slow store. */

@@ -307,8 +307,7 @@ fn payments(config: &std::path::Path, journal: Option<PathBuf>, query: PaymentsQ
 /// payer until it is removed there. False when the config names no shared store.
 fn unblock_in_shared_store(config: &std::path::Path, payer: &str) -> anyhow::Result<bool> {
     let Ok((config, _)) = x402_gateway::config::load_config_for_inspection(config) else { return Ok(false) };
-    let x402_gateway::config::model::StoreSettings::Redis { url, key_prefix, timeout, advertise_url } = config.store else { return Ok(false) };
-    let settings = x402_store::RedisSettings { url, key_prefix, timeout, advertise_url };
+    let x402_gateway::config::model::StoreSettings::Redis(settings) = config.store else { return Ok(false) };
     x402_store::unblock_in_store(&settings, payer).context("cannot remove the block from the shared store (store.url)")
 }
 

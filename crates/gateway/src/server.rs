@@ -41,7 +41,7 @@ use x402_settle::{ChainClient, NetworkSettlement, Settler};
 use x402_settle::admission::{AdmissionGuard, AdmissionPolicy, SettlementAdmission};
 use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
-use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, LocalLedger, MemoryChannelStore, MemoryReplayStore, PaymentLedger, RedisLedger, RedisSettings, ReplayStore, Restored};
+use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, LocalLedger, MemoryChannelStore, MemoryReplayStore, PaymentLedger, RedisLedger, Restored};
 use x402_settle::channels::ChannelSettlement;
 use crate::channel_exposure::ChannelExposure;
 use crate::channel_payment::ChannelPayments;
@@ -67,7 +67,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let journal = Arc::new(
         Journal::open(&config.settlement.journal_path, journal_options(&config)).context("cannot open the settlement journal")?,
     );
-    let exposure = rebuild_exposure(&config, &journal)?;
+    let exposure = Arc::new(Exposure::new(config.exposure.limits));
     let ledger = build_ledger(&config, &journal, exposure.clone())?;
     let keys = settlement_keys(&config)?;
     let key = keys.first().cloned();
@@ -231,7 +231,7 @@ pub fn settle_journal(config_path: &Path, journal_path: &Path, timeout: Duration
     // With a shared store, the lost replica's unsettled payments still count there: settling
     // them frees that room for the replicas still running.
     let ledger = match config.store {
-        StoreSettings::Redis { .. } => Some(build_ledger(&config, &journal, Arc::new(Exposure::new(config.exposure.limits)))?),
+        StoreSettings::Redis(_) => Some(build_ledger(&config, &journal, Arc::new(Exposure::new(config.exposure.limits)))?),
         StoreSettings::Memory => None,
     };
     if let Some(ledger) = &ledger {
@@ -358,15 +358,27 @@ fn settler_lock_path(journal: &Path) -> PathBuf {
 /// and one key would sign conflicting transactions.
 fn settler_lock_now(journal: &Path) -> anyhow::Result<std::fs::File> {
     let path = settler_lock_path(journal);
-    let file = std::fs::OpenOptions::new()
+    let file = open_settler_lock(&path)?;
+    match try_settler_lock(&file)? {
+        true => Ok(file),
+        false => bail!("a gateway is settling from {} right now: stop it first (this is for a journal no gateway runs on)", journal.display()),
+    }
+}
+
+fn open_settler_lock(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the settler lock {}", path.display()))?;
+        .open(path)
+        .with_context(|| format!("cannot open the settler lock {}", path.display()))
+}
+
+/// False while another process holds the lock.
+fn try_settler_lock(file: &std::fs::File) -> anyhow::Result<bool> {
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!("a gateway is settling from {} right now: stop it first (this is for a journal no gateway runs on)", journal.display()),
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
         Err(std::fs::TryLockError::Error(error)) => Err(error).context("cannot lock the settler lock file"),
     }
 }
@@ -374,19 +386,9 @@ fn settler_lock_now(journal: &Path) -> anyhow::Result<std::fs::File> {
 /// Waits until no other process settles from this journal (during a graceful upgrade, the
 /// old one drains first). `None`: shutdown came first.
 async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Option<std::fs::File>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open the settler lock {}", path.display()))?;
+    let file = open_settler_lock(path)?;
     let mut waiting_logged = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(error)) => return Err(error).context("cannot lock the settler lock file"),
-        }
+    while !try_settler_lock(&file)? {
         if !waiting_logged {
             tracing::info!(lock = %path.display(), "another process is settling from this journal; settlement starts when it lets go");
             waiting_logged = true;
@@ -399,21 +401,26 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
             return Ok(None);
         }
     }
+    Ok(Some(file))
 }
 
-/// The payment ledger `store` names. In this process, it is rebuilt from the journal (with
-/// `exposure`, which payment channels count into too). In Redis, the journal's payments are
-/// restored into it (only what the store lost is added back) and its blocks merged.
+/// The payment ledger `store` names, holding the journal's payments. In this process, the
+/// exposure ledger is `exposure` (which payment channels count into too), rebuilt with the
+/// journal's payer blocks and recent losses. In Redis, only what the store lost is added back.
 fn build_ledger(config: &Config, journal: &Arc<Journal>, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
-    let StoreSettings::Redis { url, key_prefix, timeout, advertise_url } = &config.store else {
-        return Ok(Arc::new(LocalLedger::new(rebuild_replay_store(journal)?, exposure)));
+    let StoreSettings::Redis(settings) = &config.store else {
+        restore_blocks_and_losses(&exposure, journal)?;
+        let ledger = LocalLedger::new(Arc::new(MemoryReplayStore::default()), exposure);
+        let payments = journaled_payments(journal)?;
+        ledger.restore_now(&payments);
+        tracing::info!(payments = payments.len(), unsettled = journal.unsettled_count()?, "payment ledger rebuilt from the journal");
+        return Ok(Arc::new(ledger));
     };
-    let settings = RedisSettings { url: url.clone(), key_prefix: key_prefix.clone(), timeout: *timeout, advertise_url: advertise_url.clone() };
     let source = journal.clone();
     let payments: x402_store::JournalPayments = Box::new(move || journaled_payments(&source).map_err(|error| format!("{error:#}")));
-    let ledger = RedisLedger::connect(&settings, config.exposure.limits, payments).context("cannot connect to the shared store (store.url)")?;
+    let ledger = RedisLedger::connect(settings, config.exposure.limits, payments).context("cannot connect to the shared store (store.url)")?;
     ledger.merge_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
-    tracing::info!(prefix = %key_prefix, "payment ledger shared through Redis");
+    tracing::info!(prefix = %settings.key_prefix, "payment ledger shared through Redis");
     Ok(Arc::new(ledger))
 }
 
@@ -439,21 +446,6 @@ fn journaled_payments(journal: &Journal) -> anyhow::Result<Vec<Restored>> {
     Ok(payments.into_values().collect())
 }
 
-/// Every authorization the journal holds stays refused until its `validBefore`, across
-/// restarts: a payment accepted before a crash is still a replay after it.
-fn rebuild_replay_store(journal: &Journal) -> anyhow::Result<Arc<dyn ReplayStore>> {
-    let store = MemoryReplayStore::default();
-    let live = journal.live(x402_store::unix_now()).context("cannot read the journal")?;
-    for record in &live {
-        let key = crate::payment::journaled_key(&record.item)
-            .with_context(|| format!("journal payment {} has an unreadable authorization", record.id))?;
-        store.reserve(key, record.item.valid_before);
-    }
-    tracing::info!(reserved = live.len(), unsettled = journal.unsettled_count()?, "replay store rebuilt from the journal");
-    Ok(Arc::new(store))
-}
-
-/// Payments accepted and not yet settled are still credit after a restart.
 /// A channel's unclaimed value in micro-USD, by the decimals of the asset a route offers for
 /// its token (6, USDC's, for a token no route offers any more).
 fn unclaimed_usd_micros(config: &Config, record: &x402_store::ChannelRecord) -> u64 {
@@ -482,11 +474,8 @@ fn spawn_claimed_sweep(exposure: Arc<ChannelExposure>, store: Arc<dyn ChannelSto
         .unwrap_or_else(|error| tracing::error!(%error, "cannot start the channel exposure sweep; claimed channel value keeps counting"));
 }
 
-fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Exposure>> {
-    let exposure = Exposure::new(config.exposure.limits);
-    for record in journal.unsettled().context("cannot read the journal")? {
-        exposure.restore(&record.payer, &record.route, record.usd_micros);
-    }
+/// Payer blocks still in force and the loss budget's recent failures, from the journal.
+fn restore_blocks_and_losses(exposure: &Exposure, journal: &Journal) -> anyhow::Result<()> {
     exposure.replace_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
     // A day back is as far as the loss budget remembers: it drains a full budget a day.
     // An operator's reset (`POST /exposure/losses/reset`) forgives what failed before it.
@@ -495,7 +484,7 @@ fn rebuild_exposure(config: &Config, journal: &Journal) -> anyhow::Result<Arc<Ex
     for (usd_micros, failed_at_ms) in journal.failures_since(since_ms).context("cannot read the journal")? {
         exposure.record_loss(usd_micros, failed_at_ms / 1000);
     }
-    Ok(Arc::new(exposure))
+    Ok(())
 }
 
 /// The settlement keys, when any route is priced (a gateway of free routes needs none):

@@ -123,6 +123,16 @@ impl LocalLedger {
     pub fn new(replay: Arc<dyn ReplayStore>, exposure: Arc<Exposure>) -> Self {
         Self { replay, exposure }
     }
+
+    /// [`PaymentLedger::restore`], which in this process never waits.
+    pub fn restore_now(&self, payments: &[Restored]) {
+        for payment in payments {
+            self.replay.reserve(payment.key, payment.valid_before);
+            if payment.unsettled {
+                self.exposure.restore(&payment.payer, &payment.route, payment.usd_micros);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -150,12 +160,7 @@ impl PaymentLedger for LocalLedger {
     }
 
     async fn restore(&self, payments: &[Restored]) -> Result<(), StoreUnavailable> {
-        for payment in payments {
-            self.replay.reserve(payment.key, payment.valid_before);
-            if payment.unsettled {
-                self.exposure.restore(&payment.payer, &payment.route, payment.usd_micros);
-            }
-        }
+        self.restore_now(payments);
         Ok(())
     }
 

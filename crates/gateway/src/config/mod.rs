@@ -287,14 +287,8 @@ fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSett
     if raw.kind == raw::StoreKind::Memory {
         return Ok(model::StoreSettings::Memory);
     }
-    let url = match (&raw.url, &raw.url_env) {
-        (Some(url), None) => url.clone(),
-        (None, Some(env)) => std::env::var(env).map_err(|_| format!("store.url_env: the environment variable {env} is not set"))?,
-        _ => return Err("store: give the Redis server as either url or url_env".into()),
-    };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-        return Err("store.url: must start with redis://, rediss:// or redis+unix://".into());
-    }
+    let url = value_or_env("url", &raw.url, &raw.url_env)?.ok_or("store: give the Redis server as either url or url_env")?;
+    x402_store::RedisEndpoint::parse(&url).map_err(|error| format!("store.url: {error}"))?;
     if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}']) {
         return Err("store.key_prefix: must be non-empty and without braces (it is the keys' hash tag)".into());
     }
@@ -307,12 +301,7 @@ fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSett
             route.name
         ));
     }
-    let advertise_url = match (&raw.advertise_url, &raw.advertise_url_env) {
-        (Some(url), None) => Some(url.clone()),
-        (None, Some(env)) => Some(std::env::var(env).map_err(|_| format!("store.advertise_url_env: the environment variable {env} is not set"))?),
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err("store: give advertise_url or advertise_url_env, not both".into()),
-    };
+    let advertise_url = value_or_env("advertise_url", &raw.advertise_url, &raw.advertise_url_env)?;
     if let Some(url) = &advertise_url {
         let parsed: http::Uri = url.parse().map_err(|_| format!("store.advertise_url: {url:?} is not a URL"))?;
         if parsed.scheme_str() != Some("http") || parsed.authority().is_none() || !parsed.path().trim_end_matches('/').is_empty() {
@@ -320,7 +309,26 @@ fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSett
         }
     }
     let advertise_url = advertise_url.map(|url| url.trim_end_matches('/').to_owned());
-    Ok(model::StoreSettings::Redis { url, key_prefix: raw.key_prefix.clone(), timeout: Duration::from_millis(raw.timeout_ms), advertise_url })
+    if raw.wait_for_replicas > 16 {
+        return Err("store.wait_for_replicas: at most 16".into());
+    }
+    Ok(model::StoreSettings::Redis(x402_store::RedisSettings {
+        url,
+        key_prefix: raw.key_prefix.clone(),
+        timeout: Duration::from_millis(raw.timeout_ms),
+        advertise_url,
+        wait_for_replicas: raw.wait_for_replicas,
+    }))
+}
+
+/// `store.<field>`, given in the file or through the environment variable `<field>_env` names.
+fn value_or_env(field: &str, value: &Option<String>, env: &Option<String>) -> Result<Option<String>, String> {
+    match (value, env) {
+        (Some(value), None) => Ok(Some(value.clone())),
+        (None, Some(env)) => std::env::var(env).map(Some).map_err(|_| format!("store.{field}_env: the environment variable {env} is not set")),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("store: give {field} or {field}_env, not both")),
+    }
 }
 
 fn build_exposure(raw: &raw::RawExposure) -> Result<model::ExposureSettings, String> {

@@ -36,13 +36,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
     Memory,
-    Redis {
-        url: String,
-        key_prefix: String,
-        timeout: Duration,
-        /// This replica's public listener as the others reach it, for receipt look-ups.
-        advertise_url: Option<String>,
-    },
+    /// Shared by every replica that names the same server and key prefix.
+    Redis(x402_store::RedisSettings),
 }
 
 /// What is done to every request before it is matched and forwarded.

@@ -122,11 +122,13 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub kind: StoreKind,
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS), or the Sentinels watching
+    /// the primary: `redis+sentinel://[user:password@]host:port[,host:port…]/service[/db]`.
     pub url: Option<String>,
     /// The environment variable holding the URL instead (when it carries a password).
     pub url_env: Option<String>,
-    /// Every key of this gateway fleet starts with it (as a Redis Cluster hash tag).
+    /// Every key of this gateway fleet starts with it, in braces: the keys' hash tag, so that
+    /// they share one Redis Cluster slot and one Lua script may touch them all.
     pub key_prefix: String,
     /// A store call slower than this refuses the payment with 503.
     pub timeout_ms: u64,
@@ -135,11 +137,14 @@ pub struct RawStore {
     pub advertise_url: Option<String>,
     /// The environment variable holding `advertise_url` instead (one config for every replica).
     pub advertise_url_env: Option<String>,
+    /// Store replicas that must confirm each payment's reservation (Redis `WAIT`, within
+    /// half of `timeout_ms`) before it is accepted; 0 (the default) waits for none.
+    pub wait_for_replicas: u32,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { kind: StoreKind::Memory, url: None, url_env: None, key_prefix: "x402-gateway".into(), timeout_ms: 50, advertise_url: None, advertise_url_env: None }
+        Self { kind: StoreKind::Memory, url: None, url_env: None, key_prefix: "x402-gateway".into(), timeout_ms: 50, advertise_url: None, advertise_url_env: None, wait_for_replicas: 0 }
     }
 }
 

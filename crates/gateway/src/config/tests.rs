@@ -261,20 +261,23 @@ fn the_store_is_in_process_unless_redis_is_named_and_redis_settings_are_checked(
     let config = redis("  kind: redis\n  url: redis://10.0.0.5:6379/0\n  advertise_url: http://10.0.0.7:8402/\n").unwrap();
     assert_eq!(
         config.store,
-        model::StoreSettings::Redis {
+        model::StoreSettings::Redis(x402_store::RedisSettings {
             url: "redis://10.0.0.5:6379/0".into(),
             key_prefix: "x402-gateway".into(),
             timeout: Duration::from_millis(50),
             advertise_url: Some("http://10.0.0.7:8402".into()),
-        }
+            wait_for_replicas: 0,
+        })
     );
     let refused = [
         ("  kind: redis\n", "either url or url_env"),
         ("  kind: redis\n  url: http://10.0.0.5:6379\n", "must start with redis://"),
+        ("  kind: redis\n  url: redis+sentinel://s1:26379\n", "service name"),
+        ("  kind: redis\n  url: redis://r:6379\n  wait_for_replicas: 17\n", "at most 16"),
         ("  kind: redis\n  url: redis://r:6379\n  key_prefix: \"{x}\"\n", "without braces"),
         ("  kind: redis\n  url: redis://r:6379\n  timeout_ms: 0\n", "timeout_ms"),
         ("  kind: redis\n  url: redis://r:6379\n  advertise_url: http://10.0.0.7:8402/receipts\n", "with no path"),
-        ("  kind: redis\n  url: redis://r:6379\n  url_env: X402_TEST_UNSET_REDIS_URL\n", "either url or url_env"),
+        ("  kind: redis\n  url: redis://r:6379\n  url_env: X402_TEST_UNSET_REDIS_URL\n", "url or url_env, not both"),
         ("  kind: postgres\n", "kind"),
     ];
     for (store, expected) in refused {

@@ -2,7 +2,7 @@
 //! and retried until the store takes them, and a once-a-second watch that sweeps stale counts,
 //! reports the store's health and notices a store that lost its data.
 
-use super::{Inner, SKEW_GRACE_MS};
+use super::{endpoint, Inner, SKEW_GRACE_MS};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub(super) async fn apply_updates(inner: Arc<Inner>, mut queue: mpsc::UnboundedR
 }
 
 async fn apply(inner: &Inner, update: &LedgerUpdate) -> redis::RedisResult<()> {
-    let mut connection = inner.connection.clone();
+    let mut connection = inner.primary.connection();
     let (keys, scripts) = (&inner.keys, &inner.scripts);
     match update {
         LedgerUpdate::Resolved { receipt_id, expire_at_ms } => {
@@ -61,21 +61,37 @@ async fn apply(inner: &Inner, update: &LedgerUpdate) -> redis::RedisResult<()> {
     }
 }
 
-/// Every second, or at once when a hold found the store without this replica's generation:
-/// sweeps payments nobody resolved a day past their `validBefore`, reports whether the store
-/// answers, and recovers from a store that lost its data.
+/// Every second, or at once when a call found the store without this replica's generation or
+/// its primary demoted: sweeps payments nobody resolved a day past their `validBefore`,
+/// reports whether the store answers, connects to the primary again after a failover, and
+/// recovers from a store that lost its data.
 pub(super) async fn watch(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = inner.store_lost.notified() => {}
+            () = inner.watch_now.notified() => {}
         }
-        let mut connection = inner.connection.clone();
-        match tokio::time::timeout(Duration::from_secs(1), check(&inner, &mut connection)).await {
-            Ok(Ok(())) => inner.health.answered(),
-            Ok(Err(error)) => inner.health.failed(&error.to_string()),
-            Err(_) => inner.health.failed("no answer to the store check within 1 s"),
+        let mut connection = inner.primary.connection();
+        let moved = match tokio::time::timeout(Duration::from_secs(1), check(&inner, &mut connection)).await {
+            Ok(Ok(())) => {
+                inner.health.answered();
+                false
+            }
+            Ok(Err(error)) => {
+                inner.health.failed(&error.to_string());
+                // Behind Sentinels, a primary that stopped answering may have been replaced.
+                endpoint::is_demoted(&error) || inner.primary.is_sentinel()
+            }
+            Err(_) => {
+                inner.health.failed("no answer to the store check within 1 s");
+                inner.primary.is_sentinel()
+            }
+        };
+        if inner.primary_moved.swap(false, Ordering::Relaxed) || moved {
+            if let Err(error) = inner.primary.reconnect().await {
+                tracing::error!(%error, "cannot find the shared store's primary; retrying");
+            }
         }
         if inner.generation_lost() {
             if let Err(error) = inner.recover().await {

@@ -10,8 +10,9 @@
 //! budget in a third. Every request-path operation is one Lua
 //! script, so it is one atomic round trip; concurrent payments share the one multiplexed
 //! connection (pipelined). All keys share the hash tag `{prefix}`, so they land in one slot
-//! and the scripts are Cluster-safe (the client talks to one server: no Cluster redirections
-//! or Sentinel discovery yet).
+//! and the scripts are Cluster-safe (the client talks to one primary, found through Sentinels
+//! when `store.url` names them, and found again after a failover: see [`endpoint`]; Cluster
+//! redirections are not followed).
 //!
 //! Fails closed: a store that errs or is slower than the timeout refuses the payment as
 //! [`StoreUnavailable`]. Nothing falls back to a local store, which would reopen
@@ -21,6 +22,7 @@
 //! quarantine that gives every running replica the time to do the same.
 
 mod background;
+mod endpoint;
 mod scripts;
 
 use crate::exposure::{ExposureLimits, ExposureSnapshot, PayerBlock};
@@ -29,7 +31,8 @@ use crate::ledger::{Hold, LedgerRefusal, PaymentLedger, Restored, StoreUnavailab
 use crate::replay::{MemoryReplayStore, ReplayStore};
 use async_trait::async_trait;
 use background::LedgerUpdate;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use endpoint::Primary;
+pub use endpoint::RedisEndpoint;
 use redis::Value;
 use scripts::{hold_answer, limit_arg, HoldAnswer, Keys, Scripts};
 use std::collections::HashMap;
@@ -40,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 /// Where the store is and how long a call may take.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
@@ -48,7 +51,13 @@ pub struct RedisSettings {
     /// This replica's public listener as the others reach it: where receipt look-ups for the
     /// payments it holds are forwarded.
     pub advertise_url: Option<String>,
+    /// Replicas of the store that must have each payment's reservation before the payment is
+    /// accepted (`WAIT`, within `timeout`): a failover then cannot forget it. 0: none.
+    pub wait_for_replicas: u32,
 }
+
+/// Why payments are refused while this replica's journal is restored into the store.
+const RESTORING: &str = "the shared store lost its data; this replica is restoring its journal into it";
 
 /// This replica's journal: the payments to restore into the store at start, and again if the
 /// store loses its data.
@@ -65,7 +74,7 @@ const RECOVERY_QUARANTINE_MS: u64 = 5_000;
 
 /// Whether the store answered its last call, and counts for metrics.
 #[derive(Default)]
-pub struct StoreHealth {
+pub(crate) struct StoreHealth {
     down: AtomicBool,
     last_error: Mutex<String>,
     errors: AtomicU64,
@@ -144,8 +153,10 @@ impl OwnedHold {
 
 /// What the ledger's handle and its background tasks share.
 struct Inner {
-    connection: ConnectionManager,
+    primary: Primary,
     timeout: Duration,
+    /// Replicas that must have each hold before its payment is accepted (`WAIT`); 0: none.
+    replica_acks: u32,
     keys: Keys,
     scripts: Scripts,
     limits: Mutex<ExposureLimits>,
@@ -157,7 +168,10 @@ struct Inner {
     /// The store generation this replica's journal is restored into; empty while it must be
     /// restored again (the store lost its data), when every hold is refused.
     generation: Mutex<String>,
-    store_lost: Notify,
+    /// Wakes the watch at once: the store lost its data, or the primary moved.
+    watch_now: Notify,
+    /// A call found the primary demoted (a failover): the watch connects to the new one.
+    primary_moved: AtomicBool,
     journal: JournalPayments,
     /// Payer blocks already sent, so each journal sync sends only what changed.
     sent_blocks: Mutex<HashMap<String, (u64, String)>>,
@@ -189,7 +203,7 @@ impl Inner {
             generation.clear();
             lock(&self.sent_blocks).clear();
         }
-        self.store_lost.notify_one();
+        self.watch_now.notify_one();
     }
 
     fn enqueue(&self, update: LedgerUpdate) {
@@ -206,7 +220,13 @@ impl Inner {
             Ok(Ok(value)) => Ok(value),
             // Sent, and then no answer: the command may have run in Redis.
             Ok(Err(error)) if error.is_timeout() || error.is_connection_dropped() => Err(CallError::Late(unavailable(error))),
-            Ok(Err(error)) => Err(CallError::Failed(unavailable(error))),
+            Ok(Err(error)) => {
+                if endpoint::is_demoted(&error) {
+                    self.primary_moved.store(true, Ordering::Relaxed);
+                    self.watch_now.notify_one();
+                }
+                Err(CallError::Failed(unavailable(error)))
+            }
             Err(_) => Err(CallError::Late(unavailable(format!("no answer within {} ms", self.timeout.as_millis())))),
         };
         match &outcome {
@@ -219,10 +239,9 @@ impl Inner {
     async fn hold(&self, hold: OwnedHold) -> Result<(), LedgerRefusal> {
         let generation = self.generation();
         if generation.is_empty() {
-            return Err(unavailable("the shared store lost its data; this replica is restoring its journal into it").into());
+            return Err(unavailable(RESTORING).into());
         }
         let limits = self.limits();
-        let mut connection = self.connection.clone();
         let expire_at_ms = hold.valid_before.saturating_mul(1000).saturating_add(COUNTED_GRACE_MS);
         let mut invocation = self.scripts.hold.key(self.keys.reservation(&hold.receipt_id));
         invocation
@@ -244,8 +263,15 @@ impl Inner {
             .arg(&self.owner)
             .arg(&generation)
             .arg(crate::unix_now_ms());
-        let reply: Vec<Value> = match self.call(invocation.invoke_async(&mut connection)).await {
-            Ok(reply) => reply,
+        let reply = match self.run_hold(&invocation).await {
+            Ok((_, acks)) if acks < i64::from(self.replica_acks) => {
+                // Held on the primary only: a failover now would forget it. Undone, refused.
+                self.enqueue(LedgerUpdate::Release { receipt_id: hold.receipt_id, token: hold.token, valid_before: hold.valid_before, keep: false });
+                let error = format!("{acks} of the {} store replicas store.wait_for_replicas asks for confirmed the payment in time", self.replica_acks);
+                self.health.failed(&error);
+                return Err(unavailable(error).into());
+            }
+            Ok((reply, _)) => reply,
             Err(CallError::Late(error)) => {
                 // The script may still run: undo it if it did, by its token.
                 self.enqueue(LedgerUpdate::Release { receipt_id: hold.receipt_id, token: hold.token, valid_before: hold.valid_before, keep: false });
@@ -258,7 +284,7 @@ impl Inner {
             HoldAnswer::Refused(refusal) => Err(refusal),
             HoldAnswer::StoreLost => {
                 self.lose_generation();
-                Err(unavailable("the shared store lost its data; this replica is restoring its journal into it").into())
+                Err(unavailable(RESTORING).into())
             }
             HoldAnswer::Quarantined { until_ms } => {
                 let seconds = until_ms.saturating_sub(crate::unix_now_ms()).div_ceil(1000);
@@ -267,8 +293,33 @@ impl Inner {
         }
     }
 
+    /// Runs the HOLD script, followed on the same socket by a `WAIT` for `replica_acks`
+    /// replicas when asked: the script's answer, and how many replicas have it.
+    async fn run_hold(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<(Vec<Value>, i64), CallError> {
+        if self.replica_acks == 0 {
+            let mut connection = self.primary.connection();
+            return self.call(invocation.invoke_async(&mut connection)).await.map(|reply| (reply, 0));
+        }
+        let mut connection = self.primary.waiting_connection();
+        // Half the call's time: the replicas' count comes back before the call times out.
+        let wait_ms = u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX).max(1);
+        let mut pipeline = redis::pipe();
+        pipeline.invoke_script(invocation).cmd("WAIT").arg(self.replica_acks).arg(wait_ms);
+        let query = async move {
+            match pipeline.query_async::<(Vec<Value>, i64)>(&mut connection).await {
+                // A pipeline does not load the script by itself (a new or restarted primary).
+                Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    invocation.load_async(&mut connection).await?;
+                    pipeline.query_async(&mut connection).await
+                }
+                outcome => outcome,
+            }
+        };
+        self.call(query).await
+    }
+
     async fn release(&self, receipt_id: String, token: u64, valid_before: u64, keep: bool) -> Result<bool, StoreUnavailable> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.primary.connection();
         let mut invocation = self.scripts.release.key(self.keys.reservation(&receipt_id));
         invocation.key(self.keys.exposure()).arg(token).arg(u8::from(keep)).arg(valid_before.saturating_mul(1000).saturating_add(SKEW_GRACE_MS));
         match self.call(invocation.invoke_async::<i64>(&mut connection)).await {
@@ -284,7 +335,7 @@ impl Inner {
 
     /// Restores the journal's payments (only what the store does not know is added).
     async fn restore_payments(&self, payments: &[Restored]) -> Result<(), StoreUnavailable> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.primary.connection();
         let patience = self.timeout * 20 + Duration::from_secs(5);
         let load = self.scripts.restore.load_async(&mut connection);
         let hash = tokio::time::timeout(patience, load).await.map_err(unavailable)?.map_err(unavailable)?;
@@ -318,7 +369,7 @@ impl Inner {
     /// keeping it closed until at least `extend_to_ms`.
     async fn adopt(&self, open_at_ms: u64, extend_to_ms: u64) -> Result<String, StoreUnavailable> {
         let new_id = format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish() ^ crate::unix_now_ms());
-        let mut connection = self.connection.clone();
+        let mut connection = self.primary.connection();
         let mut invocation = self.scripts.adopt.key(self.keys.generation());
         invocation.arg(new_id).arg(open_at_ms).arg(extend_to_ms);
         Ok(self.call(invocation.invoke_async::<String>(&mut connection)).await?)
@@ -370,22 +421,14 @@ impl RedisLedger {
             .enable_all()
             .build()
             .map_err(unavailable)?;
-        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+        let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url {error}")))?;
         let (updates, queue) = mpsc::unbounded_channel();
         let inner = runtime.block_on(async {
-            let patience = settings.timeout * 20 + Duration::from_secs(1);
-            let connection = tokio::time::timeout(patience, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| unavailable(format!("no answer from {} in time", redacted(&settings.url))))?
-                .map_err(unavailable)?;
+            let primary = Primary::connect(endpoint, settings.timeout, settings.wait_for_replicas > 0).await.map_err(unavailable)?;
             let inner = Arc::new(Inner {
-                connection,
+                primary,
                 timeout: settings.timeout,
+                replica_acks: settings.wait_for_replicas,
                 keys: Keys::new(&settings.key_prefix),
                 scripts: Scripts::new(),
                 limits: Mutex::new(limits),
@@ -393,7 +436,8 @@ impl RedisLedger {
                 seen: MemoryReplayStore::default(),
                 health: Arc::default(),
                 generation: Mutex::default(),
-                store_lost: Notify::new(),
+                watch_now: Notify::new(),
+                primary_moved: AtomicBool::new(false),
                 journal,
                 sent_blocks: Mutex::default(),
                 updates,
@@ -405,10 +449,6 @@ impl RedisLedger {
         runtime.spawn(background::apply_updates(inner.clone(), queue));
         runtime.spawn(background::watch(inner.clone()));
         Ok(Self { inner, runtime: Some(runtime) })
-    }
-
-    pub fn health(&self) -> Arc<StoreHealth> {
-        self.inner.health.clone()
     }
 
     /// Runs `work` on the store's runtime, where the connection's own tasks live (a
@@ -426,7 +466,8 @@ impl RedisLedger {
 /// Lets `payer` pay again across the fleet, from a process that runs no ledger (the CLI):
 /// removes its block from the shared store. True if it was blocked there.
 pub fn unblock_in_store(settings: &RedisSettings, payer: &str) -> Result<bool, StoreUnavailable> {
-    let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+    let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url {error}")))?;
+    let client = endpoint.client_now().map_err(unavailable)?;
     let patience = settings.timeout.max(Duration::from_secs(2));
     let mut connection = client.get_connection_with_timeout(patience).map_err(unavailable)?;
     connection.set_read_timeout(Some(patience)).map_err(unavailable)?;
@@ -434,13 +475,6 @@ pub fn unblock_in_store(settings: &RedisSettings, payer: &str) -> Result<bool, S
     Ok(removed > 0)
 }
 
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
 
 #[async_trait]
 impl PaymentLedger for RedisLedger {
@@ -520,7 +554,7 @@ impl PaymentLedger for RedisLedger {
         lock(&self.inner.sent_blocks).remove(payer);
         let payer = payer.to_owned();
         self.on_store(|inner| async move {
-            let mut connection = inner.connection.clone();
+            let mut connection = inner.primary.connection();
             let removed: i64 = inner.call(redis::cmd("HDEL").arg(inner.keys.blocks()).arg(&payer).query_async(&mut connection)).await?;
             Ok(removed > 0)
         })
@@ -529,7 +563,7 @@ impl PaymentLedger for RedisLedger {
 
     async fn reset_losses(&self, now: u64) -> Result<u64, StoreUnavailable> {
         self.on_store(move |inner| async move {
-            let mut connection = inner.connection.clone();
+            let mut connection = inner.primary.connection();
             let mut invocation = inner.scripts.losses.key(inner.keys.losses());
             invocation.arg(limit_arg(inner.limits().losses_per_day)).arg(now).arg(0).arg(0).arg("reset");
             let level: i64 = inner.call(invocation.invoke_async(&mut connection)).await?;
@@ -540,7 +574,7 @@ impl PaymentLedger for RedisLedger {
 
     async fn snapshot(&self, top: usize, now: u64) -> Result<ExposureSnapshot, StoreUnavailable> {
         self.on_store(move |inner| async move {
-            let mut connection = inner.connection.clone();
+            let mut connection = inner.primary.connection();
             let mut pipeline = redis::pipe();
             pipeline.cmd("HGETALL").arg(inner.keys.exposure()).cmd("HGETALL").arg(inner.keys.blocks()).cmd("HGETALL").arg(inner.keys.losses());
             type Maps = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>);
@@ -553,7 +587,7 @@ impl PaymentLedger for RedisLedger {
     async fn receipt_owner(&self, receipt_id: &str) -> Result<Option<String>, StoreUnavailable> {
         let receipt_id = receipt_id.to_owned();
         self.on_store(|inner| async move {
-            let mut connection = inner.connection.clone();
+            let mut connection = inner.primary.connection();
             let owner: Option<String> = inner.call(redis::cmd("HGET").arg(inner.keys.reservation(&receipt_id)).arg("o").query_async(&mut connection)).await?;
             Ok(owner.filter(|owner| !owner.is_empty() && *owner != inner.owner))
         })
@@ -574,7 +608,7 @@ impl PaymentLedger for RedisLedger {
 
     fn unavailable(&self) -> Option<String> {
         if self.inner.generation_lost() {
-            return Some("the shared store lost its data; this replica is restoring its journal into it".into());
+            return Some(RESTORING.into());
         }
         self.inner.health.down.load(Ordering::Relaxed).then(|| lock(&self.inner.health.last_error).clone())
     }
@@ -626,16 +660,5 @@ fn snapshot_of(
         losses: field("level"),
         losses_spent: field("spent") == 1,
         lost_total: field("lost"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_url_is_shown_without_its_password() {
-        assert_eq!(redacted("redis://user:secret@redis:6379/0"), "redis://…@redis:6379/0");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }
