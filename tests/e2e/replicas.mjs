@@ -115,7 +115,9 @@ function redisAnswers(port) {
 
 /** A private redis-server without persistence on `port` (`extraArgs`: e.g. `--replicaof`), to kill. */
 export async function startRedis(port, extraArgs = []) {
-  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...extraArgs];
+  // Its own folder: a replica's full sync writes a dump file there.
+  const dir = mkdtempSync(join(tmpdir(), "x402-redis-"));
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no", ...extraArgs];
   return spawnRedis(spawn("redis-server", args, { stdio: "ignore" }), port);
 }
 

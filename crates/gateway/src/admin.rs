@@ -105,8 +105,8 @@ impl AdminApi {
             (&Method::GET, "/routes") => (StatusCode::OK, crate::inspect::routes_json(&self.config.load())),
             (&Method::GET, "/settlement") => self.settlement(),
             (&Method::GET, "/exposure") => self.exposure().await,
-            (&Method::GET, "/channels") => self.channels(),
-            (&Method::POST, "/channels/claim") => self.claim_channels(),
+            (&Method::GET, "/channels") => self.channels().await,
+            (&Method::POST, "/channels/claim") => self.claim_channels().await,
             (&Method::POST, "/drain") => self.drain(),
             (&Method::POST, "/exposure/losses/reset") => self.reset_losses().await,
             (&Method::DELETE, _) if path.starts_with("/exposure/blocks/") => self.unblock(&path["/exposure/blocks/".len()..]).await,
@@ -179,18 +179,24 @@ impl AdminApi {
         }
     }
 
-    fn channels(&self) -> Answer {
-        let records = crate::channel_payment::channels_by_unclaimed(self.channels.list());
+    async fn channels(&self) -> Answer {
+        let records = match self.channels.list().await {
+            Ok(records) => crate::channel_payment::channels_by_unclaimed(records),
+            Err(error) => return store_unavailable(&error),
+        };
         let channels: Vec<serde_json::Value> = records.iter().map(crate::channel_payment::channel_json).collect();
         (StatusCode::OK, serde_json::json!({"count": channels.len(), "channels": channels}))
     }
 
-    fn claim_channels(&self) -> Answer {
+    async fn claim_channels(&self) -> Answer {
         let Some(claims) = &self.channel_claims else {
             return (StatusCode::CONFLICT, serde_json::json!({"error": "no_settler", "message": "no settler runs, so nothing can be claimed"}));
         };
         claims.claim_all_now();
-        let unclaimed = self.channels.list().iter().filter(|record| record.unclaimed() > 0).count();
+        let unclaimed = match self.channels.list().await {
+            Ok(records) => records.iter().filter(|record| record.unclaimed() > 0).count(),
+            Err(error) => return store_unavailable(&error),
+        };
         (StatusCode::ACCEPTED, serde_json::json!({"claiming": unclaimed, "message": "every channel holding unclaimed value is claimed in the next round"}))
     }
 

@@ -62,11 +62,19 @@ impl ChannelExposure {
         lock(&self.unclaimed).entry(channel).or_default().push_back(charge);
     }
 
-    /// Stops counting what the channels' mirrored `totalClaimed` shows claimed.
-    pub fn sweep_claimed(&self, store: &dyn ChannelStore) {
+    /// Stops counting what the channels' mirrored `totalClaimed` shows claimed. A channel the
+    /// store cannot be asked about keeps counting.
+    pub async fn sweep_claimed(&self, store: &dyn ChannelStore) {
+        let ids: Vec<ChannelId> = lock(&self.unclaimed).keys().copied().collect();
+        let mut claimed_totals = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(record) = store.get(&id).await {
+                claimed_totals.insert(id, record.map_or(0, |record| record.onchain.total_claimed));
+            }
+        }
         let mut unclaimed = lock(&self.unclaimed);
         unclaimed.retain(|id, charges| {
-            let claimed = store.get(id).map_or(0, |record| record.onchain.total_claimed);
+            let Some(&claimed) = claimed_totals.get(id) else { return true };
             while charges.front().is_some_and(|charge| charge.cumulative <= claimed) {
                 if let Some(charge) = charges.pop_front() {
                     self.exposure.remove(&charge.payer, &charge.route, charge.usd_micros);
@@ -100,8 +108,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_charge_counts_until_a_claim_passes_it_and_the_limit_refuses_beyond() {
+    #[tokio::test]
+    async fn a_charge_counts_until_a_claim_passes_it_and_the_limit_refuses_beyond() {
         let exposure = Arc::new(Exposure::new(ExposureLimits { per_payer: Some(2_500), ..ExposureLimits::default() }));
         let channels = ChannelExposure::new(exposure.clone());
         for cumulative in [1_000, 2_000] {
@@ -110,12 +118,12 @@ mod tests {
         }
         assert!(matches!(channels.admit("0xpayer", "metered", 1_000), Err(ExposureRefusal::Payer { unsettled: 2_000, limit: 2_500 })));
         let store = MemoryChannelStore::with_records([record(2_000, 1_000)]);
-        channels.sweep_claimed(&store);
+        channels.sweep_claimed(&store).await;
         assert_eq!(exposure.payer("0xpayer"), 1_000, "the first charge is claimed");
         channels.admit("0xpayer", "metered", 1_000).unwrap();
         channels.release("0xpayer", "metered", 1_000);
-        store.mirror(&[7; 32], OnchainChannel { total_claimed: 2_000, ..OnchainChannel::default() });
-        channels.sweep_claimed(&store);
+        store.mirror(&[7; 32], OnchainChannel { total_claimed: 2_000, ..OnchainChannel::default() }).await.unwrap();
+        channels.sweep_claimed(&store).await;
         assert_eq!(exposure.total(), 0);
     }
 

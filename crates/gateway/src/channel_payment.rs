@@ -15,7 +15,7 @@ use x402::{v2, HeaderError};
 use x402_evm::batch_settlement::{self as scheme, response, BatchError, BatchPayload, ChannelView, CheckedVoucher, PayloadKind};
 use x402_settle::channels::{config_terms, ChannelSettlement, DepositError};
 use crate::channel_exposure::ChannelExposure;
-use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelStore, ChannelTicket, ExposureRefusal, Journal, OnchainChannel};
+use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTicket, ExposureRefusal, Journal, OnchainChannel};
 
 /// A mirror older than this is read again before a voucher is checked against it: the
 /// official server's longest on-chain state TTL.
@@ -119,8 +119,9 @@ impl ChannelPayments {
         let channel_id = offer.batch.channel_domain.channel_id(payload.channel_config());
         let now_ms = unix_now_ms();
         let slot = Duration::from_secs(max_timeout_seconds).clamp(MIN_SLOT, MAX_SLOT);
-        let (ticket, stored) = match self.store.begin(&channel_id.0, now_ms, now_ms + slot.as_millis() as u64) {
+        let (ticket, stored) = match self.store.begin(&channel_id.0, now_ms, now_ms + slot.as_millis() as u64).await {
             Ok(held) => held,
+            Err(ChannelRefusal::Unavailable(error)) => return Err(ChannelRejection::Unavailable(format!("{error}; nothing was charged"))),
             Err(_) => return Err(BatchError::ChannelBusy.into()),
         };
         match self.check(offer, &payload, channel_id, stored, slot).await {
@@ -128,7 +129,7 @@ impl ChannelPayments {
                 let usd_micros = crate::payment::usd_micros(alloy_primitives::U256::from(offer.batch.price), offer.offer.asset.decimals);
                 let payer = voucher.payer.to_checksum(None);
                 if let Err(refusal) = self.exposure.admit(&payer, route, usd_micros) {
-                    self.store.cancel(ticket);
+                    self.store.cancel(ticket).await;
                     return Err(ChannelRejection::OverExposure(refusal));
                 }
                 let held = self.finish_hold(offer, ticket, voucher, onchain, route, usd_micros).await;
@@ -138,7 +139,7 @@ impl ChannelPayments {
                 held
             }
             Err(rejection) => {
-                self.store.cancel(ticket);
+                self.store.cancel(ticket).await;
                 Err(rejection)
             }
         }
@@ -188,7 +189,7 @@ impl ChannelPayments {
             return Ok(held);
         }
         let Some(settlement) = self.settlement.as_ref() else {
-            self.store.cancel(held.ticket);
+            self.store.cancel(held.ticket).await;
             return Err(ChannelRejection::Unavailable("the settler is not running".into()));
         };
         match settlement.deposit(&held.network, &held.voucher).await {
@@ -198,13 +199,13 @@ impl ChannelPayments {
                 held.onchain = onchain;
                 held.deposit = Some((transaction, amount));
                 if held.voucher.max_claimable > onchain.balance {
-                    self.store.cancel(held.ticket);
+                    self.store.cancel(held.ticket).await;
                     return Err(BatchError::CumulativeExceedsBalance { signed: held.voucher.max_claimable, balance: onchain.balance }.into());
                 }
                 Ok(held)
             }
             Err(error) => {
-                self.store.cancel(held.ticket);
+                self.store.cancel(held.ticket).await;
                 Err(match error {
                     DepositError::Unavailable(why) => ChannelRejection::Unavailable(format!("the deposit cannot be sent ({why})")),
                     DepositError::Unconfirmed => ChannelRejection::Unavailable("the deposit was sent but is not confirmed yet; send the same payment again shortly".into()),
@@ -224,7 +225,7 @@ impl ChannelPayments {
         let charged = match scheme::charge(held.voucher.charged_before, held.price, held.voucher.max_claimable) {
             Ok(charged) => charged,
             Err(error) => {
-                self.release(held);
+                self.release(held).await;
                 return Err(error.to_string());
             }
         };
@@ -240,7 +241,7 @@ impl ChannelPayments {
             last_charged_at_ms: unix_now_ms(),
         };
         let (payer, route, usd_micros) = (held.payer.clone(), held.route.clone(), held.usd_micros);
-        if let Err(refusal) = self.store.commit(held.ticket, record.clone()) {
+        if let Err(refusal) = self.store.commit(held.ticket, record.clone()).await {
             self.exposure.release(&payer, &route, usd_micros);
             return Err(refusal.to_string());
         }
@@ -253,9 +254,9 @@ impl ChannelPayments {
 
     /// Gives a held voucher's slot back: nothing is charged, and the next voucher of the
     /// channel repeats the amount.
-    pub fn release(&self, held: HeldVoucher) {
+    pub async fn release(&self, held: HeldVoucher) {
         self.exposure.release(&held.payer, &held.route, held.usd_micros);
-        self.store.cancel(held.ticket);
+        self.store.cancel(held.ticket).await;
     }
 }
 

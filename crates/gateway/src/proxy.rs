@@ -637,7 +637,7 @@ impl PaywallProxy {
         if let Some(held) = ctx.voucher.take() {
             self.metrics.channel_in_flight.dec();
             // Nothing charged: the channel's next voucher repeats the amount.
-            self.channels.release(held);
+            self.channels.release(held).await;
         }
         let Some(payment) = ctx.payment.take() else { return };
         if ctx.charged || self.journaled_after_all(ctx) {

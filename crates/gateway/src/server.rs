@@ -93,15 +93,15 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let admission_shutdown = shutdown_rx.clone();
     let drain_timeout = config.settlement.drain_timeout;
     let settler = settler.map(Arc::new);
-    let channel_store: Arc<dyn ChannelStore> =
-        Arc::new(MemoryChannelStore::with_records(journal.channels().context("cannot read payment channels from the journal")?));
+    let channel_records = journal.channels().context("cannot read payment channels from the journal")?;
+    let channel_store: Arc<dyn ChannelStore> = Arc::new(MemoryChannelStore::with_records(channel_records.clone()));
     let channel_settlement = settler
         .as_ref()
         .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
     let claimer = channel_settlement.clone();
     let channel_claims = channel_settlement.clone();
     let channel_exposure = Arc::new(ChannelExposure::new(exposure.clone()));
-    channel_exposure.restore(&channel_store.list(), |record| unclaimed_usd_micros(&config, record));
+    channel_exposure.restore(&channel_records, |record| unclaimed_usd_micros(&config, record));
     spawn_claimed_sweep(channel_exposure.clone(), channel_store.clone(), shutdown_rx.clone());
     let (settle_before, settle_now_rx) = match &settler {
         Some(settler) => {
@@ -465,10 +465,19 @@ fn spawn_claimed_sweep(exposure: Arc<ChannelExposure>, store: Arc<dyn ChannelSto
     std::thread::Builder::new()
         .name("x402-channel-exposure".into())
         .spawn(move || {
-            while !*shutdown.borrow_and_update() {
-                exposure.sweep_claimed(store.as_ref());
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::error!("cannot start the channel exposure sweep's runtime; claimed channel value keeps counting");
+                return;
+            };
+            runtime.block_on(async {
+                while !*shutdown.borrow_and_update() {
+                    exposure.sweep_claimed(store.as_ref()).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            });
         })
         .map(drop)
         .unwrap_or_else(|error| tracing::error!(%error, "cannot start the channel exposure sweep; claimed channel value keeps counting"));

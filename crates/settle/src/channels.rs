@@ -20,7 +20,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use x402_evm::batch_settlement::{calldata, BatchEvent, ChannelConfig, CheckedVoucher, SETTLEMENT_CONTRACT};
-use x402_store::{unix_now_ms, ChannelId, ChannelRecord, ChannelStore, ChannelTerms, Journal, OnchainChannel};
+use x402_store::{unix_now_ms, ChannelId, ChannelRecord, ChannelStore, ChannelTerms, Journal, OnchainChannel, StoreUnavailable};
+
+/// Why a claim round stopped; the next one starts over.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Store(#[from] StoreUnavailable),
+}
 
 /// When channels are claimed and their escrow state read again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,11 +168,11 @@ impl ChannelSettlement {
 
     /// One pass: mirror the withdrawals payers asked for, refresh stale mirrors of channels
     /// holding unclaimed value, then claim what is due.
-    async fn round(self: &Arc<Self>) -> Result<(), ChainError> {
+    async fn round(self: &Arc<Self>) -> Result<(), RoundError> {
         self.watch_withdrawals().await?;
         let claim_all = self.claim_all.swap(false, std::sync::atomic::Ordering::Relaxed);
         let now_ms = unix_now_ms();
-        let open: Vec<ChannelRecord> = self.store.list().into_iter().filter(|record| record.unclaimed() > 0).collect();
+        let open: Vec<ChannelRecord> = self.store.list().await?.into_iter().filter(|record| record.unclaimed() > 0).collect();
         self.track_unclaimed(&open, now_ms);
         let mut due = Vec::new();
         for record in open {
@@ -183,8 +192,8 @@ impl ChannelSettlement {
     /// Reads the escrow's `WithdrawInitiated` events since the last round and mirrors each
     /// one of a channel this gateway serves: its claim is then due at once, and its vouchers
     /// are checked against the withdrawal (see the request path).
-    async fn watch_withdrawals(&self) -> Result<(), ChainError> {
-        let networks: HashSet<String> = self.store.list().into_iter().map(|record| record.network).collect();
+    async fn watch_withdrawals(&self) -> Result<(), RoundError> {
+        let networks: HashSet<String> = self.store.list().await?.into_iter().map(|record| record.network).collect();
         for network in networks {
             let client = self.reader(&network)?;
             let head = client.head().await?;
@@ -203,8 +212,8 @@ impl ChannelSettlement {
         Ok(())
     }
 
-    async fn mirror_withdrawal(&self, network: &str, channel_id: B256, amount: u128, finalize_after: u64) -> Result<(), ChainError> {
-        let Some(record) = self.store.get(&channel_id.0) else { return Ok(()) };
+    async fn mirror_withdrawal(&self, network: &str, channel_id: B256, amount: u128, finalize_after: u64) -> Result<(), RoundError> {
+        let Some(record) = self.store.get(&channel_id.0).await? else { return Ok(()) };
         tracing::warn!(channel = %channel_id, payer = %Address::from(record.terms.payer), amount, finalize_after, unclaimed = record.unclaimed(), "payer asked to withdraw; its channel is claimed now");
         let record = self.remirrored(network, record).await?;
         self.save(vec![record]).await;
@@ -248,7 +257,10 @@ impl ChannelSettlement {
     /// journals it).
     async fn remirrored(&self, network: &str, mut record: ChannelRecord) -> Result<ChannelRecord, ChainError> {
         record.onchain = self.read_channel(network, B256::from(record.id)).await?;
-        self.store.mirror(&record.id, record.onchain);
+        if let Err(error) = self.store.mirror(&record.id, record.onchain).await {
+            // Requests read the chain again once the stored mirror is stale.
+            tracing::warn!(channel = %B256::from(record.id), %error, "cannot record the channel's escrow state in the store");
+        }
         Ok(record)
     }
 
@@ -341,13 +353,13 @@ impl ChannelSettlement {
             return;
         }
         // The store's copy is the latest charge; the journal row follows it, mirror included.
-        let latest: Vec<ChannelRecord> = records
-            .into_iter()
-            .map(|record| match self.store.get(&record.id) {
-                Some(stored) => ChannelRecord { onchain: record.onchain, ..stored },
-                None => record,
-            })
-            .collect();
+        let mut latest = Vec::with_capacity(records.len());
+        for record in records {
+            latest.push(match self.store.get(&record.id).await {
+                Ok(Some(stored)) => ChannelRecord { onchain: record.onchain, ..stored },
+                _ => record,
+            });
+        }
         if let Err(error) = self.journal.save_channels(latest).await {
             tracing::warn!(%error, "cannot journal channel state; the store keeps it and the next charge writes it");
         }

@@ -15,6 +15,8 @@
 //! the durable copy ([`crate::Journal::save_channel`]) from which it is rebuilt at start. A
 //! shared implementation (several replicas) is another `ChannelStore`.
 
+use crate::ledger::StoreUnavailable;
+use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -78,7 +80,8 @@ impl ChannelRecord {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ChannelTicket {
     pub id: ChannelId,
-    serial: u64,
+    /// Which request holds the slot (a shared store's random token).
+    pub(crate) serial: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,22 +95,38 @@ pub enum ChannelRefusal {
     /// The charge would lower what the channel has been charged.
     #[error("the channel has been charged {stored} already; a charge to {offered} would go backwards")]
     Backwards { stored: u128, offered: u128 },
+    /// The store did not answer (in time): nothing was taken or charged.
+    #[error(transparent)]
+    Unavailable(#[from] StoreUnavailable),
 }
 
-/// Where channel records live. Every call is one atomic step.
+/// Where channel records live. Every call is one atomic step; a shared store may fail, and
+/// then nothing of the call happened (fail closed).
+#[async_trait]
 pub trait ChannelStore: Send + Sync {
     /// Takes the channel's request slot until `expires_at_ms`, returning the stored record
     /// (`None`: a channel the gateway has not seen).
-    fn begin(&self, id: &ChannelId, now_ms: u64, expires_at_ms: u64) -> Result<(ChannelTicket, Option<ChannelRecord>), ChannelRefusal>;
+    async fn begin(&self, id: &ChannelId, now_ms: u64, expires_at_ms: u64) -> Result<(ChannelTicket, Option<ChannelRecord>), ChannelRefusal>;
     /// Stores `next` as the channel's record and frees the slot, if the ticket still holds it.
-    fn commit(&self, ticket: ChannelTicket, next: ChannelRecord) -> Result<(), ChannelRefusal>;
-    /// Frees the slot; nothing is charged.
-    fn cancel(&self, ticket: ChannelTicket);
-    /// Records what the chain says of a known channel; ignored for an unknown one.
-    fn mirror(&self, id: &ChannelId, onchain: OnchainChannel);
-    fn get(&self, id: &ChannelId) -> Option<ChannelRecord>;
+    async fn commit(&self, ticket: ChannelTicket, next: ChannelRecord) -> Result<(), ChannelRefusal>;
+    /// Frees the slot; nothing is charged. A slot a failed store kept expires by itself.
+    async fn cancel(&self, ticket: ChannelTicket);
+    /// Records what the chain says of a known channel; ignored for an unknown one, and for
+    /// a read older than the one the store holds.
+    async fn mirror(&self, id: &ChannelId, onchain: OnchainChannel) -> Result<(), StoreUnavailable>;
+    async fn get(&self, id: &ChannelId) -> Result<Option<ChannelRecord>, StoreUnavailable>;
     /// Every record, in no particular order.
-    fn list(&self) -> Vec<ChannelRecord>;
+    async fn list(&self) -> Result<Vec<ChannelRecord>, StoreUnavailable>;
+}
+
+/// Of two reads of a channel's escrow state, the later: a request's view must not undo a
+/// fresher one the claimer stored meanwhile.
+pub(crate) fn newer_mirror(offered: OnchainChannel, stored: OnchainChannel) -> OnchainChannel {
+    if stored.synced_at_ms > offered.synced_at_ms {
+        stored
+    } else {
+        offered
+    }
 }
 
 struct Entry {
@@ -140,6 +159,17 @@ impl MemoryChannelStore {
         store
     }
 
+    /// Every record, at once (this store never waits).
+    pub fn records(&self) -> Vec<ChannelRecord> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                shard.values().filter_map(|entry| entry.record.clone()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn shard(&self, id: &ChannelId) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Entry>> {
         // The id is a keccak digest: any byte spreads channels evenly.
         let shard = &self.shards[usize::from(id[0]) % SHARDS];
@@ -147,8 +177,9 @@ impl MemoryChannelStore {
     }
 }
 
+#[async_trait]
 impl ChannelStore for MemoryChannelStore {
-    fn begin(&self, id: &ChannelId, now_ms: u64, expires_at_ms: u64) -> Result<(ChannelTicket, Option<ChannelRecord>), ChannelRefusal> {
+    async fn begin(&self, id: &ChannelId, now_ms: u64, expires_at_ms: u64) -> Result<(ChannelTicket, Option<ChannelRecord>), ChannelRefusal> {
         let mut shard = self.shard(id);
         let entry = shard.entry(*id).or_insert(Entry { record: None, slot: None });
         if matches!(entry.slot, Some((_, expires)) if expires > now_ms) {
@@ -159,24 +190,26 @@ impl ChannelStore for MemoryChannelStore {
         Ok((ChannelTicket { id: *id, serial }, entry.record.clone()))
     }
 
-    fn commit(&self, ticket: ChannelTicket, next: ChannelRecord) -> Result<(), ChannelRefusal> {
+    async fn commit(&self, ticket: ChannelTicket, next: ChannelRecord) -> Result<(), ChannelRefusal> {
         let mut shard = self.shard(&ticket.id);
         let Some(entry) = shard.get_mut(&ticket.id) else { return Err(ChannelRefusal::SlotLost) };
         if !matches!(entry.slot, Some((serial, _)) if serial == ticket.serial) {
             return Err(ChannelRefusal::SlotLost);
         }
+        let mut next = next;
         if let Some(stored) = &entry.record {
             if next.charged < stored.charged {
                 entry.slot = None;
                 return Err(ChannelRefusal::Backwards { stored: stored.charged, offered: next.charged });
             }
+            next.onchain = newer_mirror(next.onchain, stored.onchain);
         }
         entry.record = Some(next);
         entry.slot = None;
         Ok(())
     }
 
-    fn cancel(&self, ticket: ChannelTicket) {
+    async fn cancel(&self, ticket: ChannelTicket) {
         let mut shard = self.shard(&ticket.id);
         let Some(entry) = shard.get_mut(&ticket.id) else { return };
         if matches!(entry.slot, Some((serial, _)) if serial == ticket.serial) {
@@ -187,24 +220,21 @@ impl ChannelStore for MemoryChannelStore {
         }
     }
 
-    fn mirror(&self, id: &ChannelId, onchain: OnchainChannel) {
+    async fn mirror(&self, id: &ChannelId, onchain: OnchainChannel) -> Result<(), StoreUnavailable> {
         if let Some(record) = self.shard(id).get_mut(id).and_then(|entry| entry.record.as_mut()) {
-            record.onchain = onchain;
+            if onchain.synced_at_ms >= record.onchain.synced_at_ms {
+                record.onchain = onchain;
+            }
         }
+        Ok(())
     }
 
-    fn get(&self, id: &ChannelId) -> Option<ChannelRecord> {
-        self.shard(id).get(id).and_then(|entry| entry.record.clone())
+    async fn get(&self, id: &ChannelId) -> Result<Option<ChannelRecord>, StoreUnavailable> {
+        Ok(self.shard(id).get(id).and_then(|entry| entry.record.clone()))
     }
 
-    fn list(&self) -> Vec<ChannelRecord> {
-        self.shards
-            .iter()
-            .flat_map(|shard| {
-                let shard = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                shard.values().filter_map(|entry| entry.record.clone()).collect::<Vec<_>>()
-            })
-            .collect()
+    async fn list(&self) -> Result<Vec<ChannelRecord>, StoreUnavailable> {
+        Ok(self.records())
     }
 }
 
@@ -234,54 +264,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_request_in_flight_per_channel() {
+    #[tokio::test]
+    async fn one_request_in_flight_per_channel() {
         let store = MemoryChannelStore::default();
-        let (ticket, stored) = store.begin(&[9; 32], 1_000, 5_000).expect("free slot");
+        let (ticket, stored) = store.begin(&[9; 32], 1_000, 5_000).await.expect("free slot");
         assert_eq!(stored, None);
-        assert_eq!(store.begin(&[9; 32], 2_000, 6_000), Err(ChannelRefusal::Busy));
+        assert_eq!(store.begin(&[9; 32], 2_000, 6_000).await, Err(ChannelRefusal::Busy));
         // Another channel is independent.
-        assert!(store.begin(&[8; 32], 2_000, 6_000).is_ok());
-        store.commit(ticket, record([9; 32], 1_000)).expect("held slot");
-        let (_, stored) = store.begin(&[9; 32], 2_000, 6_000).expect("slot freed by the commit");
+        assert!(store.begin(&[8; 32], 2_000, 6_000).await.is_ok());
+        store.commit(ticket, record([9; 32], 1_000)).await.expect("held slot");
+        let (_, stored) = store.begin(&[9; 32], 2_000, 6_000).await.expect("slot freed by the commit");
         assert_eq!(stored.map(|r| r.charged), Some(1_000));
     }
 
-    #[test]
-    fn an_expired_slot_is_taken_over_and_its_late_commit_refused() {
+    #[tokio::test]
+    async fn an_expired_slot_is_taken_over_and_its_late_commit_refused() {
         let store = MemoryChannelStore::default();
-        let (stale, _) = store.begin(&[9; 32], 1_000, 5_000).expect("free slot");
-        let (fresh, _) = store.begin(&[9; 32], 5_000, 9_000).expect("the first slot expired");
-        assert_eq!(store.commit(stale, record([9; 32], 1_000)), Err(ChannelRefusal::SlotLost));
-        store.commit(fresh, record([9; 32], 1_000)).expect("the holder commits");
+        let (stale, _) = store.begin(&[9; 32], 1_000, 5_000).await.expect("free slot");
+        let (fresh, _) = store.begin(&[9; 32], 5_000, 9_000).await.expect("the first slot expired");
+        assert_eq!(store.commit(stale, record([9; 32], 1_000)).await, Err(ChannelRefusal::SlotLost));
+        store.commit(fresh, record([9; 32], 1_000)).await.expect("the holder commits");
     }
 
-    #[test]
-    fn charges_never_go_backwards() {
+    #[tokio::test]
+    async fn charges_never_go_backwards() {
         let store = MemoryChannelStore::with_records([record([9; 32], 5_000)]);
-        let (ticket, _) = store.begin(&[9; 32], 0, 1_000).expect("free slot");
-        assert_eq!(store.commit(ticket, record([9; 32], 4_000)), Err(ChannelRefusal::Backwards { stored: 5_000, offered: 4_000 }));
-        assert_eq!(store.get(&[9; 32]).map(|r| r.charged), Some(5_000));
-        assert!(store.begin(&[9; 32], 0, 1_000).is_ok(), "a refused commit frees the slot");
+        let (ticket, _) = store.begin(&[9; 32], 0, 1_000).await.expect("free slot");
+        assert_eq!(store.commit(ticket, record([9; 32], 4_000)).await, Err(ChannelRefusal::Backwards { stored: 5_000, offered: 4_000 }));
+        assert_eq!(store.get(&[9; 32]).await.unwrap().map(|r| r.charged), Some(5_000));
+        assert!(store.begin(&[9; 32], 0, 1_000).await.is_ok(), "a refused commit frees the slot");
     }
 
-    #[test]
-    fn cancel_frees_the_slot_and_forgets_an_unknown_channel() {
+    #[tokio::test]
+    async fn cancel_frees_the_slot_and_forgets_an_unknown_channel() {
         let store = MemoryChannelStore::default();
-        let (ticket, _) = store.begin(&[9; 32], 0, 1_000).expect("free slot");
-        store.cancel(ticket);
-        assert!(store.list().is_empty());
-        assert!(store.begin(&[9; 32], 0, 1_000).is_ok());
+        let (ticket, _) = store.begin(&[9; 32], 0, 1_000).await.expect("free slot");
+        store.cancel(ticket).await;
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(store.begin(&[9; 32], 0, 1_000).await.is_ok());
     }
 
-    #[test]
-    fn mirror_updates_a_known_channel_only() {
+    #[tokio::test]
+    async fn mirror_updates_a_known_channel_only_and_never_with_an_older_read() {
         let store = MemoryChannelStore::with_records([record([9; 32], 1_000)]);
         let onchain = OnchainChannel { balance: 20_000, total_claimed: 1_000, withdraw_requested_at: 0, refund_nonce: 0, synced_at_ms: 5 };
-        store.mirror(&[9; 32], onchain);
-        store.mirror(&[8; 32], onchain);
-        assert_eq!(store.get(&[9; 32]).map(|r| r.onchain), Some(onchain));
-        assert_eq!(store.get(&[8; 32]), None);
-        assert_eq!(store.get(&[9; 32]).map(|r| r.unclaimed()), Some(0));
+        store.mirror(&[9; 32], onchain).await.unwrap();
+        store.mirror(&[8; 32], onchain).await.unwrap();
+        store.mirror(&[9; 32], OnchainChannel { synced_at_ms: 4, ..OnchainChannel::default() }).await.unwrap();
+        assert_eq!(store.get(&[9; 32]).await.unwrap().map(|r| r.onchain), Some(onchain));
+        assert_eq!(store.get(&[8; 32]).await.unwrap(), None);
+        assert_eq!(store.get(&[9; 32]).await.unwrap().map(|r| r.unclaimed()), Some(0));
+        let (ticket, _) = store.begin(&[9; 32], 0, 1_000).await.unwrap();
+        store.commit(ticket, record([9; 32], 2_000)).await.unwrap();
+        assert_eq!(store.get(&[9; 32]).await.unwrap().map(|r| r.onchain), Some(onchain), "a request's older view keeps the fresher mirror");
     }
 }

@@ -2,7 +2,8 @@
 //! and retried until the store takes them, and a once-a-second watch that sweeps stale counts,
 //! reports the store's health and notices a store that lost its data.
 
-use super::{endpoint, Inner, SKEW_GRACE_MS};
+use super::endpoint::{self, Reconnected};
+use super::{Inner, SKEW_GRACE_MS};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +37,12 @@ pub(super) async fn apply_updates(inner: Arc<Inner>, mut queue: mpsc::UnboundedR
 }
 
 async fn apply(inner: &Inner, update: &LedgerUpdate) -> redis::RedisResult<()> {
-    let mut connection = inner.primary.connection();
+    // A release follows its hold on the hold's socket: a late hold queued behind a `WAIT`
+    // must not run after the release meant to undo it.
+    let mut connection = match update {
+        LedgerUpdate::Release { .. } => inner.primary.waiting_connection(),
+        _ => inner.primary.connection(),
+    };
     let (keys, scripts) = (&inner.keys, &inner.scripts);
     match update {
         LedgerUpdate::Resolved { receipt_id, expire_at_ms } => {
@@ -89,8 +95,17 @@ pub(super) async fn watch(inner: Arc<Inner>) {
             }
         };
         if inner.primary_moved.swap(false, Ordering::Relaxed) || moved {
-            if let Err(error) = inner.primary.reconnect().await {
-                tracing::error!(%error, "cannot find the shared store's primary; retrying");
+            match inner.primary.reconnect().await {
+                Ok(Reconnected::SamePrimary) => {}
+                Ok(Reconnected::NewPrimary) => {
+                    // What the old primary acknowledged and had not replicated is gone: the
+                    // journal goes back in (behind the same quarantine as a store that lost
+                    // everything) before this replica takes payments again.
+                    tracing::warn!("connected to a new primary of the shared store: restoring this replica's journal into it before taking payments again");
+                    inner.forget_generation();
+                }
+                Ok(Reconnected::TooSoon) => inner.primary_moved.store(true, Ordering::Relaxed),
+                Err(error) => tracing::error!(%error, "cannot find the shared store's primary; retrying"),
             }
         }
         if inner.generation_lost() {

@@ -111,8 +111,9 @@ fn parse_node(node: &str) -> Result<(String, u16), String> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password (nor a query, where `redis+unix://` carries it), for messages.
 pub(super) fn redacted(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(path, _)| path);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),
@@ -144,6 +145,20 @@ pub(super) struct Primary {
 struct Connections {
     shared: ConnectionManager,
     waiting: Option<ConnectionManager>,
+    /// The server they reach, as the Sentinels named it.
+    address: String,
+}
+
+/// What a reconnection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reconnected {
+    /// The last one was too recent; try again later.
+    TooSoon,
+    /// The Sentinels name the same primary as before.
+    SamePrimary,
+    /// Another primary, or (with a plain URL, reconnected because its server was demoted)
+    /// possibly another one behind the same name.
+    NewPrimary,
 }
 
 impl Primary {
@@ -157,7 +172,7 @@ impl Primary {
         let sentinel = endpoint.sentinel_client().map_err(|error| error.to_string())?.map(tokio::sync::Mutex::new);
         let patience = timeout * 20 + Duration::from_secs(1);
         let connections = open(&endpoint, sentinel.as_ref(), &config, patience, waits).await.map_err(|error| format!("{}: {error}", endpoint.describe()))?;
-        Ok(Self { endpoint, config, patience, sentinel, current: ArcSwap::from_pointee(connections), waits, last_reconnect: Mutex::new(Instant::now()) })
+        Ok(Self { endpoint, config, patience, sentinel, current: ArcSwap::from_pointee(connections), waits, last_reconnect: Mutex::new(never_reconnected()) })
     }
 
     pub(super) fn connection(&self) -> ConnectionManager {
@@ -174,22 +189,28 @@ impl Primary {
         self.sentinel.is_some()
     }
 
-    /// Finds the primary again and connects to it; at most every [`RECONNECT_SPACING`].
-    pub(super) async fn reconnect(&self) -> Result<(), String> {
+    /// Finds the primary again and connects to it, at most every [`RECONNECT_SPACING`].
+    pub(super) async fn reconnect(&self) -> Result<Reconnected, String> {
         {
             let mut last = self.last_reconnect.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.elapsed() < RECONNECT_SPACING {
-                return Ok(());
+                return Ok(Reconnected::TooSoon);
             }
             *last = Instant::now();
         }
         let connections = open(&self.endpoint, self.sentinel.as_ref(), &self.config, self.patience, self.waits)
             .await
             .map_err(|error| format!("{}: {error}", self.endpoint.describe()))?;
+        let same = self.sentinel.is_some() && connections.address == self.current.load().address;
         self.current.store(std::sync::Arc::new(connections));
-        tracing::warn!(store = %self.endpoint.describe(), "reconnected to the shared store's primary");
-        Ok(())
+        tracing::warn!(store = %self.endpoint.describe(), same, "reconnected to the shared store's primary");
+        Ok(if same { Reconnected::SamePrimary } else { Reconnected::NewPrimary })
     }
+}
+
+/// A first reconnection may come at once.
+fn never_reconnected() -> Instant {
+    Instant::now().checked_sub(RECONNECT_SPACING).unwrap_or_else(Instant::now)
 }
 
 /// Asks the Sentinels for the primary (or takes the URL) and connects to it.
@@ -202,7 +223,7 @@ async fn open(endpoint: &RedisEndpoint, sentinel: Option<&tokio::sync::Mutex<Sen
     let manager = || async { tokio::time::timeout(patience, ConnectionManager::new_with_config(client.clone(), config.clone())).await.map_err(|_| late("no answer in time"))? };
     let shared = manager().await?;
     let waiting = if waits { Some(manager().await?) } else { None };
-    Ok(Connections { shared, waiting })
+    Ok(Connections { shared, waiting, address: client.get_connection_info().addr().to_string() })
 }
 
 #[cfg(test)]
@@ -233,5 +254,6 @@ mod tests {
     fn a_url_is_shown_without_its_password() {
         assert_eq!(redacted("redis://:s3cret@10.0.0.5:6379/0"), "redis://…@10.0.0.5:6379/0");
         assert_eq!(redacted("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+        assert_eq!(redacted("redis+unix:///run/redis.sock?pass=s3cret"), "redis+unix:///run/redis.sock");
     }
 }

@@ -22,6 +22,7 @@
 //! quarantine that gives every running replica the time to do the same.
 
 mod background;
+mod channels;
 mod endpoint;
 mod scripts;
 
@@ -32,6 +33,7 @@ use crate::replay::{MemoryReplayStore, ReplayStore};
 use async_trait::async_trait;
 use background::LedgerUpdate;
 use endpoint::Primary;
+pub use channels::RedisChannelStore;
 pub use endpoint::RedisEndpoint;
 use redis::Value;
 use scripts::{hold_answer, limit_arg, HoldAnswer, Keys, Scripts};
@@ -197,13 +199,25 @@ impl Inner {
 
     /// The store no longer holds this replica's generation: it lost its data.
     fn lose_generation(&self) {
-        let mut generation = lock(&self.generation);
-        if !generation.is_empty() {
-            tracing::error!(generation = %generation, "the shared store lost its data (restarted empty, failed over or flushed): no payment is taken until this replica's journal is restored into it");
+        if self.forget_generation() {
+            tracing::error!("the shared store lost its data (restarted empty, failed over or flushed): no payment is taken until this replica's journal is restored into it");
+        }
+    }
+
+    /// Refuses holds until the journal is restored into the store again (the watch does it);
+    /// false if that was already due.
+    fn forget_generation(&self) -> bool {
+        let forgot = {
+            let mut generation = lock(&self.generation);
+            let forgot = !generation.is_empty();
             generation.clear();
+            forgot
+        };
+        if forgot {
             lock(&self.sent_blocks).clear();
         }
         self.watch_now.notify_one();
+        forgot
     }
 
     fn enqueue(&self, update: LedgerUpdate) {
@@ -368,7 +382,7 @@ impl Inner {
     /// Takes the store's generation, creating it (open from `open_at_ms`) if it has none, and
     /// keeping it closed until at least `extend_to_ms`.
     async fn adopt(&self, open_at_ms: u64, extend_to_ms: u64) -> Result<String, StoreUnavailable> {
-        let new_id = format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish() ^ crate::unix_now_ms());
+        let new_id = format!("{:016x}", random_u64());
         let mut connection = self.primary.connection();
         let mut invocation = self.scripts.adopt.key(self.keys.generation());
         invocation.arg(new_id).arg(open_at_ms).arg(extend_to_ms);
@@ -421,7 +435,7 @@ impl RedisLedger {
             .enable_all()
             .build()
             .map_err(unavailable)?;
-        let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url {error}")))?;
+        let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url: {error}")))?;
         let (updates, queue) = mpsc::unbounded_channel();
         let inner = runtime.block_on(async {
             let primary = Primary::connect(endpoint, settings.timeout, settings.wait_for_replicas > 0).await.map_err(unavailable)?;
@@ -451,6 +465,12 @@ impl RedisLedger {
         Ok(Self { inner, runtime: Some(runtime) })
     }
 
+    /// The fleet's `batch-settlement` channel records, on this ledger's connection.
+    pub fn channel_store(&self) -> Result<RedisChannelStore, StoreUnavailable> {
+        let runtime = self.runtime.as_ref().ok_or_else(|| unavailable("the shared store is shut down"))?;
+        Ok(RedisChannelStore::new(self.inner.clone(), runtime.handle().clone()))
+    }
+
     /// Runs `work` on the store's runtime, where the connection's own tasks live (a
     /// reconnection started from a request's runtime would otherwise tie them to it).
     async fn on_store<T, F>(&self, work: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreUnavailable>
@@ -463,10 +483,19 @@ impl RedisLedger {
     }
 }
 
+/// A value nobody else draws: the process's random hasher keys, a counter and the clock.
+fn random_u64() -> u64 {
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u64(crate::unix_now_ms());
+    hasher.finish()
+}
+
 /// Lets `payer` pay again across the fleet, from a process that runs no ledger (the CLI):
 /// removes its block from the shared store. True if it was blocked there.
 pub fn unblock_in_store(settings: &RedisSettings, payer: &str) -> Result<bool, StoreUnavailable> {
-    let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url {error}")))?;
+    let endpoint = RedisEndpoint::parse(&settings.url).map_err(|error| unavailable(format!("store.url: {error}")))?;
     let client = endpoint.client_now().map_err(unavailable)?;
     let patience = settings.timeout.max(Duration::from_secs(2));
     let mut connection = client.get_connection_with_timeout(patience).map_err(unavailable)?;

@@ -221,6 +221,18 @@ impl Keys {
     pub fn generation(&self) -> String {
         format!("{}generation", self.tag)
     }
+    /// A `batch-settlement` channel's record (the id's raw bytes end the key).
+    pub fn channel(&self, id: &crate::ChannelId) -> Vec<u8> {
+        [format!("{}ch:", self.tag).as_bytes(), id.as_slice()].concat()
+    }
+    /// A channel's one request slot.
+    pub fn channel_slot(&self, id: &crate::ChannelId) -> Vec<u8> {
+        [format!("{}chs:", self.tag).as_bytes(), id.as_slice()].concat()
+    }
+    /// Every channel's id.
+    pub fn channels(&self) -> String {
+        format!("{}channels", self.tag)
+    }
 }
 
 /// `-1` says "no limit" to the scripts.
