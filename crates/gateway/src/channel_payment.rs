@@ -14,8 +14,8 @@ use std::time::Duration;
 use x402::{v2, HeaderError};
 use x402_evm::batch_settlement::{self as scheme, response, BatchError, BatchPayload, ChannelView, CheckedVoucher, PayloadKind};
 use x402_settle::channels::{config_terms, ChannelSettlement, DepositError};
-use crate::channel_exposure::ChannelExposure;
-use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTicket, ExposureRefusal, Journal, OnchainChannel};
+use crate::channel_exposure::{ChannelCharge, ChannelExposure};
+use x402_store::{unix_now, unix_now_ms, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTicket, ExposureRefusal, Journal, LedgerRefusal, OnchainChannel};
 
 /// A mirror older than this is read again before a voucher is checked against it: the
 /// official server's longest on-chain state TTL.
@@ -45,8 +45,8 @@ pub struct HeldVoucher {
     pub deposit: Option<(B256, u128)>,
     pub payer: String,
     pub route: String,
-    /// The price counted against the exposure limits until claimed.
-    pub usd_micros: u64,
+    /// The price, counted against the exposure limits until claimed.
+    pub charge: ChannelCharge,
 }
 
 /// Why a channel payment was refused.
@@ -128,13 +128,20 @@ impl ChannelPayments {
             Ok((voucher, onchain)) => {
                 let usd_micros = crate::payment::usd_micros(alloy_primitives::U256::from(offer.batch.price), offer.offer.asset.decimals);
                 let payer = voucher.payer.to_checksum(None);
-                if let Err(refusal) = self.exposure.admit(&payer, route, usd_micros) {
-                    self.store.cancel(ticket).await;
-                    return Err(ChannelRejection::OverExposure(refusal));
-                }
-                let held = self.finish_hold(offer, ticket, voucher, onchain, route, usd_micros).await;
+                let cumulative = voucher.charged_before.saturating_add(offer.batch.price);
+                let charge = match self.exposure.admit(&channel_id.0, cumulative, &payer, route, usd_micros).await {
+                    Ok(charge) => charge,
+                    Err(refusal) => {
+                        self.store.cancel(ticket).await;
+                        return Err(match refusal {
+                            LedgerRefusal::Exposure(refusal) => ChannelRejection::OverExposure(refusal),
+                            other => ChannelRejection::Unavailable(format!("{other}; nothing was charged")),
+                        });
+                    }
+                };
+                let held = self.finish_hold(offer, ticket, voucher, onchain, route, charge.clone()).await;
                 if held.is_err() {
-                    self.exposure.release(&payer, route, usd_micros);
+                    self.exposure.release(&charge).await;
                 }
                 held
             }
@@ -171,7 +178,7 @@ impl ChannelPayments {
         settlement.read_channel(network, channel_id).await.map_err(|error| ChannelRejection::Unavailable(format!("the channel's escrow state cannot be read ({error})")))
     }
 
-    async fn finish_hold(&self, offer: &ChannelOffer, ticket: ChannelTicket, voucher: CheckedVoucher, onchain: OnchainChannel, route: &str, usd_micros: u64) -> Result<HeldVoucher, ChannelRejection> {
+    async fn finish_hold(&self, offer: &ChannelOffer, ticket: ChannelTicket, voucher: CheckedVoucher, onchain: OnchainChannel, route: &str, charge: ChannelCharge) -> Result<HeldVoucher, ChannelRejection> {
         let network = offer.offer.network_id.clone();
         let mut held = HeldVoucher {
             ticket,
@@ -183,7 +190,7 @@ impl ChannelPayments {
             deposit: None,
             voucher,
             route: route.to_owned(),
-            usd_micros,
+            charge,
         };
         if held.voucher.deposit.is_none() {
             return Ok(held);
@@ -240,13 +247,12 @@ impl ChannelPayments {
             onchain: held.onchain,
             last_charged_at_ms: unix_now_ms(),
         };
-        let (payer, route, usd_micros) = (held.payer.clone(), held.route.clone(), held.usd_micros);
         if let Err(refusal) = self.store.commit(held.ticket, record.clone()).await {
-            self.exposure.release(&payer, &route, usd_micros);
+            self.exposure.release(&held.charge).await;
             return Err(refusal.to_string());
         }
         // Charged in the store from here on, even if the journal write below fails.
-        self.exposure.charged(record.id, record.charged, &payer, &route, usd_micros);
+        self.exposure.charged(record.id, record.charged, held.charge);
         self.journal.save_channels(vec![record.clone()]).await.map_err(|error| format!("the charge could not be recorded: {error}"))?;
         let header = receipt_header(&held.network, &held.payer, &record, held.price, held.deposit);
         Ok(ChargedVoucher { header, record })
@@ -255,7 +261,7 @@ impl ChannelPayments {
     /// Gives a held voucher's slot back: nothing is charged, and the next voucher of the
     /// channel repeats the amount.
     pub async fn release(&self, held: HeldVoucher) {
-        self.exposure.release(&held.payer, &held.route, held.usd_micros);
+        self.exposure.release(&held.charge).await;
         self.store.cancel(held.ticket).await;
     }
 }

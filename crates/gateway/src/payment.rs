@@ -272,7 +272,7 @@ pub async fn hold_payment(
 
 /// Tells one hold of a nonce from a later one, across replicas: the process's start time
 /// in the high bits, a counter in the low ones.
-fn next_hold_token() -> u64 {
+pub(crate) fn next_hold_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let start = *START.get_or_init(|| x402_store::unix_now_ms() << 24);

@@ -67,8 +67,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let journal = Arc::new(
         Journal::open(&config.settlement.journal_path, journal_options(&config)).context("cannot open the settlement journal")?,
     );
-    let exposure = Arc::new(Exposure::new(config.exposure.limits));
-    let ledger = build_ledger(&config, &journal, exposure.clone())?;
+    let ledger = build_ledger(&config, &journal)?;
     let keys = settlement_keys(&config)?;
     let key = keys.first().cloned();
     let balances = build_balance_cache(&config, key.as_ref())?;
@@ -100,8 +99,11 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
     let claimer = channel_settlement.clone();
     let channel_claims = channel_settlement.clone();
-    let channel_exposure = Arc::new(ChannelExposure::new(exposure.clone()));
-    channel_exposure.restore(&channel_records, |record| unclaimed_usd_micros(&config, record));
+    let channel_exposure = Arc::new(ChannelExposure::new(ledger.clone()));
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(channel_exposure.restore(&channel_records, |record| unclaimed_usd_micros(&config, record)))
+        .context("cannot count the journal's unclaimed channel value in the payment ledger")?;
     spawn_claimed_sweep(channel_exposure.clone(), channel_store.clone(), shutdown_rx.clone());
     let (settle_before, settle_now_rx) = match &settler {
         Some(settler) => {
@@ -231,7 +233,7 @@ pub fn settle_journal(config_path: &Path, journal_path: &Path, timeout: Duration
     // With a shared store, the lost replica's unsettled payments still count there: settling
     // them frees that room for the replicas still running.
     let ledger = match config.store {
-        StoreSettings::Redis(_) => Some(build_ledger(&config, &journal, Arc::new(Exposure::new(config.exposure.limits)))?),
+        StoreSettings::Redis(_) => Some(build_ledger(&config, &journal)?),
         StoreSettings::Memory => None,
     };
     if let Some(ledger) = &ledger {
@@ -404,11 +406,12 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
     Ok(Some(file))
 }
 
-/// The payment ledger `store` names, holding the journal's payments. In this process, the
-/// exposure ledger is `exposure` (which payment channels count into too), rebuilt with the
-/// journal's payer blocks and recent losses. In Redis, only what the store lost is added back.
-fn build_ledger(config: &Config, journal: &Arc<Journal>, exposure: Arc<Exposure>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
+/// The payment ledger `store` names, holding the journal's payments (payment channels count
+/// their unclaimed value into it too). In this process it is rebuilt with the journal's payer
+/// blocks and recent losses; in Redis, only what the store lost is added back.
+fn build_ledger(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
     let StoreSettings::Redis(settings) = &config.store else {
+        let exposure = Arc::new(Exposure::new(config.exposure.limits));
         restore_blocks_and_losses(&exposure, journal)?;
         let ledger = LocalLedger::new(Arc::new(MemoryReplayStore::default()), exposure);
         let payments = journaled_payments(journal)?;

@@ -1046,7 +1046,7 @@ impl Settler {
     /// A payment reached its end: it no longer counts as credit.
     fn resolved(&self, record: &PaymentRecord, failure: Option<&str>) {
         let Some(credit) = self.credit.as_ref() else { return };
-        credit.ledger.resolved(record);
+        credit.ledger.resolved(&record.into());
         // Served and never paid, whoever's fault: it counts against the loss budget. A
         // `settle: before` payment being settled now was not served: its failure loses nothing.
         if failure.is_some() && !self.claims.holds(&record.receipt_id) {

@@ -31,6 +31,24 @@ pub struct Hold<'a> {
     pub token: u64,
 }
 
+/// Value a hold counted, to stop counting: a payment settled or failed on-chain, a channel
+/// charge claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted<'a> {
+    pub receipt_id: &'a str,
+    pub payer: &'a str,
+    pub route: &'a str,
+    pub usd_micros: u64,
+    /// The hold's `valid_before`: a shared store forgets the entry after it.
+    pub valid_before: u64,
+}
+
+impl<'a> From<&'a PaymentRecord> for Counted<'a> {
+    fn from(record: &'a PaymentRecord) -> Self {
+        Self { receipt_id: &record.receipt_id, payer: &record.payer, route: &record.route, usd_micros: record.usd_micros, valid_before: record.item.valid_before }
+    }
+}
+
 /// Why a payment is not held.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerRefusal {
@@ -80,8 +98,9 @@ pub trait PaymentLedger: Send + Sync {
     async fn release(&self, hold: &Hold<'_>, keep_reservation: bool);
     /// At start: the journal's payments still inside their validity.
     async fn restore(&self, payments: &[Restored]) -> Result<(), StoreUnavailable>;
-    /// The payment settled or failed on-chain: it no longer counts.
-    fn resolved(&self, record: &PaymentRecord);
+    /// The payment settled or failed on-chain (or the channel charge was claimed): it no
+    /// longer counts.
+    fn resolved(&self, counted: &Counted<'_>);
     /// Value served and never paid goes into the loss budget.
     fn record_loss(&self, usd_micros: u64, now: u64);
     /// A payment counted as lost was paid after all.
@@ -164,8 +183,8 @@ impl PaymentLedger for LocalLedger {
         Ok(())
     }
 
-    fn resolved(&self, record: &PaymentRecord) {
-        self.exposure.remove(&record.payer, &record.route, record.usd_micros);
+    fn resolved(&self, counted: &Counted<'_>) {
+        self.exposure.remove(counted.payer, counted.route, counted.usd_micros);
     }
 
     fn record_loss(&self, usd_micros: u64, now: u64) {

@@ -27,8 +27,7 @@ mod endpoint;
 mod scripts;
 
 use crate::exposure::{ExposureLimits, ExposureSnapshot, PayerBlock};
-use crate::journal::PaymentRecord;
-use crate::ledger::{Hold, LedgerRefusal, PaymentLedger, Restored, StoreUnavailable};
+use crate::ledger::{Counted, Hold, LedgerRefusal, PaymentLedger, Restored, StoreUnavailable};
 use crate::replay::{MemoryReplayStore, ReplayStore};
 use async_trait::async_trait;
 use background::LedgerUpdate;
@@ -544,9 +543,9 @@ impl PaymentLedger for RedisLedger {
         self.on_store(|inner| async move { inner.restore_payments(&payments).await }).await
     }
 
-    fn resolved(&self, record: &PaymentRecord) {
-        let expire_at_ms = record.item.valid_before.saturating_mul(1000).saturating_add(SKEW_GRACE_MS);
-        self.inner.enqueue(LedgerUpdate::Resolved { receipt_id: record.receipt_id.clone(), expire_at_ms });
+    fn resolved(&self, counted: &Counted<'_>) {
+        let expire_at_ms = counted.valid_before.saturating_mul(1000).saturating_add(SKEW_GRACE_MS);
+        self.inner.enqueue(LedgerUpdate::Resolved { receipt_id: counted.receipt_id.to_owned(), expire_at_ms });
     }
 
     fn record_loss(&self, usd_micros: u64, now: u64) {
