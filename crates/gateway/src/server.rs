@@ -420,8 +420,12 @@ fn build_ledger(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Arc<d
         return Ok(Arc::new(ledger));
     };
     let source = journal.clone();
-    let payments: x402_store::JournalPayments = Box::new(move || journaled_payments(&source).map_err(|error| format!("{error:#}")));
-    let ledger = RedisLedger::connect(settings, config.exposure.limits, payments).context("cannot connect to the shared store (store.url)")?;
+    let channels = journal.clone();
+    let copy = x402_store::JournalSource {
+        payments: Box::new(move || journaled_payments(&source).map_err(|error| format!("{error:#}"))),
+        channels: Box::new(move || channels.channels().map_err(|error| error.to_string())),
+    };
+    let ledger = RedisLedger::connect(settings, config.exposure.limits, copy).context("cannot connect to the shared store (store.url)")?;
     ledger.merge_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
     tracing::info!(prefix = %settings.key_prefix, "payment ledger shared through Redis");
     Ok(Arc::new(ledger))

@@ -25,7 +25,7 @@ pub use journal::{
 pub use channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, MemoryChannelStore, OnchainChannel};
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
 pub use ledger::{Counted, Hold, LedgerRefusal, LocalLedger, PaymentLedger, Restored, StoreUnavailable};
-pub use redis_ledger::{unblock_in_store, JournalPayments, RedisChannelStore, RedisEndpoint, RedisLedger, RedisSettings};
+pub use redis_ledger::{unblock_in_store, JournalSource, RedisChannelStore, RedisEndpoint, RedisLedger, RedisSettings};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

@@ -2,14 +2,20 @@
 //! fresh key prefix): the rules the request path relies on, held across two replicas.
 
 use std::time::Duration;
-use x402_store::{ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ExposureLimits, OnchainChannel, RedisChannelStore, RedisLedger, RedisSettings};
+use x402_store::{ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ExposureLimits, JournalSource, OnchainChannel, RedisChannelStore, RedisLedger, RedisSettings};
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 
 /// A replica's ledger (kept alive: it runs the connection) and its channel store.
 fn replica(prefix: &str) -> (RedisLedger, RedisChannelStore) {
+    replica_with_journal(prefix, Vec::new())
+}
+
+/// A replica whose journal holds the channel records `journaled`.
+fn replica_with_journal(prefix: &str, journaled: Vec<ChannelRecord>) -> (RedisLedger, RedisChannelStore) {
     let settings = RedisSettings { url: REDIS.into(), key_prefix: prefix.to_owned(), timeout: Duration::from_secs(2), advertise_url: None, wait_for_replicas: 0 };
-    let ledger = RedisLedger::connect(&settings, ExposureLimits::default(), Box::new(|| Ok(Vec::new()))).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)");
+    let journal = JournalSource { payments: Box::new(|| Ok(Vec::new())), channels: Box::new(move || Ok(journaled.clone())) };
+    let ledger = RedisLedger::connect(&settings, ExposureLimits::default(), journal).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)");
     let channels = ledger.channel_store().expect("a running ledger");
     (ledger, channels)
 }
@@ -128,5 +134,28 @@ fn mirror_updates_a_known_channel_only_and_never_with_an_older_read() {
         store.commit(ticket, record(9, 2_000)).await.unwrap();
         let stored = store.get(&[9; 32]).await.unwrap().expect("charged");
         assert_eq!((stored.charged, stored.onchain), (2_000, fresh), "a request's older view keeps the fresher mirror");
+    });
+}
+
+#[test]
+fn journaled_channels_go_back_into_a_store_that_lost_its_data_and_never_lower_a_charge() {
+    let prefix = fresh_prefix();
+    let (_a, a) = replica_with_journal(&prefix, vec![record(9, 5_000), record(8, 700)]);
+    let (_b, b) = replica_with_journal(&prefix, vec![record(9, 3_000)]);
+    block_on(async {
+        assert_eq!(b.get(&[9; 32]).await.unwrap().map(|r| r.charged), Some(5_000), "restored at start; B's older copy lowers nothing");
+        // Redis restarts empty (or fails over to a replica that had not caught up).
+        let mut redis = redis::Client::open(REDIS).expect("a client").get_connection().expect("a connection");
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut redis).expect("keys");
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut redis).expect("deleted");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while b.get(&[8; 32]).await.ok().flatten().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the channels were never restored");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut charged: Vec<(u8, u128)> = b.list().await.unwrap().iter().map(|r| (r.id[0], r.charged)).collect();
+        charged.sort_unstable();
+        assert_eq!(charged, vec![(8, 700), (9, 5_000)], "every replica restored its journal; the highest charge holds");
+        assert_eq!(a.begin(&[9; 32], now_ms(), now_ms() + 30_000).await.map(|(_, r)| r.map(|r| r.charged)), Ok(Some(5_000)));
     });
 }

@@ -20,7 +20,7 @@ fn ledger_with_journal(limits: ExposureLimits, journal: Vec<Restored>) -> (Redis
 fn replica(prefix: &str, limits: ExposureLimits, journal: Vec<Restored>) -> RedisLedger {
     let prefix = prefix.to_owned();
     let settings = RedisSettings { url: REDIS.into(), key_prefix: prefix, timeout: Duration::from_secs(2), advertise_url: None, wait_for_replicas: 0 };
-    RedisLedger::connect(&settings, limits, Box::new(move || Ok(journal.clone()))).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)")
+    RedisLedger::connect(&settings, limits, x402_store::JournalSource::payments(move || Ok(journal.clone()))).expect("a Redis on 127.0.0.1:6379 (tests/run.sh starts one)")
 }
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -156,7 +156,7 @@ fn a_spent_loss_budget_and_a_blocked_payer_are_refused_until_reset_or_unblocked(
 #[test]
 fn no_store_at_the_address_is_refused_at_once() {
     let settings = RedisSettings { url: "redis://127.0.0.1:1/0".into(), key_prefix: "x".into(), timeout: Duration::from_millis(50), advertise_url: None, wait_for_replicas: 0 };
-    assert!(RedisLedger::connect(&settings, ExposureLimits::default(), Box::new(|| Ok(Vec::new()))).is_err());
+    assert!(RedisLedger::connect(&settings, ExposureLimits::default(), x402_store::JournalSource::payments(|| Ok(Vec::new()))).is_err());
 }
 
 #[test]

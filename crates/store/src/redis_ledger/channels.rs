@@ -74,7 +74,7 @@ mirror(KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
 
-struct ChannelScripts {
+pub(super) struct ChannelScripts {
     begin: Script,
     commit: Script,
     restore: Script,
@@ -83,7 +83,7 @@ struct ChannelScripts {
 }
 
 impl ChannelScripts {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let with_helpers = |body: &str| Script::new(&format!("{LUA_DECIMALS}{body}"));
         Self { begin: Script::new(BEGIN), commit: with_helpers(COMMIT), restore: with_helpers(RESTORE), cancel: Script::new(CANCEL), mirror: with_helpers(MIRROR) }
     }
@@ -194,47 +194,49 @@ fn short(id: &ChannelId) -> String {
     id[..4].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Writes journaled records back where the store holds less (at a replica's start, after the
+/// store lost its data or the primary changed): a charge never goes backwards, a mirror never
+/// gets older.
+pub(super) async fn restore_records(inner: &Inner, records: Vec<ChannelRecord>) -> Result<(), StoreUnavailable> {
+    let mut connection = inner.primary.connection();
+    for record in records {
+        let mut invocation = inner.channel_scripts.restore.key(inner.keys.channel(&record.id));
+        invocation
+            .key(inner.keys.channels())
+            .arg(record.charged.to_string())
+            .arg(charge_json(&record))
+            .arg(mirror_json(&record.onchain))
+            .arg(record.onchain.synced_at_ms)
+            .arg(record.id.as_slice());
+        inner.call(invocation.invoke_async::<i64>(&mut connection)).await?;
+    }
+    Ok(())
+}
+
 /// Channel records in the fleet's Redis; made by [`super::RedisLedger::channel_store`], it
 /// shares the ledger's connection, runtime and timeout.
 pub struct RedisChannelStore {
     inner: Arc<Inner>,
     runtime: tokio::runtime::Handle,
-    scripts: Arc<ChannelScripts>,
 }
 
 impl RedisChannelStore {
     pub(super) fn new(inner: Arc<Inner>, runtime: tokio::runtime::Handle) -> Self {
-        Self { inner, runtime, scripts: Arc::new(ChannelScripts::new()) }
+        Self { inner, runtime }
     }
 
-    /// Writes journaled records back where the store holds less (after it lost its data, or
-    /// at a replica's start): a charge never goes backwards, a mirror never gets older.
+    /// [`restore_records`], for a caller outside the store's runtime.
     pub async fn restore(&self, records: Vec<ChannelRecord>) -> Result<(), StoreUnavailable> {
-        self.on_store(move |inner, scripts| async move {
-            for record in records {
-                let mut invocation = scripts.restore.key(inner.keys.channel(&record.id));
-                invocation
-                    .key(inner.keys.channels())
-                    .arg(record.charged.to_string())
-                    .arg(charge_json(&record))
-                    .arg(mirror_json(&record.onchain))
-                    .arg(record.onchain.synced_at_ms)
-                    .arg(record.id.as_slice());
-                let mut connection = inner.primary.connection();
-                inner.call(invocation.invoke_async::<i64>(&mut connection)).await?;
-            }
-            Ok(())
-        })
-        .await
+        self.on_store(move |inner| async move { restore_records(&inner, records).await }).await
     }
 
     /// Runs `work` on the store's runtime, as the ledger's calls do.
-    async fn on_store<T, F>(&self, work: impl FnOnce(Arc<Inner>, Arc<ChannelScripts>) -> F) -> Result<T, StoreUnavailable>
+    async fn on_store<T, F>(&self, work: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreUnavailable>
     where
         F: std::future::Future<Output = Result<T, StoreUnavailable>> + Send + 'static,
         T: Send + 'static,
     {
-        self.runtime.spawn(work(self.inner.clone(), self.scripts.clone())).await.map_err(unavailable)?
+        self.runtime.spawn(work(self.inner.clone())).await.map_err(unavailable)?
     }
 }
 
@@ -244,15 +246,15 @@ impl ChannelStore for RedisChannelStore {
         let (id, token) = (*id, super::random_u64());
         let slot_ms = expires_at_ms.saturating_sub(now_ms).max(1);
         let answer = self
-            .on_store(move |inner, scripts| async move {
-                let mut invocation = scripts.begin.key(inner.keys.channel_slot(&id));
+            .on_store(move |inner| async move {
+                let mut invocation = inner.channel_scripts.begin.key(inner.keys.channel_slot(&id));
                 invocation.key(inner.keys.channel(&id)).arg(token).arg(slot_ms);
                 let mut connection = inner.primary.connection();
                 match inner.call(invocation.invoke_async::<Vec<Value>>(&mut connection)).await {
                     Ok(reply) => Ok(reply),
                     Err(error) => {
                         // Maybe taken after all: its token frees it.
-                        cancel_in_background(&inner, &scripts, id, token);
+                        cancel_in_background(&inner, id, token);
                         Err(error.into())
                     }
                 }
@@ -267,9 +269,9 @@ impl ChannelStore for RedisChannelStore {
     async fn commit(&self, ticket: ChannelTicket, next: ChannelRecord) -> Result<(), ChannelRefusal> {
         let offered = next.charged;
         let answer = self
-            .on_store(move |inner, scripts| async move {
+            .on_store(move |inner| async move {
                 let id = ticket.id;
-                let mut invocation = scripts.commit.key(inner.keys.channel_slot(&id));
+                let mut invocation = inner.channel_scripts.commit.key(inner.keys.channel_slot(&id));
                 invocation
                     .key(inner.keys.channel(&id))
                     .key(inner.keys.channels())
@@ -292,8 +294,8 @@ impl ChannelStore for RedisChannelStore {
 
     async fn cancel(&self, ticket: ChannelTicket) {
         let outcome = self
-            .on_store(move |inner, scripts| async move {
-                let mut invocation = scripts.cancel.key(inner.keys.channel_slot(&ticket.id));
+            .on_store(move |inner| async move {
+                let mut invocation = inner.channel_scripts.cancel.key(inner.keys.channel_slot(&ticket.id));
                 invocation.arg(ticket.serial);
                 let mut connection = inner.primary.connection();
                 Ok(inner.call(invocation.invoke_async::<i64>(&mut connection)).await?)
@@ -306,8 +308,8 @@ impl ChannelStore for RedisChannelStore {
 
     async fn mirror(&self, id: &ChannelId, onchain: OnchainChannel) -> Result<(), StoreUnavailable> {
         let id = *id;
-        self.on_store(move |inner, scripts| async move {
-            let mut invocation = scripts.mirror.key(inner.keys.channel(&id));
+        self.on_store(move |inner| async move {
+            let mut invocation = inner.channel_scripts.mirror.key(inner.keys.channel(&id));
             invocation.arg(mirror_json(&onchain)).arg(onchain.synced_at_ms);
             let mut connection = inner.primary.connection();
             inner.call(invocation.invoke_async::<i64>(&mut connection)).await?;
@@ -318,7 +320,7 @@ impl ChannelStore for RedisChannelStore {
 
     async fn get(&self, id: &ChannelId) -> Result<Option<ChannelRecord>, StoreUnavailable> {
         let id = *id;
-        self.on_store(move |inner, _| async move {
+        self.on_store(move |inner| async move {
             let mut connection = inner.primary.connection();
             let fields: Vec<Value> = inner.call(redis::cmd("HMGET").arg(inner.keys.channel(&id)).arg(&["charged", "record", "onchain"]).query_async(&mut connection)).await?;
             record_of(&id, &fields)
@@ -327,7 +329,7 @@ impl ChannelStore for RedisChannelStore {
     }
 
     async fn list(&self) -> Result<Vec<ChannelRecord>, StoreUnavailable> {
-        self.on_store(move |inner, _| async move {
+        self.on_store(move |inner| async move {
             let mut connection = inner.primary.connection();
             let ids: Vec<Vec<u8>> = inner.call(redis::cmd("SMEMBERS").arg(inner.keys.channels()).query_async(&mut connection)).await?;
             let ids: Vec<ChannelId> = ids.iter().filter_map(|id| ChannelId::try_from(id.as_slice()).ok()).collect();
@@ -348,10 +350,10 @@ impl ChannelStore for RedisChannelStore {
     }
 }
 
-fn cancel_in_background(inner: &Arc<Inner>, scripts: &Arc<ChannelScripts>, id: ChannelId, token: u64) {
-    let (inner, scripts) = (inner.clone(), scripts.clone());
+fn cancel_in_background(inner: &Arc<Inner>, id: ChannelId, token: u64) {
+    let inner = inner.clone();
     tokio::spawn(async move {
-        let mut invocation = scripts.cancel.key(inner.keys.channel_slot(&id));
+        let mut invocation = inner.channel_scripts.cancel.key(inner.keys.channel_slot(&id));
         invocation.arg(token);
         let mut connection = inner.primary.connection();
         let _ = invocation.invoke_async::<i64>(&mut connection).await;

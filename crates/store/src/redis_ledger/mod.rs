@@ -26,6 +26,7 @@ mod channels;
 mod endpoint;
 mod scripts;
 
+use crate::channels::ChannelRecord;
 use crate::exposure::{ExposureLimits, ExposureSnapshot, PayerBlock};
 use crate::ledger::{Counted, Hold, LedgerRefusal, PaymentLedger, Restored, StoreUnavailable};
 use crate::replay::{MemoryReplayStore, ReplayStore};
@@ -60,9 +61,21 @@ pub struct RedisSettings {
 /// Why payments are refused while this replica's journal is restored into the store.
 const RESTORING: &str = "the shared store lost its data; this replica is restoring its journal into it";
 
-/// This replica's journal: the payments to restore into the store at start, and again if the
-/// store loses its data.
-pub type JournalPayments = Box<dyn Fn() -> Result<Vec<Restored>, String> + Send + Sync>;
+/// This replica's journal, read whenever the store must be given back what this replica
+/// owes it: at start, and again if the store loses its data or the primary changes.
+pub struct JournalSource {
+    /// The payments still inside their validity, and every unsettled one.
+    pub payments: Box<dyn Fn() -> Result<Vec<Restored>, String> + Send + Sync>,
+    /// The `batch-settlement` channels this replica charged, as it last journaled them.
+    pub channels: Box<dyn Fn() -> Result<Vec<ChannelRecord>, String> + Send + Sync>,
+}
+
+impl JournalSource {
+    /// A journal of payments and no channels.
+    pub fn payments(payments: impl Fn() -> Result<Vec<Restored>, String> + Send + Sync + 'static) -> Self {
+        Self { payments: Box::new(payments), channels: Box::new(|| Ok(Vec::new())) }
+    }
+}
 
 /// A reservation stays this long after `validBefore` while its payment still counts, so the
 /// settler can resolve it (it gives up on a payment ten minutes after `validBefore`).
@@ -155,6 +168,7 @@ impl OwnedHold {
 /// What the ledger's handle and its background tasks share.
 struct Inner {
     primary: Primary,
+    channel_scripts: channels::ChannelScripts,
     timeout: Duration,
     /// Replicas that must have each hold before its payment is accepted (`WAIT`); 0: none.
     replica_acks: u32,
@@ -173,7 +187,7 @@ struct Inner {
     watch_now: Notify,
     /// A call found the primary demoted (a failover): the watch connects to the new one.
     primary_moved: AtomicBool,
-    journal: JournalPayments,
+    journal: JournalSource,
     /// Payer blocks already sent, so each journal sync sends only what changed.
     sent_blocks: Mutex<HashMap<String, (u64, String)>>,
     updates: mpsc::UnboundedSender<LedgerUpdate>,
@@ -390,10 +404,14 @@ impl Inner {
 
     /// Restores this replica's journal into the store, then takes its generation.
     async fn restore_journal(&self) -> Result<String, StoreUnavailable> {
-        let payments = (self.journal)().map_err(|error| unavailable(format!("cannot read the journal: {error}")))?;
+        let unreadable = |error: String| unavailable(format!("cannot read the journal: {error}"));
+        let payments = (self.journal.payments)().map_err(unreadable)?;
         self.restore_payments(&payments).await?;
+        let channels = (self.journal.channels)().map_err(unreadable)?;
+        let channel_count = channels.len();
+        channels::restore_records(self, channels).await?;
         let generation = self.adopt(0, 0).await?;
-        tracing::info!(restored = payments.len(), generation, "journal restored into the shared store");
+        tracing::info!(payments = payments.len(), channels = channel_count, generation, "journal restored into the shared store");
         Ok(generation)
     }
 
@@ -427,7 +445,7 @@ impl Drop for RedisLedger {
 impl RedisLedger {
     /// Connects (a store that is down at start is reported at once), restores `journal`'s
     /// payments into it and starts the background tasks.
-    pub fn connect(settings: &RedisSettings, limits: ExposureLimits, journal: JournalPayments) -> Result<Self, StoreUnavailable> {
+    pub fn connect(settings: &RedisSettings, limits: ExposureLimits, journal: JournalSource) -> Result<Self, StoreUnavailable> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("shared-store")
@@ -440,6 +458,7 @@ impl RedisLedger {
             let primary = Primary::connect(endpoint, settings.timeout, settings.wait_for_replicas > 0).await.map_err(unavailable)?;
             let inner = Arc::new(Inner {
                 primary,
+                channel_scripts: channels::ChannelScripts::new(),
                 timeout: settings.timeout,
                 replica_acks: settings.wait_for_replicas,
                 keys: Keys::new(&settings.key_prefix),
