@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use x402_evm::batch_settlement::{calldata, BatchEvent, ChannelConfig, CheckedVoucher, SETTLEMENT_CONTRACT};
-use x402_store::{unix_now_ms, ChannelId, ChannelRecord, ChannelStore, ChannelTerms, Journal, OnchainChannel, StoreUnavailable};
+use x402_store::{unix_now_ms, ChannelId, ChannelRecord, ChannelStore, ChannelTerms, ClaimerLease, Journal, OnchainChannel, SoleClaimer, StoreUnavailable};
 
 /// Why a claim round stopped; the next one starts over.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,13 @@ pub struct ChannelSettlement {
     watched_to: Mutex<HashMap<String, u64>>,
     /// Set by an operator: the next round claims every channel holding unclaimed value.
     claim_all: std::sync::atomic::AtomicBool,
+    /// Rounds run only while this replica holds it (one claimer per fleet).
+    lease: Arc<dyn ClaimerLease>,
 }
+
+/// A claimer lease outlives a few missed rounds (a busy replica, a slow store) but not a
+/// replica that stopped: another one takes over within this.
+const CLAIMER_LEASE: Duration = Duration::from_secs(10);
 
 /// On start, `WithdrawInitiated` events are read this far back; channels holding unclaimed
 /// value are read again from the contract anyway, since their journaled mirror is stale.
@@ -88,7 +94,23 @@ const WATCH_MAX_RANGE: u64 = 2_000;
 
 impl ChannelSettlement {
     pub fn new(settler: Arc<Settler>, store: Arc<dyn ChannelStore>, journal: Arc<Journal>, policy: ClaimPolicy) -> Self {
-        Self { settler, store, journal, policy, unclaimed_since: Mutex::default(), claiming: Mutex::default(), watched_to: Mutex::default(), claim_all: std::sync::atomic::AtomicBool::new(false) }
+        Self {
+            settler,
+            store,
+            journal,
+            policy,
+            unclaimed_since: Mutex::default(),
+            claiming: Mutex::default(),
+            watched_to: Mutex::default(),
+            claim_all: std::sync::atomic::AtomicBool::new(false),
+            lease: Arc::new(SoleClaimer),
+        }
+    }
+
+    /// Claims only while `lease` says this replica is the fleet's claimer.
+    pub fn with_lease(mut self, lease: Arc<dyn ClaimerLease>) -> Self {
+        self.lease = lease;
+        self
     }
 
     fn reader(&self, network: &str) -> Result<ChainClient, ChainError> {
@@ -159,6 +181,9 @@ impl ChannelSettlement {
             }
             if *shutdown.borrow() {
                 return;
+            }
+            if !self.lease.lead(CLAIMER_LEASE).await {
+                continue;
             }
             if let Err(error) = self.round().await {
                 tracing::warn!(%error, "channel claim round failed; will retry");

@@ -129,6 +129,25 @@ pub(crate) fn newer_mirror(offered: OnchainChannel, stored: OnchainChannel) -> O
     }
 }
 
+/// Which replica claims the fleet's channels: one at a time, so two never race to claim the
+/// same vouchers (harmless on-chain, where claims are cumulative, but gas spent twice).
+#[async_trait]
+pub trait ClaimerLease: Send + Sync {
+    /// Takes the lease, or renews this replica's, for `ttl`: true while this replica claims.
+    /// A store that cannot be asked answers false (claims wait; they are never lost).
+    async fn lead(&self, ttl: std::time::Duration) -> bool;
+}
+
+/// One process claims its own channels.
+pub struct SoleClaimer;
+
+#[async_trait]
+impl ClaimerLease for SoleClaimer {
+    async fn lead(&self, _ttl: std::time::Duration) -> bool {
+        true
+    }
+}
+
 struct Entry {
     record: Option<ChannelRecord>,
     /// (serial, expires at ms) of the request holding the slot.

@@ -22,10 +22,10 @@ pub use journal::{
     clear_payer_block, record_loss_reset, BatchRecord, ExportFilter, Journal, JournalError, JournalOptions, JournalReader, JournalSync, NewPayment, PaymentFilter,
     PaymentRecord, PaymentState, PrunePolicy, PruneReport, SettlementItem, LOSS_WINDOW_MS,
 };
-pub use channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, MemoryChannelStore, OnchainChannel};
+pub use channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, ClaimerLease, MemoryChannelStore, OnchainChannel, SoleClaimer};
 pub use exposure::{Exposure, ExposureLimits, ExposureRefusal, ExposureSnapshot, PayerBlock};
 pub use ledger::{Counted, Hold, LedgerRefusal, LocalLedger, PaymentLedger, Restored, StoreUnavailable};
-pub use redis_ledger::{unblock_in_store, JournalSource, RedisChannelStore, RedisEndpoint, RedisLedger, RedisSettings};
+pub use redis_ledger::{unblock_in_store, JournalSource, RedisChannelStore, RedisClaimerLease, RedisEndpoint, RedisLedger, RedisSettings};
 pub use replay::{MemoryReplayStore, ReplayKey, ReplayStore};
 
 /// Seconds since the Unix epoch, the unit of EIP-3009's time fields.

@@ -2,7 +2,7 @@
 //! fresh key prefix): the rules the request path relies on, held across two replicas.
 
 use std::time::Duration;
-use x402_store::{ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ExposureLimits, JournalSource, OnchainChannel, RedisChannelStore, RedisLedger, RedisSettings};
+use x402_store::{ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ClaimerLease, ExposureLimits, JournalSource, OnchainChannel, RedisChannelStore, RedisLedger, RedisSettings};
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 
@@ -157,5 +157,25 @@ fn journaled_channels_go_back_into_a_store_that_lost_its_data_and_never_lower_a_
         charged.sort_unstable();
         assert_eq!(charged, vec![(8, 700), (9, 5_000)], "every replica restored its journal; the highest charge holds");
         assert_eq!(a.begin(&[9; 32], now_ms(), now_ms() + 30_000).await.map(|(_, r)| r.map(|r| r.charged)), Ok(Some(5_000)));
+    });
+}
+
+#[test]
+fn one_replica_claims_at_a_time_and_another_takes_over_when_its_lease_lapses() {
+    let prefix = fresh_prefix();
+    let (a, b) = (replica(&prefix).0, replica(&prefix).0);
+    let (a, b) = (a.claimer_lease().unwrap(), b.claimer_lease().unwrap());
+    block_on(async {
+        let ttl = Duration::from_millis(300);
+        assert!(a.lead(ttl).await, "the first to ask leads");
+        assert!(!b.lead(ttl).await, "the other does not");
+        assert!(a.lead(ttl).await, "the leader renews its lease");
+        // A stops renewing (stopped, or cut off from the store): B takes over once it lapses.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !b.lead(ttl).await {
+            assert!(std::time::Instant::now() < deadline, "the lease never lapsed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!a.lead(ttl).await, "A is no longer the claimer");
     });
 }

@@ -11,7 +11,7 @@
 //! round trip; charges are compared as decimal strings (Lua numbers would round a `u128`).
 
 use super::{unavailable, Inner};
-use crate::channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, OnchainChannel};
+use crate::channels::{ChannelId, ChannelRecord, ChannelRefusal, ChannelStore, ChannelTerms, ChannelTicket, ClaimerLease, OnchainChannel};
 use crate::ledger::StoreUnavailable;
 use async_trait::async_trait;
 use redis::{Script, Value};
@@ -67,6 +67,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// KEYS: lease. ARGV: this replica's id, ttl ms. Takes a free lease or renews its own.
+const LEAD: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+";
+
 /// KEYS: channel. ARGV: onchain, synced ms. A known channel only.
 const MIRROR: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -80,12 +88,13 @@ pub(super) struct ChannelScripts {
     restore: Script,
     cancel: Script,
     mirror: Script,
+    lead: Script,
 }
 
 impl ChannelScripts {
     pub(super) fn new() -> Self {
         let with_helpers = |body: &str| Script::new(&format!("{LUA_DECIMALS}{body}"));
-        Self { begin: Script::new(BEGIN), commit: with_helpers(COMMIT), restore: with_helpers(RESTORE), cancel: Script::new(CANCEL), mirror: with_helpers(MIRROR) }
+        Self { begin: Script::new(BEGIN), commit: with_helpers(COMMIT), restore: with_helpers(RESTORE), cancel: Script::new(CANCEL), mirror: with_helpers(MIRROR), lead: Script::new(LEAD) }
     }
 }
 
@@ -211,6 +220,30 @@ pub(super) async fn restore_records(inner: &Inner, records: Vec<ChannelRecord>) 
         inner.call(invocation.invoke_async::<i64>(&mut connection)).await?;
     }
     Ok(())
+}
+
+/// The claimer lease in the fleet's Redis; made by [`super::RedisLedger::claimer_lease`].
+pub struct RedisClaimerLease {
+    pub(super) store: RedisChannelStore,
+    /// Drawn per process: a restarted replica waits for its old lease to expire.
+    pub(super) holder: u64,
+}
+
+#[async_trait]
+impl ClaimerLease for RedisClaimerLease {
+    async fn lead(&self, ttl: std::time::Duration) -> bool {
+        let (holder, ttl_ms) = (self.holder, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let led = self
+            .store
+            .on_store(move |inner| async move {
+                let mut invocation = inner.channel_scripts.lead.key(inner.keys.channel_claimer());
+                invocation.arg(holder).arg(ttl_ms);
+                let mut connection = inner.primary.connection();
+                Ok(inner.call(invocation.invoke_async::<i64>(&mut connection)).await? == 1)
+            })
+            .await;
+        led.unwrap_or(false)
+    }
 }
 
 /// Channel records in the fleet's Redis; made by [`super::RedisLedger::channel_store`], it

@@ -33,7 +33,7 @@ use crate::replay::{MemoryReplayStore, ReplayStore};
 use async_trait::async_trait;
 use background::LedgerUpdate;
 use endpoint::Primary;
-pub use channels::RedisChannelStore;
+pub use channels::{RedisChannelStore, RedisClaimerLease};
 pub use endpoint::RedisEndpoint;
 use redis::Value;
 use scripts::{hold_answer, limit_arg, HoldAnswer, Keys, Scripts};
@@ -487,6 +487,11 @@ impl RedisLedger {
     pub fn channel_store(&self) -> Result<RedisChannelStore, StoreUnavailable> {
         let runtime = self.runtime.as_ref().ok_or_else(|| unavailable("the shared store is shut down"))?;
         Ok(RedisChannelStore::new(self.inner.clone(), runtime.handle().clone()))
+    }
+
+    /// The lease that makes one replica of the fleet the channels' claimer.
+    pub fn claimer_lease(&self) -> Result<RedisClaimerLease, StoreUnavailable> {
+        Ok(RedisClaimerLease { store: self.channel_store()?, holder: random_u64() })
     }
 
     /// Runs `work` on the store's runtime, where the connection's own tasks live (a

@@ -233,6 +233,10 @@ impl Keys {
     pub fn channels(&self) -> String {
         format!("{}channels", self.tag)
     }
+    /// Which replica claims the channels.
+    pub fn channel_claimer(&self) -> String {
+        format!("{}channel-claimer", self.tag)
+    }
 }
 
 /// `-1` says "no limit" to the scripts.
