@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// With a plain URL, a connection whose checks fail this many times in a row is opened again.
+const RECONNECT_AFTER_FAILED_CHECKS: u32 = 3;
+
 /// Updates the settler and the request path send without waiting.
 #[derive(Debug)]
 pub(super) enum LedgerUpdate {
@@ -73,29 +76,36 @@ async fn apply(inner: &Inner, update: &LedgerUpdate) -> redis::RedisResult<()> {
 /// recovers from a store that lost its data.
 pub(super) async fn watch(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut failed_checks = 0u32;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = inner.watch_now.notified() => {}
         }
         let mut connection = inner.primary.connection();
-        let moved = match tokio::time::timeout(Duration::from_secs(1), check(&inner, &mut connection)).await {
+        let demoted = match tokio::time::timeout(Duration::from_secs(1), check(&inner, &mut connection)).await {
             Ok(Ok(())) => {
                 inner.health.answered();
+                failed_checks = 0;
                 false
             }
             Ok(Err(error)) => {
                 inner.health.failed(&error.to_string());
-                // Behind Sentinels, a primary that stopped answering may have been replaced.
-                endpoint::is_demoted(&error) || inner.primary.is_sentinel()
+                failed_checks += 1;
+                endpoint::is_demoted(&error)
             }
             Err(_) => {
                 inner.health.failed("no answer to the store check within 1 s");
-                inner.primary.is_sentinel()
+                failed_checks += 1;
+                false
             }
         };
-        if inner.primary_moved.swap(false, Ordering::Relaxed) || moved {
-            match inner.primary.reconnect().await {
+        let demoted = inner.primary_moved.swap(false, Ordering::Relaxed) || demoted;
+        // Behind Sentinels, a primary that stopped answering may have been replaced; a server
+        // that hangs with its connection open is never reconnected by the client itself.
+        let stuck = failed_checks > 0 && (inner.primary.is_sentinel() || failed_checks % RECONNECT_AFTER_FAILED_CHECKS == 0);
+        if demoted || stuck {
+            match inner.primary.reconnect(demoted).await {
                 Ok(Reconnected::SamePrimary) => {}
                 Ok(Reconnected::NewPrimary) => {
                     // What the old primary acknowledged and had not replicated is gone: the
@@ -104,7 +114,7 @@ pub(super) async fn watch(inner: Arc<Inner>) {
                     tracing::warn!("connected to a new primary of the shared store: restoring this replica's journal into it before taking payments again");
                     inner.forget_generation();
                 }
-                Ok(Reconnected::TooSoon) => inner.primary_moved.store(true, Ordering::Relaxed),
+                Ok(Reconnected::TooSoon) => inner.primary_moved.store(demoted, Ordering::Relaxed),
                 Err(error) => tracing::error!(%error, "cannot find the shared store's primary; retrying"),
             }
         }

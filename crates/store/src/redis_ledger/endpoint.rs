@@ -156,8 +156,8 @@ pub(super) enum Reconnected {
     TooSoon,
     /// The Sentinels name the same primary as before.
     SamePrimary,
-    /// Another primary, or (with a plain URL, reconnected because its server was demoted)
-    /// possibly another one behind the same name.
+    /// Another primary: another address, or a server that was demoted (a plain URL's name
+    /// may point to the new primary now).
     NewPrimary,
 }
 
@@ -190,7 +190,8 @@ impl Primary {
     }
 
     /// Finds the primary again and connects to it, at most every [`RECONNECT_SPACING`].
-    pub(super) async fn reconnect(&self) -> Result<Reconnected, String> {
+    /// `demoted`: the server answered `READONLY`, so whatever answers now is another primary.
+    pub(super) async fn reconnect(&self, demoted: bool) -> Result<Reconnected, String> {
         {
             let mut last = self.last_reconnect.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.elapsed() < RECONNECT_SPACING {
@@ -201,7 +202,7 @@ impl Primary {
         let connections = open(&self.endpoint, self.sentinel.as_ref(), &self.config, self.patience, self.waits)
             .await
             .map_err(|error| format!("{}: {error}", self.endpoint.describe()))?;
-        let same = self.sentinel.is_some() && connections.address == self.current.load().address;
+        let same = !demoted && connections.address == self.current.load().address;
         self.current.store(std::sync::Arc::new(connections));
         tracing::warn!(store = %self.endpoint.describe(), same, "reconnected to the shared store's primary");
         Ok(if same { Reconnected::SamePrimary } else { Reconnected::NewPrimary })
