@@ -103,7 +103,7 @@ pub(super) async fn watch(inner: Arc<Inner>) {
         let demoted = inner.primary_moved.swap(false, Ordering::Relaxed) || demoted;
         // Behind Sentinels, a primary that stopped answering may have been replaced; a server
         // that hangs with its connection open is never reconnected by the client itself.
-        let stuck = failed_checks > 0 && (inner.primary.is_sentinel() || failed_checks % RECONNECT_AFTER_FAILED_CHECKS == 0);
+        let stuck = failed_checks > 0 && (inner.primary.is_sentinel() || failed_checks.is_multiple_of(RECONNECT_AFTER_FAILED_CHECKS));
         if demoted || stuck {
             match inner.primary.reconnect(demoted).await {
                 Ok(Reconnected::SamePrimary) => {}
