@@ -11,10 +11,10 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import {
   createPublicClient, createWalletClient, http, encodeAbiParameters, encodeFunctionData, parseEventLogs,
-  toFunctionSelector, toEventSelector, getAddress, parseSignature, keccak256, toHex,
+  toFunctionSelector, toEventSelector, getAddress, parseSignature, keccak256, toHex, hashTypedData,
 } from "viem";
 import { baseSepolia } from "viem/chains";
-import { toClientEvmSigner } from "@x402/evm";
+import { toClientEvmSigner, claimBatchTypes, BATCH_SETTLEMENT_DOMAIN } from "@x402/evm";
 import { BatchSettlementEvmScheme, computeChannelId, signVoucher } from "@x402/evm/batch-settlement/client";
 import {
   startDevnet, devAccount, rpc, balanceOf, USDC_ADDRESS, TEST_USDC_ABI, NETWORK, CHAIN_ID,
@@ -227,6 +227,16 @@ test("the escrow's ABI has every function and event of the official client's ABI
   assert.ok(TEST_USDC_ABI.some((i) => i.type === "function" && toFunctionSelector(i) === "0x88b7ab63"), "TestUSDC has receiveWithAuthorization(...,bytes)");
   const collect = DEPOSIT_COLLECTOR_ABI.find((i) => i.name === "collect");
   assert.equal(toFunctionSelector(collect), toFunctionSelector("function collect(address,address,uint256,bytes32,bytes)"));
+});
+
+test("the official ClaimBatch types give the digest the gateway's claim_batch_hash computes (same entries as its unit test)", () => {
+  const claims = [
+    { channelId: `0x${"11".repeat(32)}`, maxClaimableAmount: 2000n, totalClaimed: 1500n },
+    { channelId: `0x${"22".repeat(32)}`, maxClaimableAmount: 5000n, totalClaimed: 5000n },
+  ];
+  const domain = { ...BATCH_SETTLEMENT_DOMAIN, chainId: 84532, verifyingContract: BATCH_SETTLEMENT_ADDRESS };
+  const digest = hashTypedData({ domain, types: claimBatchTypes, primaryType: "ClaimBatch", message: { claims } });
+  assert.equal(digest, "0x3c79a54b3a7c79080cd8c5944e8126f7c9b4037577786111133001b1b8a87a11");
 });
 
 test("the contracts sit at the canonical addresses with the scheme's EIP-712 domain", async () => {

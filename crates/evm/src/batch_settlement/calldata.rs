@@ -100,6 +100,17 @@ pub fn claim(rows: Vec<ClaimRow>) -> Bytes {
     .into()
 }
 
+/// `claimWithSignature(VoucherClaim[], bytes)`: the rows with the receiver authorizer's
+/// signature of their [`super::ChannelDomain::claim_batch_hash`]; any account may send it.
+pub fn claim_with_signature(rows: Vec<ClaimRow>, authorizer_signature: &[u8]) -> Bytes {
+    Escrow::claimWithSignatureCall {
+        voucherClaims: rows,
+        authorizerSignature: Bytes::copy_from_slice(authorizer_signature),
+    }
+    .abi_encode()
+    .into()
+}
+
 /// `settle(receiver, token)`: moves claimed funds to the receiver.
 pub fn settle(receiver: Address, token: Address) -> Bytes {
     Escrow::settleCall { receiver, token }.abi_encode().into()

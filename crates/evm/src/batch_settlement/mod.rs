@@ -28,7 +28,7 @@ pub use calldata::{BatchEvent, ClaimRow};
 pub use config::ChannelConfig;
 pub use error::BatchError;
 pub use payload::{BatchPayload, DepositAuthorization, PayloadKind, SignedVoucher};
-pub use types::{ReceiveWithAuthorization, Voucher};
+pub use types::{ClaimBatch, ClaimEntry, ReceiveWithAuthorization, Voucher};
 pub use verify::{charge, verify_batch_voucher, CheckedDeposit, CheckedVoucher};
 
 use crate::eip712::TokenDomain;
@@ -78,6 +78,16 @@ impl ChannelDomain {
     /// The channel id: the full EIP-712 digest of the config, as the escrow's `getChannelId`.
     pub fn channel_id(&self, config: &ChannelConfig) -> B256 {
         signing_hash(self.separator, &config.to_sol())
+    }
+
+    /// The digest the receiver authorizer signs for `claimWithSignature`: each row's
+    /// (channel id, voucher ceiling, cumulative claimed), in the rows' order.
+    pub fn claim_batch_hash(&self, entries: &[(B256, u128, u128)]) -> B256 {
+        let claims = entries
+            .iter()
+            .map(|&(channel_id, max_claimable, total_claimed)| ClaimEntry { channelId: channel_id, maxClaimableAmount: max_claimable, totalClaimed: total_claimed })
+            .collect();
+        signing_hash(self.separator, &ClaimBatch { claims })
     }
 
     /// The digest the payer authorizer signs for a voucher.

@@ -547,7 +547,8 @@ fn payload_shape_is_checked() {
 fn selectors_match_the_canonical_escrow() {
     let selector = |data: Bytes| hex::encode(&data[..4]);
     let row = calldata::claim_row(&config(), 2000, &[0u8; 65], 2000);
-    assert_eq!(selector(calldata::claim(vec![row])), "29237b0c");
+    assert_eq!(selector(calldata::claim(vec![row.clone()])), "29237b0c");
+    assert_eq!(selector(calldata::claim_with_signature(vec![row], &[0u8; 65])), "e43ce1f2");
     assert_eq!(selector(calldata::settle(PAY_TO, USDC)), "9db32a8f");
     assert_eq!(selector(calldata::multicall(vec![])), "ac9650d8");
     assert_eq!(selector(calldata::channels(B256::ZERO)), "7a7ebd7b");
@@ -710,4 +711,16 @@ fn payment_requirements_have_the_official_shape() {
                   "withdrawDelay": 900, "minDeposit": "10000"}
     });
     assert_eq!(entry, expected.to_string());
+}
+
+/// The ClaimBatch digest of the official package's types (`claimBatchTypes` and
+/// `BATCH_SETTLEMENT_DOMAIN` of @x402/evm, hashed with viem): the same entries give the same
+/// value in tests/e2e/devnet-batch-settlement.test.mjs.
+#[test]
+fn the_claim_batch_digest_is_the_official_one() {
+    let entries = [(B256::repeat_byte(0x11), 2000, 1500), (B256::repeat_byte(0x22), 5000, 5000)];
+    assert_eq!(
+        ChannelDomain::new(84532).claim_batch_hash(&entries).to_string(),
+        "0x3c79a54b3a7c79080cd8c5944e8126f7c9b4037577786111133001b1b8a87a11"
+    );
 }

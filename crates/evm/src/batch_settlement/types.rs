@@ -23,6 +23,19 @@ sol! {
         uint128 maxClaimableAmount;
     }
 
+    /// One row of a claim batch, as the receiver authorizer signs it.
+    struct ClaimEntry {
+        bytes32 channelId;
+        uint128 maxClaimableAmount;
+        uint128 totalClaimed;
+    }
+
+    /// What the receiver authorizer signs for `claimWithSignature`: any account may then send
+    /// the claim (the authorizer key needs no gas, and no nonce of its own).
+    struct ClaimBatch {
+        ClaimEntry[] claims;
+    }
+
     /// ERC-3009's receive authorization, signed by the payer over the token's domain.
     struct ReceiveWithAuthorization {
         address from;
@@ -42,6 +55,8 @@ sol! {
 
         function deposit(ChannelConfig config, uint128 amount, address collector, bytes collectorData) external;
         function claim(VoucherClaim[] voucherClaims) external;
+        function claimWithSignature(VoucherClaim[] voucherClaims, bytes authorizerSignature) external;
+        function getClaimBatchDigest(VoucherClaim[] voucherClaims) external view returns (bytes32);
         function settle(address receiver, address token) external;
         function multicall(bytes[] data) external returns (bytes[] results);
         function channels(bytes32 channelId) external view returns (uint128 balance, uint128 totalClaimed);
