@@ -203,3 +203,32 @@ test("deploy/devnet/pay.mjs pays a channel route with the official client", { ti
   const receipt = JSON.parse(run.stdout.match(/^PAYMENT-RESPONSE: (.*)$/m)[1]);
   assert.equal(receipt.extra.channelState.chargedCumulativeAmount, String(3n * PRICE));
 });
+
+test("a receiver authorizer key apart from the settlement key: offers name it, claims it signs land (claimWithSignature), and it never sends a transaction", { timeout: 120_000 }, async () => {
+  const authorizer = privateKeyToAccount(devPrivateKey(15)); // no gas at all on the dev chain
+  const payToApart = freshAddress();
+  const apart = await startTestGateway(env, {
+    payTo: payToApart,
+    extraRoutes: CHANNEL_ROUTE,
+    settlement: {
+      journal_path: join(mkdtempSync(join(tmpdir(), "x402-channels-")), "journal.db"),
+      channels: { claim_interval_seconds: 1, refresh_interval_seconds: 2, receiver_authorizer_key_env: "X402_CHANNEL_AUTHORIZER" },
+    },
+    gatewayEnv: { X402_CHANNEL_AUTHORIZER: devPrivateKey(15) },
+  });
+  try {
+    const required = unb64((await fetch(apart.base + "/echo/metered")).headers.get("payment-required"));
+    const offer = required.accepts.find((entry) => entry.scheme === "batch-settlement");
+    assert.equal(offer.extra.receiverAuthorizer, authorizer.address, "channels name the authorizer key");
+    const { pay } = channelClient(devPrivateKey(2));
+    for (let i = 0; i < 3; i += 1) {
+      const res = await pay(apart.base + "/echo/metered");
+      assert.equal(res.status, 200, await res.clone().text());
+      await res.arrayBuffer();
+    }
+    await eventually(async () => (await balanceOf(env.devnet.url, payToApart)) === 3n * PRICE, 60_000, "the signed claims paid payTo");
+    assert.equal(BigInt(await rpc(env.devnet.url, "eth_getTransactionCount", [authorizer.address, "latest"])), 0n, "the authorizer key only signs");
+  } finally {
+    await apart.stop();
+  }
+});

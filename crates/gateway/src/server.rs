@@ -96,7 +96,12 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let channel_store: Arc<dyn ChannelStore> = Arc::new(MemoryChannelStore::with_records(channel_records.clone()));
     let channel_settlement = settler
         .as_ref()
-        .map(|settler| Arc::new(ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone())));
+        .map(|settler| ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone()));
+    let channel_settlement = match (&config.settlement.receiver_authorizer_key_env, channel_settlement) {
+        (Some(env), Some(channels)) => Some(channels.with_authorizer(crate::config::key_from_env(env).map_err(|why| anyhow::anyhow!("settlement.channels.receiver_authorizer_key_env: {why}"))?)),
+        (_, channels) => channels,
+    }
+    .map(Arc::new);
     let claimer = channel_settlement.clone();
     let channel_claims = channel_settlement.clone();
     let channel_exposure = Arc::new(ChannelExposure::new(ledger.clone()));

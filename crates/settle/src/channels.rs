@@ -14,12 +14,14 @@
 use crate::chain::{ChainClient, ChainError, Mined};
 use crate::settle_before::lock;
 use crate::settler::{LaneCallError, Settler};
-use alloy_primitives::{Address, B256};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::SignerSync;
+use alloy_primitives::{Address, Bytes, B256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use x402_evm::batch_settlement::{calldata, BatchEvent, ChannelConfig, CheckedVoucher, SETTLEMENT_CONTRACT};
+use x402_evm::batch_settlement::{calldata, BatchEvent, ChannelConfig, ChannelDomain, CheckedVoucher, ClaimRow, SETTLEMENT_CONTRACT};
 use x402_store::{unix_now_ms, ChannelId, ChannelRecord, ChannelStore, ChannelTerms, ClaimerLease, Journal, OnchainChannel, SoleClaimer, StoreUnavailable};
 
 /// Why a claim round stopped; the next one starts over.
@@ -80,6 +82,9 @@ pub struct ChannelSettlement {
     claim_all: std::sync::atomic::AtomicBool,
     /// Rounds run only while this replica holds it (one claimer per fleet).
     lease: Arc<dyn ClaimerLease>,
+    /// The channels' receiver authorizer, when it is not the settlement key: it signs each
+    /// claim batch (`claimWithSignature`) and a settlement key sends it.
+    authorizer: Option<PrivateKeySigner>,
 }
 
 /// A claimer lease outlives a few missed rounds (a busy replica, a slow store) but not a
@@ -104,7 +109,25 @@ impl ChannelSettlement {
             watched_to: Mutex::default(),
             claim_all: std::sync::atomic::AtomicBool::new(false),
             lease: Arc::new(SoleClaimer),
+            authorizer: None,
         }
+    }
+
+    /// Claims with `authorizer`'s signature instead of as the receiver authorizer.
+    pub fn with_authorizer(mut self, authorizer: PrivateKeySigner) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// The claim call for `rows` of channels on `chain_id`: signed by the authorizer key when
+    /// there is one (any account may send it), else sent by the authorizer itself.
+    fn claim_call(&self, chain_id: u64, rows: Vec<ClaimRow>) -> Result<Bytes, ChainError> {
+        let Some(authorizer) = &self.authorizer else { return Ok(calldata::claim(rows)) };
+        let domain = ChannelDomain::new(chain_id);
+        let entries: Vec<(B256, u128, u128)> =
+            rows.iter().map(|row| (domain.channel_id(&ChannelConfig::from_sol(&row.voucher.channel)), row.voucher.maxClaimableAmount, row.totalClaimed)).collect();
+        let signature = authorizer.sign_hash_sync(&domain.claim_batch_hash(&entries)).map_err(|error| ChainError::Sign(error.to_string()))?;
+        Ok(calldata::claim_with_signature(rows, &signature.as_bytes()))
     }
 
     /// Claims only while `lease` says this replica is the fleet's claimer.
@@ -298,7 +321,7 @@ impl ChannelSettlement {
         let mut claimed = Vec::new();
         for record in records {
             let row = calldata::claim_row(&terms_config(&record.terms), record.signed_max, &record.signature, record.charged);
-            match client.call(SETTLEMENT_CONTRACT, calldata::claim(vec![row.clone()])).await {
+            match client.call(SETTLEMENT_CONTRACT, self.claim_call(record.chain_id, vec![row.clone()])?).await {
                 Ok(_) => {
                     rows.push(row);
                     claimed.push(record);
@@ -314,7 +337,8 @@ impl ChannelSettlement {
         }
         let ids: Vec<ChannelId> = claimed.iter().map(|record| record.id).collect();
         lock(&self.claiming).extend(ids.iter().copied());
-        let data = calldata::multicall(vec![calldata::claim(rows), calldata::settle(receiver, token)]);
+        let chain_id = claimed.first().map_or(0, |record| record.chain_id);
+        let data = calldata::multicall(vec![self.claim_call(chain_id, rows)?, calldata::settle(receiver, token)]);
         tracing::info!(network, channels = ids.len(), %receiver, "claiming channels");
         let this = Arc::clone(self);
         let network = network.to_owned();

@@ -63,7 +63,7 @@ fn parse_config_with(text: &str, path: &Path, absence: KeyAbsence) -> Result<(Co
         max_timeout_seconds: prelude.payments.max_timeout_seconds,
         settle_margin_seconds: prelude.payments.settle_margin_seconds,
         billable: prelude.payments.billable_statuses.clone(),
-        receiver_authorizer: first_settlement_address(&prelude.settlement),
+        receiver_authorizer: receiver_authorizer_address(&prelude.settlement),
     };
     let mut warning = None;
     let context = match (&context.receiver_authorizer, absence) {
@@ -166,6 +166,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
             settle_before_queue: settlement.settle_before_queue,
             journal_retention,
             claims,
+            receiver_authorizer_key_env: settlement.channels.receiver_authorizer_key_env.clone(),
         },
         exposure: build_exposure(&raw.exposure)?,
         verify_policy: VerifyPolicy {
@@ -219,18 +220,24 @@ fn claim_policy(raw: &raw::RawClaims) -> Result<x402_settle::channels::ClaimPoli
     })
 }
 
-/// The address of the first settlement key (the one the settler claims channels with), read
-/// from its environment variable.
-fn first_settlement_address(settlement: &raw::PreludeSettlement) -> Result<alloy_primitives::Address, String> {
+/// The channels' `receiverAuthorizer`: the address of `settlement.channels.
+/// receiver_authorizer_key_env`'s key, or else of the first settlement key (which then claims
+/// channels itself), read from its environment variable.
+fn receiver_authorizer_address(settlement: &raw::PreludeSettlement) -> Result<alloy_primitives::Address, String> {
     let env = settlement
-        .private_key_envs
-        .first()
-        .cloned()
+        .channels
+        .receiver_authorizer_key_env
+        .clone()
+        .or_else(|| settlement.private_key_envs.first().cloned())
         .or_else(|| settlement.private_key_env.clone())
         .unwrap_or_else(|| raw::RawSettlement::default().private_key_env);
-    let key = std::env::var(&env).map_err(|_| format!("{KEY_UNSET} {env} (0x-hex private key)"))?;
-    let signer: alloy::signers::local::PrivateKeySigner = key.trim().parse().map_err(|_| format!("the settlement key in {env} is not a valid private key"))?;
-    Ok(signer.address())
+    Ok(key_from_env(&env)?.address())
+}
+
+/// The private key in the environment variable `env`.
+pub fn key_from_env(env: &str) -> Result<alloy::signers::local::PrivateKeySigner, String> {
+    let key = std::env::var(env).map_err(|_| format!("{KEY_UNSET} {env} (0x-hex private key)"))?;
+    key.trim().parse().map_err(|_| format!("the key in {env} is not a valid private key"))
 }
 
 /// Metrics, logs, exposure limits and the journal key on a route's name: two routes with

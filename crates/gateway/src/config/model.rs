@@ -134,6 +134,8 @@ pub struct SettlementSettings {
     pub journal_retention: Duration,
     /// When payment channels are claimed.
     pub claims: x402_settle::channels::ClaimPolicy,
+    /// The channels' receiver authorizer key, when it is not the first settlement key.
+    pub receiver_authorizer_key_env: Option<String>,
 }
 
 #[derive(Debug, Clone)]

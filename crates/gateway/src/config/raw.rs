@@ -90,6 +90,14 @@ pub struct PreludeSettlement {
     pub private_key_env: Option<String>,
     #[serde(default)]
     pub private_key_envs: Vec<String>,
+    #[serde(default)]
+    pub channels: PreludeChannels,
+}
+
+/// The channels' receiver authorizer key, read early: channel offers name its address.
+#[derive(Debug, Default, Deserialize)]
+pub struct PreludeChannels {
+    pub receiver_authorizer_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,11 +327,15 @@ pub struct RawClaims {
     pub refresh_interval_seconds: u64,
     /// Channels claimed per transaction.
     pub max_claims_per_transaction: usize,
+    /// The environment variable holding the channels' receiver authorizer key, when it is not
+    /// the (first) settlement key: claims are then signed with it (`claimWithSignature`) and
+    /// sent by a settlement key, so the authorizer needs no gas and no nonce of its own.
+    pub receiver_authorizer_key_env: Option<String>,
 }
 
 impl Default for RawClaims {
     fn default() -> Self {
-        Self { claim_interval_seconds: 60, refresh_interval_seconds: 30, max_claims_per_transaction: 100 }
+        Self { claim_interval_seconds: 60, refresh_interval_seconds: 30, max_claims_per_transaction: 100, receiver_authorizer_key_env: None }
     }
 }
 
