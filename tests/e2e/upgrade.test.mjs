@@ -126,7 +126,7 @@ test("a paid request still in flight when the old process stops accepting gets a
   try {
     const accepts = unb64((await fetch(old.base + "/slow")).headers.get("payment-required")).accepts[0];
     next = startUpgrade(old.configPath);
-    await eventually(() => /replay store rebuilt from the journal/.test(next.logs), 10_000, "the new process to start");
+    await eventually(() => /payment ledger rebuilt from the journal/.test(next.logs), 10_000, "the new process to start");
 
     // Sent while the old process holds the socket alone; the upstream answers 7.5 s later,
     // past the 5 s hand-over and the 1 s grace period that follows it.
@@ -179,7 +179,7 @@ test("a payment charged by the old process after the new one started is refused 
   try {
     const accepts = unb64((await fetch(old.base + "/weather")).headers.get("payment-required")).accepts[0];
     next = startUpgrade(old.configPath);
-    await eventually(() => /replay store rebuilt from the journal/.test(next.logs), 10_000, "the new process to rebuild its replay store");
+    await eventually(() => /payment ledger rebuilt from the journal/.test(next.logs), 10_000, "the new process to rebuild its replay store");
 
     // Charged by the old process, which still holds the socket alone.
     const payment = b64(await signPayment(devPrivateKey(5), accepts));
