@@ -82,8 +82,9 @@ fn parse_sentinel(rest: &str) -> Result<RedisEndpoint, String> {
         Some((credentials, rest)) => (Some(credentials), rest),
         None => (None, rest),
     };
-    let (username, password) = match credentials.map(|c| c.split_once(':').unwrap_or(("", c))) {
-        Some((user, password)) => ((!user.is_empty()).then(|| user.to_owned()), (!password.is_empty()).then(|| password.to_owned())),
+    // As in redis:// URLs: `user:password@`, `:password@` or `user@`, percent-encoded.
+    let (username, password) = match credentials.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+        Some((user, password)) => (decoded(user)?, decoded(password)?),
         None => (None, None),
     };
     let mut parts = rest.split('/');
@@ -91,7 +92,7 @@ fn parse_sentinel(rest: &str) -> Result<RedisEndpoint, String> {
     let service = parts.next().filter(|service| !service.is_empty()).ok_or("redis+sentinel:// needs the primary's service name: redis+sentinel://host:port[,host:port]/service[/db]")?;
     let db = match parts.next() {
         None | Some("") => 0,
-        Some(db) => db.parse().map_err(|_| format!("redis+sentinel://: {db:?} is not a database number"))?,
+        Some(db) => db.parse().ok().filter(|db: &i64| *db >= 0).ok_or_else(|| format!("redis+sentinel://: {db:?} is not a database number"))?,
     };
     if parts.next().is_some() {
         return Err("redis+sentinel://: too many path segments (host:port[,host:port]/service[/db])".into());
@@ -100,11 +101,23 @@ fn parse_sentinel(rest: &str) -> Result<RedisEndpoint, String> {
     Ok(RedisEndpoint::Sentinel { sentinels, service: service.to_owned(), username, password, db })
 }
 
+/// A percent-encoded URL part; `None` when empty.
+fn decoded(part: &str) -> Result<Option<String>, String> {
+    let text = percent_encoding::percent_decode_str(part).decode_utf8().map_err(|_| "redis+sentinel://: the credentials are not UTF-8 once decoded".to_owned())?;
+    Ok((!text.is_empty()).then(|| text.into_owned()))
+}
+
 fn parse_node(node: &str) -> Result<(String, u16), String> {
+    // `host`, `host:port`, `[v6]` or `[v6]:port`.
     let (host, port) = match node.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().map_err(|_| format!("redis+sentinel://: {node:?} has no valid port"))?),
-        None => (node, 26379),
+        Some((host, port)) if !node.ends_with(']') && (!node.starts_with('[') || host.ends_with(']')) => {
+            (host, port.parse().map_err(|_| format!("redis+sentinel://: {node:?} has no valid port"))?)
+        }
+        _ => (node, 26379),
     };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!("redis+sentinel://: write an IPv6 Sentinel address in brackets ({node:?})"));
+    }
     if host.is_empty() {
         return Err(format!("redis+sentinel://: a Sentinel address is empty in {node:?}"));
     }
@@ -244,7 +257,20 @@ mod tests {
                 db: 2,
             })
         );
-        for bad in ["http://r:6379", "redis+sentinel://s1:26379", "redis+sentinel://s1:x/payments", "redis+sentinel://,s2/p", "redis+sentinel://s1/p/zero"] {
+        let decoded = RedisEndpoint::parse("redis+sentinel://gw%40fleet:p%3Aw%2Fd@[::1],[::1]:26380/payments").unwrap();
+        assert_eq!(
+            decoded,
+            RedisEndpoint::Sentinel {
+                sentinels: vec![("::1".into(), 26379), ("::1".into(), 26380)],
+                service: "payments".into(),
+                username: Some("gw@fleet".into()),
+                password: Some("p:w/d".into()),
+                db: 0,
+            }
+        );
+        let user_only = RedisEndpoint::parse("redis+sentinel://gateway@s1/payments").unwrap();
+        assert!(matches!(user_only, RedisEndpoint::Sentinel { username: Some(ref u), password: None, .. } if u == "gateway"));
+        for bad in ["http://r:6379", "redis+sentinel://s1:26379", "redis+sentinel://s1:x/payments", "redis+sentinel://,s2/p", "redis+sentinel://s1/p/zero", "redis+sentinel://::1/p", "redis+sentinel://s1/p/-1"] {
             assert!(RedisEndpoint::parse(bad).is_err(), "{bad}");
         }
         let described = RedisEndpoint::parse("redis+sentinel://u:pw@s1:26379/payments").unwrap().describe();
