@@ -38,7 +38,7 @@ export function replicaSuite() {
 /** Starts replicas of one fleet; `stopAll` stops every one it started. */
 export function replicaFleet(env) {
   const running = [];
-  async function startReplica({ payTo, store, settlementKey, exposureYaml = "", settlement = {} }) {
+  async function startReplica({ payTo, store, settlementKey, exposureYaml = "", settlement = {}, extraRoutes, gatewayEnv = {} }) {
     const journal = join(mkdtempSync(join(tmpdir(), "x402-replica-")), "journal.db");
     const listenPort = await freePort();
     const gateway = await startTestGateway(env, {
@@ -48,7 +48,8 @@ export function replicaFleet(env) {
       settlement: { journal_path: journal, ...settlement },
       // Where the other replicas forward receipt look-ups for the payments this one takes.
       extraYaml: `${store}  advertise_url: "http://127.0.0.1:${listenPort}"\n${exposureYaml}`,
-      gatewayEnv: { X402_SETTLEMENT_KEY: settlementKey },
+      extraRoutes,
+      gatewayEnv: { X402_SETTLEMENT_KEY: settlementKey, ...gatewayEnv },
     });
     running.push(() => gateway.stop());
     gateway.journal = journal;

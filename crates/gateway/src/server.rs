@@ -41,7 +41,7 @@ use x402_settle::{ChainClient, NetworkSettlement, Settler};
 use x402_settle::admission::{AdmissionGuard, AdmissionPolicy, SettlementAdmission};
 use x402_settle::stall::{SettlementHealth, StallGuard, StallPolicy};
 use x402_settle::CreditControl;
-use x402_store::{ChannelStore, Exposure, Journal, JournalOptions, LocalLedger, MemoryChannelStore, MemoryReplayStore, PaymentLedger, RedisLedger, Restored};
+use x402_store::{ChannelRecord, ChannelStore, ClaimerLease, Exposure, Journal, JournalOptions, LocalLedger, MemoryChannelStore, MemoryReplayStore, PaymentLedger, RedisLedger, Restored, SoleClaimer};
 use x402_settle::channels::ChannelSettlement;
 use crate::channel_exposure::ChannelExposure;
 use crate::channel_payment::ChannelPayments;
@@ -67,7 +67,8 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let journal = Arc::new(
         Journal::open(&config.settlement.journal_path, journal_options(&config)).context("cannot open the settlement journal")?,
     );
-    let ledger = build_ledger(&config, &journal)?;
+    let channel_records = journal.channels().context("cannot read payment channels from the journal")?;
+    let SharedState { ledger, channels: channel_store, claimer_lease } = build_shared_state(&config, &journal, &channel_records)?;
     let keys = settlement_keys(&config)?;
     let key = keys.first().cloned();
     let balances = build_balance_cache(&config, key.as_ref())?;
@@ -92,11 +93,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let admission_shutdown = shutdown_rx.clone();
     let drain_timeout = config.settlement.drain_timeout;
     let settler = settler.map(Arc::new);
-    let channel_records = journal.channels().context("cannot read payment channels from the journal")?;
-    let channel_store: Arc<dyn ChannelStore> = Arc::new(MemoryChannelStore::with_records(channel_records.clone()));
-    let channel_settlement = settler
-        .as_ref()
-        .map(|settler| ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone()));
+    let channel_settlement = settler.as_ref().map(|settler| {
+        ChannelSettlement::new(settler.clone(), channel_store.clone(), journal.clone(), config.settlement.claims.clone()).with_lease(claimer_lease.clone())
+    });
     let channel_settlement = match (&config.settlement.receiver_authorizer_key_env, channel_settlement) {
         (Some(env), Some(channels)) => Some(channels.with_authorizer(crate::config::key_from_env(env).map_err(|why| anyhow::anyhow!("settlement.channels.receiver_authorizer_key_env: {why}"))?)),
         (_, channels) => channels,
@@ -238,7 +237,7 @@ pub fn settle_journal(config_path: &Path, journal_path: &Path, timeout: Duration
     // With a shared store, the lost replica's unsettled payments still count there: settling
     // them frees that room for the replicas still running.
     let ledger = match config.store {
-        StoreSettings::Redis(_) => Some(build_ledger(&config, &journal)?),
+        StoreSettings::Redis(_) => Some(build_shared_state(&config, &journal, &[])?.ledger),
         StoreSettings::Memory => None,
     };
     if let Some(ledger) = &ledger {
@@ -411,10 +410,18 @@ async fn take_settler_lock(path: &Path, mut shutdown: tokio::sync::watch::Receiv
     Ok(Some(file))
 }
 
-/// The payment ledger `store` names, holding the journal's payments (payment channels count
-/// their unclaimed value into it too). In this process it is rebuilt with the journal's payer
-/// blocks and recent losses; in Redis, only what the store lost is added back.
-fn build_ledger(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Arc<dyn PaymentLedger>> {
+/// What `store` names: the payment ledger, the channel records and who claims channels.
+struct SharedState {
+    ledger: Arc<dyn PaymentLedger>,
+    channels: Arc<dyn ChannelStore>,
+    claimer_lease: Arc<dyn ClaimerLease>,
+}
+
+/// The state `store` names, holding the journal's payments and `channels` (payment channels
+/// count their unclaimed value into the ledger too). In this process it is rebuilt with the
+/// journal's payer blocks and recent losses; in Redis, only what the store lost is added back,
+/// and one replica of the fleet at a time claims the channels.
+fn build_shared_state(config: &Config, journal: &Arc<Journal>, channels: &[ChannelRecord]) -> anyhow::Result<SharedState> {
     let StoreSettings::Redis(settings) = &config.store else {
         let exposure = Arc::new(Exposure::new(config.exposure.limits));
         restore_blocks_and_losses(&exposure, journal)?;
@@ -422,8 +429,17 @@ fn build_ledger(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Arc<d
         let payments = journaled_payments(journal)?;
         ledger.restore_now(&payments);
         tracing::info!(payments = payments.len(), unsettled = journal.unsettled_count()?, "payment ledger rebuilt from the journal");
-        return Ok(Arc::new(ledger));
+        let channels = Arc::new(MemoryChannelStore::with_records(channels.to_vec()));
+        return Ok(SharedState { ledger: Arc::new(ledger), channels, claimer_lease: Arc::new(SoleClaimer) });
     };
+    let ledger = connect_shared_ledger(config, settings, journal)?;
+    let channels = Arc::new(ledger.channel_store().context("cannot share payment channels through the store")?);
+    let claimer_lease = Arc::new(ledger.claimer_lease().context("cannot share payment channels through the store")?);
+    Ok(SharedState { ledger: Arc::new(ledger), channels, claimer_lease })
+}
+
+/// The Redis ledger, with this replica's journal restored into it.
+fn connect_shared_ledger(config: &Config, settings: &x402_store::RedisSettings, journal: &Arc<Journal>) -> anyhow::Result<RedisLedger> {
     let source = journal.clone();
     let channels = journal.clone();
     let copy = x402_store::JournalSource {
@@ -433,7 +449,7 @@ fn build_ledger(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Arc<d
     let ledger = RedisLedger::connect(settings, config.exposure.limits, copy).context("cannot connect to the shared store (store.url)")?;
     ledger.merge_blocks(journal.payer_blocks(x402_store::unix_now()).context("cannot read the journal")?);
     tracing::info!(prefix = %settings.key_prefix, "payment ledger shared through Redis");
-    Ok(Arc::new(ledger))
+    Ok(ledger)
 }
 
 /// The journal's payments still inside their validity, and every unsettled one.

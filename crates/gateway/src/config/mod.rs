@@ -126,7 +126,7 @@ fn build_config(raw: RawConfig, context: RouteContext, path: &Path) -> Result<Co
     let claims = claim_policy(&settlement.channels)?;
     refuse_slow_withdrawal_watch(&routes, &claims)?;
     let journal_path = beside(path, &settlement.journal_path);
-    let store = build_store(&raw.store, &routes)?;
+    let store = build_store(&raw.store, &routes, raw.settlement.channels.receiver_authorizer_key_env.is_some())?;
     Ok(Config {
         store,
         source: path.to_owned(),
@@ -290,7 +290,10 @@ fn beside(config: &Path, file: &Path) -> PathBuf {
     }
 }
 
-fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSettings, String> {
+/// `shared_authorizer`: channels have a receiver authorizer of their own, which every replica
+/// can share (a settlement key is one replica's: channels opened with it would be that
+/// replica's alone).
+fn build_store(raw: &raw::RawStore, routes: &[Route], shared_authorizer: bool) -> Result<model::StoreSettings, String> {
     if raw.kind == raw::StoreKind::Memory {
         return Ok(model::StoreSettings::Memory);
     }
@@ -302,9 +305,10 @@ fn build_store(raw: &raw::RawStore, routes: &[Route]) -> Result<model::StoreSett
     if !(1..=10_000).contains(&raw.timeout_ms) {
         return Err("store.timeout_ms: must be between 1 and 10000".into());
     }
-    if let Some(route) = routes.iter().find(|r| r.pricing.as_ref().is_some_and(|p| !p.channel_offers.is_empty())) {
+    let channel_route = routes.iter().find(|r| r.pricing.as_ref().is_some_and(|p| !p.channel_offers.is_empty()));
+    if let (Some(route), false) = (channel_route, shared_authorizer) {
         return Err(format!(
-            "store.kind: redis does not share batch-settlement channels between replicas yet; route {:?} offers one (use store kind memory, or drop its batch-settlement offer)",
+            "store.kind: redis shares batch-settlement channels only with settlement.channels.receiver_authorizer_key_env set (one receiver authorizer key for every replica); route {:?} offers a channel",
             route.name
         ));
     }

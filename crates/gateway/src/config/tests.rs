@@ -287,9 +287,15 @@ fn the_store_is_in_process_unless_redis_is_named_and_redis_settings_are_checked(
 }
 
 #[test]
-fn a_redis_store_refuses_batch_settlement_routes_it_cannot_share_yet() {
+fn a_redis_store_shares_batch_settlement_routes_only_with_a_receiver_authorizer_every_replica_holds() {
     let route = "    accepts:\n      - { price: \"$0.001\", scheme: batch-settlement }\n";
     let text = format!("{}store:\n  kind: redis\n  url: redis://r:6379\n", channel_yaml(route));
     let error = parse(&text).unwrap_err();
-    assert!(error.contains("does not share batch-settlement channels"), "{error}");
+    assert!(error.contains("receiver_authorizer_key_env"), "{error}");
+    // Dev account 1: every replica holds it, whatever its own settlement key.
+    std::env::set_var("X402_TEST_SHARED_AUTHORIZER", "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d");
+    let shared = text.replacen("settlement:\n", "settlement:\n  channels: { receiver_authorizer_key_env: X402_TEST_SHARED_AUTHORIZER }\n", 1);
+    let config = parse(&shared).unwrap();
+    let offer = &config.routes[0].pricing.as_ref().unwrap().channel_offers[0];
+    assert_eq!(offer.receiver_authorizer.to_checksum(None), "0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
 }
